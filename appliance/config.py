@@ -1,0 +1,342 @@
+"""Configuration: `appliance.toml` (the daemon) and `models.toml` (the catalog).
+
+The only place defaults live. Both files are found the same way by the daemon and the CLI
+(flag, environment variable, current directory, /etc/appliance, ~/.config/appliance), so an
+admin's CLI sees the service's files. Any problem becomes one `ConfigError` naming the file,
+the key and the problem.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Any, Literal, Mapping
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from .errors import ConfigError
+from .units import parse_duration, parse_size
+
+CONFIG_NAME = "appliance.toml"
+MODELS_NAME = "models.toml"
+KEYS_NAME = "keys.toml"
+SYSTEM_DIR = Path("/etc/appliance")
+
+Size = Annotated[int, BeforeValidator(parse_size)]
+Duration = Annotated[float, BeforeValidator(parse_duration)]
+KeepAlive = Annotated[float, BeforeValidator(lambda v: parse_duration(v, allow_forever=True))]
+
+SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+SHARD_RE = re.compile(r"-(\d{5})-of-(\d{5})\.gguf$")
+
+
+def user_config_dir() -> Path:
+    return Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config") / "appliance"
+
+
+def default_store_path() -> Path:
+    """systemd's StateDirectory when run as a service, else the user's data dir."""
+    state = os.environ.get("STATE_DIRECTORY")
+    if state:
+        return Path(state.split(":")[0])
+    base = os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share"
+    return Path(base) / "appliance"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# --- appliance.toml ---------------------------------------------------------------------
+
+
+class ServerConfig(_Strict):
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535)
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    max_body_bytes: Size = 8 * 1024**2
+    cors_origins: list[str] = []
+    metrics_public: bool = False
+    drain_timeout: Duration = 30.0
+    log_format: Literal["text", "json"] = "text"
+
+    @model_validator(mode="after")
+    def _tls_pair(self) -> "ServerConfig":
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("tls_cert and tls_key must be set together")
+        return self
+
+
+class StoreConfig(_Strict):
+    path: Path = Field(default_factory=default_store_path)
+    verify_on_load: bool = False
+
+    @field_validator("path", mode="after")
+    @classmethod
+    def _expand(cls, v: Path) -> Path:
+        return v.expanduser()
+
+
+class MemoryConfig(_Strict):
+    budget: Literal["auto"] | Size | list[Size] = "auto"
+    reserve: Size = 1024**3
+
+
+class QueueConfig(_Strict):
+    max_waiting: int = Field(64, ge=0)
+    max_wait: Duration = 120.0
+    swap_after: Duration = 2.0
+
+    @model_validator(mode="after")
+    def _swap_before_wait(self) -> "QueueConfig":
+        if self.swap_after >= self.max_wait:
+            raise ValueError("swap_after must be shorter than max_wait")
+        return self
+
+
+class AuthConfig(_Strict):
+    keys_file: Path | None = None
+
+
+class ApplianceConfig(_Strict):
+    server: ServerConfig = ServerConfig()
+    store: StoreConfig = Field(default_factory=StoreConfig)
+    memory: MemoryConfig = MemoryConfig()
+    queue: QueueConfig = QueueConfig()
+    auth: AuthConfig = AuthConfig()
+
+
+# --- models.toml ------------------------------------------------------------------------
+
+
+class ModelConfig(_Strict):
+    source: str
+    revision: str = "main"
+    sha256: str | list[str] | None = None
+    context: int = Field(4096, ge=16)
+    parallel: int = Field(4, ge=1, le=256)
+    gpu_layers: Literal["all", "auto"] | Annotated[int, Field(ge=0)] = "all"
+    gpu: Literal["auto", "split"] | Annotated[int, Field(ge=0)] = "auto"
+    kv_cache_type: Literal["f16", "q8_0", "q4_0"] = "f16"
+    keep_alive: KeepAlive = 300.0
+    pinned: bool = False
+    embedding: bool = False
+    chat_template: str | None = None
+    aliases: list[str] = []
+
+    @field_validator("source")
+    @classmethod
+    def _source(cls, v: str) -> str:
+        if v.startswith("hf://"):
+            parts = v[len("hf://") :].split("/")
+            if len(parts) < 3 or not all(parts):
+                raise ValueError(f"hf source must be hf://owner/repo/path.gguf, got {v!r}")
+        elif v.startswith("file://"):
+            if not v[len("file://") :].startswith("/"):
+                raise ValueError(f"file source must be an absolute path file:///abs/path.gguf, got {v!r}")
+        else:
+            raise ValueError(f"source must start with hf:// or file://, got {v!r}")
+        if not v.endswith(".gguf"):
+            raise ValueError(f"source must name a .gguf file, got {v!r}")
+        return v
+
+    @field_validator("sha256")
+    @classmethod
+    def _sha(cls, v: str | list[str] | None) -> str | list[str] | None:
+        for h in [v] if isinstance(v, str) else v or []:
+            if not SHA256_RE.match(h):
+                raise ValueError(f"not a sha256 (64 lowercase hex digits): {h!r}")
+        return v
+
+    @model_validator(mode="after")
+    def _shards_match(self) -> "ModelConfig":
+        n = self.shard_count
+        if isinstance(self.sha256, list) and len(self.sha256) != n:
+            raise ValueError(f"sha256 lists {len(self.sha256)} checksums but the source has {n} shard(s)")
+        return self
+
+    @property
+    def shard_count(self) -> int:
+        m = SHARD_RE.search(self.source)
+        return int(m.group(2)) if m else 1
+
+    @property
+    def shard_sources(self) -> list[str]:
+        """Every shard's source in order (just `source` for a single file)."""
+        m = SHARD_RE.search(self.source)
+        if not m:
+            return [self.source]
+        stem = self.source[: m.start()]
+        n = int(m.group(2))
+        return [f"{stem}-{i:05d}-of-{n:05d}.gguf" for i in range(1, n + 1)]
+
+    @property
+    def pinned_sha256(self) -> list[str | None]:
+        """The pinned checksum of each shard, None where the catalog pins none."""
+        if isinstance(self.sha256, list):
+            return list(self.sha256)
+        if isinstance(self.sha256, str):
+            if self.shard_count != 1:
+                return [None] * self.shard_count  # rejected in validation; defensive
+            return [self.sha256]
+        return [None] * self.shard_count
+
+
+@dataclass(frozen=True)
+class Catalog:
+    """Model ids and aliases from models.toml; `path` is where edits are written."""
+
+    models: dict[str, ModelConfig]
+    path: Path
+    exists: bool = True
+
+    def resolve(self, name: str) -> tuple[str, ModelConfig] | None:
+        if name in self.models:
+            return name, self.models[name]
+        for mid, m in self.models.items():
+            if name in m.aliases:
+                return mid, m
+        return None
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the daemon and the CLI read from files and the environment."""
+
+    config: ApplianceConfig
+    catalog: Catalog
+    config_path: Path | None
+    keys_path: Path
+    env_overrides: dict[str, str] = field(default_factory=dict)
+
+
+# --- finding and loading ------------------------------------------------------------------
+
+
+def find_file(name: str, flag: str | os.PathLike[str] | None, env_var: str, env: Mapping[str, str]) -> Path | None:
+    """Flag, then environment variable, then ./, /etc/appliance/, ~/.config/appliance/."""
+    for explicit, origin in ((flag, "command line"), (env.get(env_var), env_var)):
+        if explicit:
+            p = Path(explicit).expanduser()
+            if not p.is_file():
+                raise ConfigError(str(p), "", f"file not found (given by {origin})")
+            return p
+    for d in (Path.cwd(), SYSTEM_DIR, user_config_dir()):
+        p = d / name
+        if p.is_file():
+            return p
+    return None
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as f:
+            return tomllib.load(f)
+    except tomllib.TOMLDecodeError as e:
+        key = ""
+        m = re.search(r"Cannot (?:declare|overwrite) \('?([^')]+)", str(e))
+        if m:
+            key = m.group(1).strip("'")
+        raise ConfigError(str(path), key, f"invalid TOML: {e}") from None
+    except OSError as e:
+        raise ConfigError(str(path), "", f"cannot read: {e.strerror}") from None
+
+
+def _first_error(e: ValidationError, prefix: tuple[str | int, ...] = ()) -> tuple[str, str]:
+    err = e.errors()[0]
+    loc = [str(p) for p in prefix + tuple(err["loc"]) if not _is_union_tag(p)]
+    msg = err["msg"]
+    if err["type"] == "extra_forbidden":
+        msg = "unknown key"
+    msg = msg.removeprefix("Value error, ")
+    return ".".join(loc), msg
+
+
+def _is_union_tag(part: object) -> bool:
+    """Pydantic puts union member names into locations ('literal['auto']', 'int'); drop them."""
+    return isinstance(part, str) and (
+        part.startswith(("literal[", "list[", "function-")) or part in ("int", "str", "float", "bool")
+    )
+
+
+ENV_OVERRIDES = {
+    "APPLIANCE_HOST": ("server", "host"),
+    "APPLIANCE_PORT": ("server", "port"),
+    "APPLIANCE_STORE": ("store", "path"),
+}
+
+
+def load_config(path: Path | None, env: Mapping[str, str]) -> tuple[ApplianceConfig, dict[str, str]]:
+    raw: dict[str, Any] = _read_toml(path) if path else {}
+    applied: dict[str, str] = {}
+    for var, (section, key) in ENV_OVERRIDES.items():
+        if env.get(var):
+            sect = raw.setdefault(section, {})
+            if not isinstance(sect, dict):
+                break  # the file's own error is reported below
+            sect[key] = env[var]
+            applied[f"{section}.{key}"] = var
+    try:
+        return ApplianceConfig.model_validate(raw), applied
+    except ValidationError as e:
+        key, msg = _first_error(e)
+        origin = next((f"environment {v}" for k, v in applied.items() if key.startswith(k)), None)
+        raise ConfigError(origin or str(path or CONFIG_NAME), key, msg) from None
+
+
+def parse_catalog(raw: Mapping[str, Any], file: str) -> dict[str, ModelConfig]:
+    models: dict[str, ModelConfig] = {}
+    for mid, body in raw.items():
+        if not isinstance(body, dict):
+            raise ConfigError(file, mid, "each model must be a table ([model-id])")
+        try:
+            models[mid] = ModelConfig.model_validate(body)
+        except ValidationError as e:
+            key, msg = _first_error(e, (mid,))
+            raise ConfigError(file, key, msg) from None
+    seen: dict[str, str] = {mid: mid for mid in models}
+    for mid, m in models.items():
+        for i, alias in enumerate(m.aliases):
+            if alias in seen:
+                other = seen[alias]
+                what = "a model id" if alias == other else f"already an alias of {other!r}"
+                raise ConfigError(file, f"{mid}.aliases[{i}]", f"duplicate alias {alias!r}: {what}")
+            seen[alias] = mid
+    return models
+
+
+def load_catalog(path: Path | None) -> Catalog:
+    if path is None:
+        return Catalog({}, user_config_dir() / MODELS_NAME, exists=False)
+    return Catalog(parse_catalog(_read_toml(path), str(path)), path)
+
+
+def load_settings(
+    config: str | os.PathLike[str] | None = None,
+    models: str | os.PathLike[str] | None = None,
+    env: Mapping[str, str] | None = None,
+) -> Settings:
+    """Find, read and validate both files; raise ConfigError on the first problem."""
+    env = os.environ if env is None else env
+    config_path = find_file(CONFIG_NAME, config, "APPLIANCE_CONFIG", env)
+    models_path = find_file(MODELS_NAME, models, "APPLIANCE_MODELS", env)
+    cfg, applied = load_config(config_path, env)
+    catalog = load_catalog(models_path)
+    keys = cfg.auth.keys_file
+    if keys is None:
+        keys = (config_path.parent if config_path else user_config_dir()) / KEYS_NAME
+    elif not keys.is_absolute() and config_path:
+        keys = config_path.parent / keys
+    return Settings(cfg, catalog, config_path, keys.expanduser(), applied)

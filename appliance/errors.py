@@ -1,0 +1,163 @@
+"""Named errors of the appliance.
+
+Every failure a user can see is one of these classes. The HTTP layer maps them to
+OpenAI's error shape through `status`, `type` and `code` (in one place: api/errors.py),
+and the CLI maps them to exit codes through `exit_code`.
+"""
+
+from __future__ import annotations
+
+
+class ApplianceError(Exception):
+    """Base class: a message for humans plus the fields OpenAI's error shape needs."""
+
+    status: int = 500
+    type: str = "server_error"
+    code: str = "internal_error"
+    exit_code: int = 1
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        param: str | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        self.retry_after = retry_after
+
+
+# --- configuration and usage (CLI exit 2) -------------------------------------------
+
+
+class ConfigError(ApplianceError):
+    """Invalid configuration: names the file, the key and the problem in one line."""
+
+    exit_code = 2
+
+    def __init__(self, file: str, key: str, problem: str) -> None:
+        self.file, self.key, self.problem = file, key, problem
+        where = f"{file}: {key}" if key else file
+        super().__init__(f"{where}: {problem}")
+
+
+class UsageError(ApplianceError):
+    """The command line asked for something that cannot be done as asked."""
+
+    exit_code = 2
+
+
+# --- store and downloads (CLI exit 1) -------------------------------------------------
+
+
+class StoreError(ApplianceError):
+    """A store operation failed; the store is left as it was."""
+
+
+class ChecksumMismatch(StoreError):
+    def __init__(self, what: str, expected: str, got: str) -> None:
+        self.expected, self.got = expected, got
+        super().__init__(f"checksum mismatch for {what}: expected sha256 {expected}, got {got}")
+
+
+class DownloadError(StoreError):
+    """The source could not be fetched (network, hub, missing file)."""
+
+
+class OfflineError(DownloadError):
+    """HF_HUB_OFFLINE is set and the file is not available locally."""
+
+
+class InsufficientDisk(StoreError):
+    def __init__(self, path: str, need: int, free: int) -> None:
+        self.need, self.free = need, free
+        super().__init__(
+            f"not enough disk space in {path}: need {need} bytes, {free} free"
+        )
+
+
+class StoreBusy(StoreError):
+    """Another process holds the lock for this model."""
+
+
+class ModelInUse(StoreError):
+    """The model is loaded in the running daemon."""
+
+
+class BundleError(StoreError):
+    """An offline bundle is malformed, tampered with or untrusted."""
+
+
+# --- HTTP request errors ----------------------------------------------------------------
+
+
+class InvalidRequest(ApplianceError):
+    status, type, code = 400, "invalid_request_error", "invalid_value"
+
+
+class InvalidJSON(InvalidRequest):
+    code = "invalid_json"
+
+
+class ContextLengthExceeded(InvalidRequest):
+    code = "context_length_exceeded"
+
+
+class InvalidAPIKey(ApplianceError):
+    status, type, code = 401, "invalid_request_error", "invalid_api_key"
+
+
+class InsufficientScope(ApplianceError):
+    status, type, code = 403, "permission_error", "insufficient_scope"
+
+
+class ModelNotAllowed(ApplianceError):
+    status, type, code = 403, "permission_error", "model_not_allowed"
+
+
+class ModelNotFound(ApplianceError):
+    status, type, code = 404, "invalid_request_error", "model_not_found"
+
+
+class NotFound(ApplianceError):
+    status, type, code = 404, "invalid_request_error", "not_found"
+
+
+class MethodNotAllowed(ApplianceError):
+    status, type, code = 405, "invalid_request_error", "method_not_allowed"
+
+
+class RequestTooLarge(ApplianceError):
+    status, type, code = 413, "invalid_request_error", "request_too_large"
+
+
+class QueueFull(ApplianceError):
+    status, type, code = 429, "rate_limit_error", "queue_full"
+
+
+class RateLimitExceeded(ApplianceError):
+    status, type, code = 429, "rate_limit_error", "rate_limit_exceeded"
+
+
+class Draining(ApplianceError):
+    status, type, code = 503, "server_error", "draining"
+
+
+class NotReady(ApplianceError):
+    status, type, code = 503, "server_error", "not_ready"
+
+
+class QueueTimeout(ApplianceError):
+    status, type, code = 503, "server_error", "queue_timeout"
+
+
+class InsufficientMemory(ApplianceError):
+    status, type, code = 503, "server_error", "insufficient_memory"
+
+
+class EngineError(ApplianceError):
+    """llama.cpp failed for one request (e.g. KV exhaustion); others go on."""
+
+    status, type, code = 500, "server_error", "internal_error"
