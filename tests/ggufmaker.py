@@ -1,0 +1,91 @@
+"""Synthetic llama-architecture GGUFs with random weights, for tests.
+
+Speed and memory depend on shapes, not values, so a random-weight model exercises the
+same llama.cpp paths as a real one. The tokenizer is copied from the small vocab-only
+GGUF in tests/data (llama.cpp's ggml-vocab-llama-spm.gguf, 32000 tokens).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import gguf
+import numpy as np
+
+DATA = Path(__file__).parent / "data"
+VOCAB = DATA / "ggml-vocab-llama-spm.gguf"
+
+
+@dataclass(frozen=True)
+class Shape:
+    n_embd: int = 64
+    n_layer: int = 2
+    n_head: int = 4
+    n_head_kv: int = 2
+    n_ff: int = 128
+    n_ctx_train: int = 4096
+    chat_template: str | None = None
+    name: str = "tiny"
+
+
+def _copy_tokenizer(w: gguf.GGUFWriter, vocab: Path) -> int:
+    r = gguf.GGUFReader(vocab)
+    n_vocab = 0
+    for key, f in r.fields.items():
+        if not key.startswith("tokenizer."):
+            continue
+        vtype = f.types[0]
+        if vtype == gguf.GGUFValueType.ARRAY:
+            val = f.contents()
+            n_vocab = max(n_vocab, len(val)) if key == "tokenizer.ggml.tokens" else n_vocab
+            w.add_key_value(key, val, vtype, sub_type=f.types[1])
+        else:
+            w.add_key_value(key, f.contents(), vtype)
+    return n_vocab
+
+
+def make_gguf(path: Path, shape: Shape = Shape(), seed: int = 0) -> Path:
+    """Write a random-weight llama GGUF of `shape` to `path` (F32 weights, tied output)."""
+    rng = np.random.default_rng(seed)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    w = gguf.GGUFWriter(str(path), "llama")
+    w.add_name(shape.name)
+    w.add_context_length(shape.n_ctx_train)
+    w.add_embedding_length(shape.n_embd)
+    w.add_block_count(shape.n_layer)
+    w.add_feed_forward_length(shape.n_ff)
+    w.add_head_count(shape.n_head)
+    w.add_head_count_kv(shape.n_head_kv)
+    w.add_layer_norm_rms_eps(1e-5)
+    w.add_rope_dimension_count(shape.n_embd // shape.n_head)
+    w.add_file_type(gguf.LlamaFileType.ALL_F32)
+    n_vocab = _copy_tokenizer(w, VOCAB)
+    if shape.chat_template:
+        w.add_chat_template(shape.chat_template)
+
+    def t(name: str, *dims: int, scale: float = 0.02) -> None:
+        if len(dims) == 1:
+            arr = np.ones(dims, dtype=np.float32)
+        else:
+            arr = (rng.standard_normal(dims) * scale).astype(np.float32)
+        w.add_tensor(name, arr)
+
+    e, kv = shape.n_embd, shape.n_embd // shape.n_head * shape.n_head_kv
+    t("token_embd.weight", n_vocab, e, scale=1.0)
+    t("output_norm.weight", e)
+    for i in range(shape.n_layer):
+        t(f"blk.{i}.attn_norm.weight", e)
+        t(f"blk.{i}.attn_q.weight", e, e)
+        t(f"blk.{i}.attn_k.weight", kv, e)
+        t(f"blk.{i}.attn_v.weight", kv, e)
+        t(f"blk.{i}.attn_output.weight", e, e)
+        t(f"blk.{i}.ffn_norm.weight", e)
+        t(f"blk.{i}.ffn_gate.weight", shape.n_ff, e)
+        t(f"blk.{i}.ffn_down.weight", e, shape.n_ff)
+        t(f"blk.{i}.ffn_up.weight", shape.n_ff, e)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path
