@@ -141,7 +141,7 @@ async def test_stuck_runner_stops_watchdog(notify_socket: socket.socket) -> None
     runner = FakeRunner(clock)
     hb = Heartbeat(
         Notifier(), clock, lambda: [runner.reading()], lambda: "serving",
-        watchdog_every=15.0, max_call=60.0,
+        watchdog_every=15.0, status_every=15.0, max_call=60.0,
     )
     task = asyncio.create_task(hb.run())
     try:
