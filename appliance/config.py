@@ -21,6 +21,7 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -154,18 +155,20 @@ class ModelConfig(_Strict):
 
     @field_validator("sha256")
     @classmethod
-    def _sha(cls, v: str | list[str] | None) -> str | list[str] | None:
+    def _sha(cls, v: str | list[str] | None, info: ValidationInfo) -> str | list[str] | None:
         for h in [v] if isinstance(v, str) else v or []:
             if not SHA256_RE.match(h):
                 raise ValueError(f"not a sha256 (64 lowercase hex digits): {h!r}")
+        # A field validator (not a model validator) so the error names the `sha256` key.
+        source = info.data.get("source")
+        if source is not None and v is not None:
+            m = SHARD_RE.search(source)
+            n = int(m.group(2)) if m else 1
+            if isinstance(v, list) and len(v) != n:
+                raise ValueError(f"lists {len(v)} checksum(s) but the source has {n} shard(s)")
+            if isinstance(v, str) and n != 1:
+                raise ValueError(f"the source has {n} shards: give a list of {n} checksums in shard order")
         return v
-
-    @model_validator(mode="after")
-    def _shards_match(self) -> "ModelConfig":
-        n = self.shard_count
-        if isinstance(self.sha256, list) and len(self.sha256) != n:
-            raise ValueError(f"sha256 lists {len(self.sha256)} checksums but the source has {n} shard(s)")
-        return self
 
     @property
     def shard_count(self) -> int:
