@@ -161,3 +161,18 @@ class EngineError(ApplianceError):
     """llama.cpp failed for one request (e.g. KV exhaustion); others go on."""
 
     status, type, code = 500, "server_error", "internal_error"
+
+
+# --- the daemon's admin socket (CLI exit 1) -----------------------------------------------
+
+
+class DaemonUnreachable(ApplianceError):
+    """The daemon's admin socket refused us (permissions) or broke before answering."""
+
+
+class AdminRequestFailed(ApplianceError):
+    """The daemon answered an admin-socket request with an error (`code` says which)."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
