@@ -67,6 +67,7 @@ class Delta:
     text: str
     logprobs: list[TokenLogprob] = field(default_factory=list)
     finish_reason: FinishReason | None = None  # set on the choice's last delta only
+    token_ids: tuple[int, ...] = ()  # the tokens sampled for this delta (text may lag behind)
 
 
 @dataclass
@@ -76,6 +77,7 @@ class Usage:
     cached_tokens: int = 0  # prompt tokens reused from a slot's cache
     ttft_s: float | None = None  # time to first token
     decode_tokens_per_s: float | None = None
+    prompt_eval_tokens: int = 0  # prompt tokens actually evaluated (prompt - cached, at least 1)
 
 
 @dataclass(frozen=True)
