@@ -1,20 +1,57 @@
-"""`appliance serve`: run the daemon in the foreground."""
+"""`appliance serve`: run the daemon in the foreground until SIGINT or SIGTERM."""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import logging
+import signal
+import sys
 
+from ..api.state import RequestIdFilter
 from ..config import load_settings
 
 
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
     p = sub.add_parser("serve", parents=[common], help="run the daemon in the foreground")
     p.add_argument("--host", help="listen address (overrides server.host)")
-    p.add_argument("--port", type=int, help="listen port (overrides server.port)")
+    p.add_argument("--port", type=int, help="listen port (overrides server.port; 0 = any free port)")
     p.set_defaults(func=run)
 
 
+def setup_logging() -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.addFilter(RequestIdFilter())
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s"))
+    root = logging.getLogger()
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)
+
+
+async def _serve(daemon: object) -> None:
+    from ..daemon import Daemon
+
+    assert isinstance(daemon, Daemon)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, daemon.reload)
+    await daemon.start()
+    # One line on stdout that scripts (and tests) can wait for.
+    print(f"appliance: serving on {daemon.url}", flush=True)
+    try:
+        await stop.wait()
+    finally:
+        await daemon.stop()
+
+
 def run(args: argparse.Namespace) -> int:
+    from ..daemon import Daemon
+
     settings = load_settings(args.config, args.models)
-    print(f"config ok: {len(settings.catalog.models)} model(s) in catalog")
+    setup_logging()
+    daemon = Daemon(settings, host=args.host, port=args.port)
+    daemon.check()
+    asyncio.run(_serve(daemon))
     return 0

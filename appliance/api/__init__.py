@@ -1,0 +1,1 @@
+"""The HTTP layer: an aiohttp app serving the OpenAI-compatible API."""

@@ -1,0 +1,70 @@
+"""`create_app`: the aiohttp application with every middleware and route, nothing started.
+
+Middlewares, outermost first: request context (id, log line, hooks) -> errors (one
+mapping) -> CORS preflight -> draining -> body limit -> auth (+ rate limit). Routes:
+probes, /v1 (OpenAI), /admin (scheduler's, admin scope by path). The daemon owns the
+AppRunner/TCPSite (handler_cancellation=True) so the drain can keep the listener open.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Callable
+
+from aiohttp import web
+
+from ..auth import Keyring, RateLimiter
+from ..config import Catalog, Settings
+from .backend import Backend
+from .chat import chat_completions
+from .completions import completions
+from .context import CTX_KEY, ApiContext
+from .directory import ModelDirectory
+from .embeddings import embeddings
+from .errors import MAX_BODY_KEY
+from .middleware import add_request_headers, auth, body_limit, cors, draining, errors, request_context
+from .models_routes import add_model_routes
+from .probes import add_probe_routes
+from .state import STATE_KEY, AppState
+
+
+def create_app(
+    settings: Settings,
+    *,
+    backend: Backend,
+    keyring: Keyring,
+    state: AppState | None = None,
+    catalog: Callable[[], Catalog] | None = None,
+    store: Any = None,
+    limiter: RateLimiter | None = None,
+    open_without_keys: bool = True,
+    scheduler: Any = None,
+) -> web.Application:
+    """Build the app. `catalog` returns the live catalog (models.toml may be re-read);
+    `open_without_keys` is True only when listening on loopback; `scheduler`, when given,
+    gets its admin routes mounted under /admin (admin scope)."""
+    server = settings.config.server
+    cors_mw = cors(list(server.cors_origins))
+    middlewares = [request_context, errors, cors_mw, draining, body_limit,
+                   auth(keyring, limiter or RateLimiter(), open_without_keys=open_without_keys,
+                        metrics_public=server.metrics_public)]
+    # client_max_size: aiohttp's own 413 for bodies that lie about (or omit) their length.
+    app = web.Application(middlewares=middlewares, client_max_size=server.max_body_bytes)
+    app[MAX_BODY_KEY] = server.max_body_bytes
+    app[STATE_KEY] = state or AppState()
+    app[CTX_KEY] = ApiContext(
+        directory=ModelDirectory(catalog or (lambda: settings.catalog), store, started=time.time()),
+        backend=backend,
+    )
+    app.on_response_prepare.append(add_request_headers)
+    app.on_response_prepare.append(cors_mw.on_prepare)
+    add_probe_routes(app)
+    add_model_routes(app)
+    app.router.add_post("/v1/chat/completions", chat_completions)
+    app.router.add_post("/v1/completions", completions)
+    app.router.add_post("/v1/embeddings", embeddings)
+    if scheduler is not None:
+        from .admin import add_admin_routes
+
+        add_admin_routes(app, scheduler)
+    return app

@@ -1,0 +1,49 @@
+"""The objects route handlers share, stored on the app under one typed key."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from aiohttp import web
+
+from ..auth import ApiKey
+from ..config import ModelConfig
+from ..errors import InvalidRequest
+from .backend import Backend
+from .directory import ModelDirectory
+from .state import request_info
+
+
+@dataclass
+class ApiContext:
+    directory: ModelDirectory
+    backend: Backend
+
+
+CTX_KEY = web.AppKey("appliance_api", ApiContext)
+
+ANONYMOUS = "anonymous"  # the fairness bucket of requests in open (no keys) mode
+
+
+def api_key(request: web.Request) -> ApiKey | None:
+    return request.get("api_key")
+
+
+def key_name(request: web.Request) -> str:
+    key = api_key(request)
+    return key.name if key is not None else ANONYMOUS
+
+
+def resolve_model(request: web.Request, name: str) -> tuple[str, ModelConfig]:
+    mid, cfg = request.app[CTX_KEY].directory.resolve(name, api_key(request))
+    request_info(request)["model"] = mid
+    return mid, cfg
+
+
+def check_n(n: int, cfg: ModelConfig, mid: str) -> None:
+    """n choices decode in n slots at once; more than the model has can never be served."""
+    if n > cfg.parallel:
+        raise InvalidRequest(
+            f"n={n} is more than the {cfg.parallel} parallel sequences of the model {mid!r}",
+            param="n",
+        )

@@ -1,0 +1,68 @@
+"""Which models a request may name: catalog ids and aliases, filtered by the key's list.
+
+A model outside the key's list is 403 when named and absent from /v1/models, so a key
+cannot even enumerate what it may not use.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Protocol
+
+from ..auth import ApiKey
+from ..config import Catalog, ModelConfig
+from ..errors import ModelNotAllowed, ModelNotFound
+
+
+class _Records(Protocol):
+    """The part of the store /v1/models needs (appliance.store.Store satisfies it)."""
+
+    def record(self, model_id: str) -> Any: ...
+
+
+class ModelDirectory:
+    def __init__(self, catalog: Callable[[], Catalog], store: _Records | None = None, started: float = 0.0) -> None:
+        self._catalog = catalog
+        self._store = store
+        self._started = int(started)
+
+    @property
+    def catalog(self) -> Catalog:
+        return self._catalog()
+
+    def resolve(self, name: str, key: ApiKey | None) -> tuple[str, ModelConfig]:
+        """The canonical id and config for `name` (an id or alias) or 404/403."""
+        found = self.catalog.resolve(name)
+        if found is None:
+            raise ModelNotFound(f"the model {name!r} does not exist", param="model")
+        mid, cfg = found
+        if key is not None and not key.may_use(mid, name, *cfg.aliases):
+            raise ModelNotAllowed(f"key {key.name!r} may not use the model {name!r}", param="model")
+        return mid, cfg
+
+    def visible(self, key: ApiKey | None) -> list[tuple[str, ModelConfig]]:
+        return [
+            (mid, cfg)
+            for mid, cfg in self.catalog.models.items()
+            if key is None or key.may_use(mid, *cfg.aliases)
+        ]
+
+    def card(self, mid: str, cfg: ModelConfig) -> dict[str, Any]:
+        """OpenAI's model object plus what an auditor needs: the checksum and the source."""
+        rec = self._store.record(mid) if self._store is not None else None
+        shas: list[str | None] = list(rec.shas) if rec is not None and rec.shas else cfg.pinned_sha256
+        sha: str | list[str | None] | None = shas[0] if len(shas) == 1 else shas
+        created = self._started
+        if rec is not None and getattr(rec, "verified_at", None):
+            created = int(rec.verified_at)
+        return {
+            "id": mid,
+            "object": "model",
+            "created": created,
+            "owned_by": "appliance",
+            "sha256": sha,
+            "source": cfg.source,
+            "aliases": list(cfg.aliases),
+            "context_length": cfg.context,
+            "parallel": cfg.parallel,
+            "embedding": cfg.embedding,
+        }

@@ -1,0 +1,58 @@
+"""POST /v1/embeddings: only models marked `embedding = true` in the catalog."""
+
+from __future__ import annotations
+
+import base64
+import inspect
+import sys
+from array import array
+from typing import Any
+
+from aiohttp import web
+
+from ..errors import InvalidRequest
+from .context import CTX_KEY, key_name, resolve_model
+from .schemas import EmbeddingRequest, parse_body, read_json
+from .state import request_info
+
+
+def encode_base64(vector: list[float]) -> str:
+    """float32 little-endian, what the openai client decodes (it asks for base64 by default)."""
+    a = array("f", vector)
+    if sys.byteorder != "little":
+        a.byteswap()
+    return base64.b64encode(a.tobytes()).decode("ascii")
+
+
+async def embeddings(request: web.Request) -> web.Response:
+    body = parse_body(EmbeddingRequest, await read_json(request))
+    mid, cfg = resolve_model(request, body.model)
+    if not cfg.embedding:
+        raise InvalidRequest(f"the model {mid!r} does not serve embeddings (embedding = false in models.toml)", param="model")
+    inputs = body.inputs
+    async with request.app[CTX_KEY].backend.lease(mid, key_name(request), slots=1) as runner:
+        result = runner.embed(inputs)
+        if inspect.isawaitable(result):
+            result = await result
+    if body.dimensions is not None and body.dimensions != len(result.vectors[0]):
+        raise InvalidRequest(
+            f"the model {mid!r} makes {len(result.vectors[0])}-dimensional embeddings; dimensions cannot change that",
+            param="dimensions",
+        )
+    data: list[dict[str, Any]] = [
+        {
+            "object": "embedding",
+            "index": i,
+            "embedding": encode_base64(v) if body.encoding_format == "base64" else v,
+        }
+        for i, v in enumerate(result.vectors)
+    ]
+    request_info(request)["prompt_tokens"] = result.prompt_tokens
+    return web.json_response(
+        {
+            "object": "list",
+            "data": data,
+            "model": mid,
+            "usage": {"prompt_tokens": result.prompt_tokens, "total_tokens": result.prompt_tokens},
+        }
+    )

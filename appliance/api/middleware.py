@@ -1,0 +1,197 @@
+"""Middlewares, outermost first: request context, errors, CORS preflight, draining, body
+limit, authentication. Each has one job; `create_app` stacks them in this order."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import secrets
+import time
+from typing import Awaitable, Callable
+
+from aiohttp import web
+
+from ..auth import ADMIN, INFERENCE, Keyring, RateLimiter
+from ..errors import ApplianceError, Draining, InsufficientScope, RequestTooLarge
+from .errors import MAX_BODY_KEY, error_response, from_http_exception
+from .state import STATE_KEY, RequestRecord, request_id_var, request_info
+
+log = logging.getLogger("appliance.api")
+access_log = logging.getLogger("appliance.access")
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+OPEN_PATHS = frozenset({"/health", "/ready"})
+_CLIENT_ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+REQUEST_ID_HEADER = "x-request-id"
+
+
+def new_request_id() -> str:
+    return "req_" + secrets.token_hex(12)
+
+
+@web.middleware
+async def request_context(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Give the request an id (the client's x-request-id when sane), time it, log it once,
+    and tell the on_request hooks. Clients that hang up are logged as status 499."""
+    incoming = request.headers.get(REQUEST_ID_HEADER, "")
+    rid = incoming if _CLIENT_ID_RE.match(incoming) else new_request_id()
+    request["request_id"] = rid
+    token = request_id_var.set(rid)
+    state = request.app[STATE_KEY]
+    info = request_info(request)
+    start = time.perf_counter()
+    status = 500
+    state.in_flight += 1
+    try:
+        resp = await handler(request)
+        status = resp.status
+        return resp
+    except asyncio.CancelledError:
+        status = 499  # client closed the connection; the handler's finally blocks freed its work
+        raise
+    finally:
+        state.in_flight -= 1
+        latency = time.perf_counter() - start
+        access_log.info(
+            "%s %s %d %.3fs key=%s model=%s tokens=%d+%d",
+            request.method, request.path, status, latency, info["key_name"] or "-",
+            info["model"] or "-", info["prompt_tokens"], info["completion_tokens"],
+        )
+        record = RequestRecord(
+            request_id=rid, method=request.method, path=request.path,
+            key_name=info["key_name"], model=info["model"], status=status,
+            prompt_tokens=info["prompt_tokens"], completion_tokens=info["completion_tokens"],
+            latency_s=latency, stream=info["stream"], error_code=info["error_code"],
+        )
+        for hook in list(state.on_request):
+            try:
+                hook(record)
+            except Exception:  # a metrics bug must not break serving
+                log.exception("on_request hook failed")
+        request_id_var.reset(token)
+
+
+async def add_request_headers(request: web.Request, response: web.StreamResponse) -> None:
+    """on_response_prepare: headers every response needs, streams included (they are sent
+    before a middleware could touch them)."""
+    rid = request.get("request_id")
+    if rid:
+        response.headers[REQUEST_ID_HEADER] = rid
+
+
+@web.middleware
+async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Every failure leaves as OpenAI's error shape (mapping in api/errors.py)."""
+    try:
+        return await handler(request)
+    except ApplianceError as e:
+        err = e
+    except web.HTTPException as e:
+        mapped = from_http_exception(e, request)
+        if mapped is None:
+            raise
+        err = mapped
+    except asyncio.CancelledError:
+        raise
+    except Exception:
+        log.exception("unhandled error in %s %s", request.method, request.path)
+        err = ApplianceError("internal error; the server log has details (request id in x-request-id)")
+    request_info(request)["error_code"] = err.code
+    if err.status >= 500 and err.code != "internal_error":
+        log.warning("%s: %s", err.code, err.message)
+    return error_response(err)
+
+
+def cors(origins: list[str]) -> Callable:
+    """Answer preflights for allowed origins and mark their responses (small on purpose:
+    the whole API is header-authenticated, so no cookies and no credentials mode)."""
+    allow_any = "*" in origins
+    allowed = frozenset(origins)
+
+    def origin_ok(origin: str | None) -> bool:
+        return bool(origin) and (allow_any or origin in allowed)
+
+    @web.middleware
+    async def cors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        origin = request.headers.get("Origin")
+        if (
+            request.method == "OPTIONS"
+            and origin_ok(origin)
+            and "Access-Control-Request-Method" in request.headers
+        ):
+            req_headers = request.headers.get("Access-Control-Request-Headers", "")
+            return web.Response(
+                status=204,
+                headers={
+                    "Access-Control-Allow-Methods": "GET, POST, OPTIONS",
+                    "Access-Control-Allow-Headers": req_headers or "Authorization, Content-Type",
+                    "Access-Control-Max-Age": "600",
+                },
+            )
+        return await handler(request)
+
+    async def on_prepare(request: web.Request, response: web.StreamResponse) -> None:
+        origin = request.headers.get("Origin")
+        if origin_ok(origin):
+            response.headers["Access-Control-Allow-Origin"] = "*" if allow_any else origin  # type: ignore[assignment]
+            response.headers["Access-Control-Expose-Headers"] = "x-request-id, Retry-After"
+            if not allow_any:
+                response.headers.add("Vary", "Origin")
+
+    cors_middleware.on_prepare = on_prepare  # type: ignore[attr-defined]
+    return cors_middleware
+
+
+@web.middleware
+async def draining(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """While draining, new requests get 503 draining (and Connection: close); probes pass."""
+    if request.app[STATE_KEY].draining and request.path not in OPEN_PATHS:
+        raise Draining("the server is shutting down; retry on another instance or later")
+    return await handler(request)
+
+
+@web.middleware
+async def body_limit(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Refuse a declared oversized body before reading it (aiohttp's client_max_size catches
+    undeclared, chunked ones while reading; both become 413 request_too_large)."""
+    limit = request.app[MAX_BODY_KEY]
+    length = request.content_length
+    if length is not None and length > limit:
+        raise RequestTooLarge(f"request body of {length} bytes is over the limit of {limit} bytes")
+    return await handler(request)
+
+
+def required_scope(path: str, metrics_public: bool) -> str | None:
+    """None for open probes, 'admin' for /admin and /metrics, 'inference' for the rest."""
+    if path in OPEN_PATHS or (path == "/metrics" and metrics_public):
+        return None
+    if path == "/metrics" or path == "/admin" or path.startswith("/admin/"):
+        return ADMIN
+    return INFERENCE
+
+
+def auth(keyring: Keyring, limiter: RateLimiter, *, open_without_keys: bool, metrics_public: bool) -> Callable:
+    """Bearer-token auth, scope check and per-key rate limit.
+
+    `open_without_keys`: with no keys at all, let everything through (the solo developer on
+    loopback); the daemon refuses to listen beyond loopback without keys."""
+
+    @web.middleware
+    async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        request["api_key"] = None
+        scope = required_scope(request.path, metrics_public)
+        if scope is None or (open_without_keys and keyring.empty):
+            return await handler(request)
+        header = request.headers.get("Authorization", "")
+        scheme, _, token = header.partition(" ")
+        key = keyring.authenticate(token.strip() if scheme.lower() == "bearer" else None)
+        request_info(request)["key_name"] = key.name
+        if not key.has_scope(scope):
+            raise InsufficientScope(f"key {key.name!r} lacks the {scope!r} scope needed for {request.path}")
+        limiter.take(key.name, key.rpm)
+        request["api_key"] = key
+        return await handler(request)
+
+    return auth_middleware

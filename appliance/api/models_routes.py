@@ -1,0 +1,25 @@
+"""GET /v1/models and /v1/models/{id}: only what the caller's key may use."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from .context import CTX_KEY, api_key
+
+
+async def list_models(request: web.Request) -> web.Response:
+    d = request.app[CTX_KEY].directory
+    data = [d.card(mid, cfg) for mid, cfg in d.visible(api_key(request))]
+    return web.json_response({"object": "list", "data": data})
+
+
+async def get_model(request: web.Request) -> web.Response:
+    d = request.app[CTX_KEY].directory
+    mid, cfg = d.resolve(request.match_info["model"], api_key(request))
+    return web.json_response(d.card(mid, cfg))
+
+
+def add_model_routes(app: web.Application) -> None:
+    app.router.add_get("/v1/models", list_models)
+    # {model:.+}: ids may contain '/' (e.g. "org/name"), as OpenAI's fine-tune ids contain ':'.
+    app.router.add_get("/v1/models/{model:.+}", get_model)

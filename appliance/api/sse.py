@@ -1,0 +1,43 @@
+"""Server-sent events the way OpenAI streams them: `data: {json}\\n\\n` ... `data: [DONE]`."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from aiohttp import web
+
+from ..errors import ApplianceError
+from .errors import error_payload
+
+
+class SSEStream:
+    """One streamed response. Open it only once the first token is in hand, so a request
+    that fails early still gets a real HTTP status instead of a 200 stream."""
+
+    def __init__(self, request: web.Request) -> None:
+        self.request = request
+        self.response = web.StreamResponse(
+            status=200,
+            headers={
+                "Content-Type": "text/event-stream; charset=utf-8",
+                "Cache-Control": "no-cache",
+                "X-Accel-Buffering": "no",  # proxies: do not buffer the stream
+            },
+        )
+
+    async def open(self) -> None:
+        await self.response.prepare(self.request)
+
+    async def send(self, obj: dict[str, Any]) -> None:
+        data = json.dumps(obj, ensure_ascii=False, separators=(",", ":"))
+        await self.response.write(b"data: " + data.encode("utf-8") + b"\n\n")
+
+    async def error(self, exc: ApplianceError) -> None:
+        """A failure after streaming began: one error event, then the stream ends."""
+        await self.send(error_payload(exc))
+        await self.response.write_eof()
+
+    async def done(self) -> None:
+        await self.response.write(b"data: [DONE]\n\n")
+        await self.response.write_eof()

@@ -1,0 +1,143 @@
+"""The composition root: settings -> store, keyring, backend (scheduler), app -> listener.
+
+`Daemon.start()` listens (AppRunner + TCPSite with handler_cancellation=True, so a client
+that hangs up cancels its handler and the engine frees the slot); `stop()` closes it. The
+listener stays open while `state.draining` is set, so late clients get 503 `draining`
+instead of connection refused (aiohttp's run_app would close the listener first).
+Hooks for the operations layer: `state.ready`, `state.draining`, `state.on_request`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import ssl
+from typing import Any, Callable
+
+from aiohttp import web
+
+from .api.app import create_app
+from .api.state import AppState, RequestRecord
+from .auth import Keyring, RateLimiter
+from .clock import Clock, SystemClock
+from .config import Settings
+from .errors import ConfigError, UsageError
+
+log = logging.getLogger(__name__)
+
+NO_KEYS_HINT = "create one with `appliance keys create admin --scope admin`"
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def ssl_context(settings: Settings) -> ssl.SSLContext | None:
+    server = settings.config.server
+    if server.tls_cert is None or server.tls_key is None:
+        return None
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    try:
+        ctx.load_cert_chain(str(server.tls_cert), str(server.tls_key))
+    except (OSError, ssl.SSLError) as e:
+        where = str(settings.config_path or "appliance.toml")
+        raise ConfigError(where, "server.tls_cert", f"cannot load certificate/key: {e}") from None
+    return ctx
+
+
+def _default_backend(settings: Settings, store: Any) -> Any:
+    from .api.interim_backend import SingleModelBackend
+    from .engine.runner import Runner
+
+    def load(paths: Any, cfg: Any, mid: str) -> Runner:
+        return Runner(paths, cfg, model_id=mid)
+
+    return SingleModelBackend(lambda: settings.catalog, store.model_paths, load)
+
+
+class Daemon:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        host: str | None = None,
+        port: int | None = None,
+        backend: Any = None,
+        store: Any = None,
+        clock: Clock | None = None,
+    ) -> None:
+        self.settings = settings
+        server = settings.config.server
+        self.host = host or server.host
+        self.port = server.port if port is None else port
+        self.clock = clock or SystemClock()
+        self.state = AppState()
+        self.keyring = Keyring(settings.keys_path)
+        if store is None:
+            from .store import Store
+
+            store = Store.open(settings.config.store.path)
+        self.store = store
+        self.backend = backend if backend is not None else _default_backend(settings, store)
+        self.limiter = RateLimiter(self.clock)
+        self.app = create_app(
+            settings,
+            backend=self.backend,
+            keyring=self.keyring,
+            state=self.state,
+            store=store,
+            limiter=self.limiter,
+            open_without_keys=is_loopback(self.host),
+        )
+        self._runner: web.AppRunner | None = None
+        self.ssl = ssl_context(settings)
+
+    def check(self) -> None:
+        """Refuse unsafe or broken setups before listening (both exit 2 in the CLI)."""
+        self.keyring.check()
+        if not is_loopback(self.host) and self.keyring.empty:
+            raise UsageError(f"refusing to listen on {self.host} without API keys: {NO_KEYS_HINT}")
+
+    def on_request(self, hook: Callable[[RequestRecord], None]) -> None:
+        """Register a per-request hook (metrics, audit)."""
+        self.state.on_request.append(hook)
+
+    @property
+    def url(self) -> str:
+        scheme = "https" if self.ssl else "http"
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{scheme}://{host}:{self.port}"
+
+    async def start(self) -> None:
+        self.check()
+        self._runner = web.AppRunner(self.app, handler_cancellation=True, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self.host, self.port, ssl_context=self.ssl)
+        await site.start()
+        if self.port == 0:  # tests: learn the port the kernel picked
+            self.port = self._runner.addresses[0][1]
+        log.info("listening on %s (%d key(s))", self.url, len(self.keyring.keys))
+        self.state.ready = True
+
+    async def stop(self) -> None:
+        """Stop serving: refuse new requests, close the listener and connections, unload."""
+        self.state.draining = True
+        self.state.ready = False
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+        close = getattr(self.backend, "close", None)
+        if close is not None:
+            res = close()
+            if asyncio.iscoroutine(res):
+                await res
+
+    def reload(self) -> None:
+        """SIGHUP: re-read the keys file now."""
+        self.keyring.refresh(force=True)
