@@ -200,7 +200,7 @@ def _resumable_get(
                         raise DownloadError(f"{name}: HTTP {r.status_code} from {urlparse(url).netloc}")
                     f.seek(have)
                     with _bar(size, name, initial=have, enabled=progress) as bar:
-                        for block in r.iter_bytes(CHUNK):
+                        for block in r.iter_bytes():  # as it arrives, so a cut loses nothing
                             f.write(block)
                             f.flush()  # what is on disk is what a resume re-hashes
                             h.update(block)
