@@ -24,7 +24,7 @@ from .context import CTX_KEY, check_n, key_name, resolve_model
 from .generation import chat_logprobs, close, next_delta, sampling_params, usage_dict
 from .schemas import ChatCompletionRequest, parse_body, read_json
 from .sse import SSEStream
-from .state import request_info
+from .state import REQUEST_ID, request_info
 
 
 @dataclass
@@ -66,7 +66,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
             grammar_triggers=prompt.grammar_triggers,
         )
         gen = runner.generate(GenerationRequest(prompt.text, params, add_special=prompt.add_special,
-                                                request_id=request["request_id"]))
+                                                request_id=request[REQUEST_ID]))
         try:
             d = await next_delta(gen)  # before any header: early failures are real HTTP errors
             choices = [_Choice(i) for i in range(body.n)]

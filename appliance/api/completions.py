@@ -14,7 +14,7 @@ from .context import CTX_KEY, check_n, key_name, resolve_model
 from .generation import close, completion_logprobs, next_delta, sampling_params, usage_dict
 from .schemas import CompletionRequest, parse_body, read_json
 from .sse import SSEStream
-from .state import request_info
+from .state import REQUEST_ID, request_info
 
 
 def _echo_text(runner: Any, prompt: str | list[int]) -> str:
@@ -34,7 +34,7 @@ async def completions(request: web.Request) -> web.StreamResponse:
     info["stream"] = body.stream
     want_lp = body.logprobs is not None
     params = sampling_params(body, logprobs=want_lp, top_logprobs=body.logprobs or 0)
-    rid = request["request_id"]
+    rid = request[REQUEST_ID]
     cid, created = "cmpl-" + secrets.token_hex(12), int(time.time())
     prompts = body.prompts
     n = body.n

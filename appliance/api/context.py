@@ -11,7 +11,7 @@ from ..config import ModelConfig
 from ..errors import InvalidRequest
 from .backend import Backend
 from .directory import ModelDirectory
-from .state import request_info
+from .state import API_KEY, request_info
 
 
 @dataclass
@@ -26,7 +26,7 @@ ANONYMOUS = "anonymous"  # the fairness bucket of requests in open (no keys) mod
 
 
 def api_key(request: web.Request) -> ApiKey | None:
-    return request.get("api_key")
+    return request.get(API_KEY)
 
 
 def key_name(request: web.Request) -> str:

@@ -15,7 +15,7 @@ from aiohttp import web
 from ..auth import ADMIN, INFERENCE, Keyring, RateLimiter
 from ..errors import ApplianceError, Draining, InsufficientScope, RequestTooLarge
 from .errors import MAX_BODY_KEY, error_response, from_http_exception
-from .state import STATE_KEY, RequestRecord, request_id_var, request_info
+from .state import API_KEY, REQUEST_ID, STATE_KEY, RequestRecord, request_id_var, request_info
 
 log = logging.getLogger("appliance.api")
 access_log = logging.getLogger("appliance.access")
@@ -37,7 +37,7 @@ async def request_context(request: web.Request, handler: Handler) -> web.StreamR
     and tell the on_request hooks. Clients that hang up are logged as status 499."""
     incoming = request.headers.get(REQUEST_ID_HEADER, "")
     rid = incoming if _CLIENT_ID_RE.match(incoming) else new_request_id()
-    request["request_id"] = rid
+    request[REQUEST_ID] = rid
     token = request_id_var.set(rid)
     state = request.app[STATE_KEY]
     info = request_info(request)
@@ -76,7 +76,7 @@ async def request_context(request: web.Request, handler: Handler) -> web.StreamR
 async def add_request_headers(request: web.Request, response: web.StreamResponse) -> None:
     """on_response_prepare: headers every response needs, streams included (they are sent
     before a middleware could touch them)."""
-    rid = request.get("request_id")
+    rid = request.get(REQUEST_ID)
     if rid:
         response.headers[REQUEST_ID_HEADER] = rid
 
@@ -180,7 +180,7 @@ def auth(keyring: Keyring, limiter: RateLimiter, *, open_without_keys: bool, met
 
     @web.middleware
     async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-        request["api_key"] = None
+        request[API_KEY] = None
         scope = required_scope(request.path, metrics_public)
         if scope is None or (open_without_keys and keyring.empty):
             return await handler(request)
@@ -191,7 +191,7 @@ def auth(keyring: Keyring, limiter: RateLimiter, *, open_without_keys: bool, met
         if not key.has_scope(scope):
             raise InsufficientScope(f"key {key.name!r} lacks the {scope!r} scope needed for {request.path}")
         limiter.take(key.name, key.rpm)
-        request["api_key"] = key
+        request[API_KEY] = key
         return await handler(request)
 
     return auth_middleware

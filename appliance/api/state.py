@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextvars
 import logging
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Any, Callable
 
 from aiohttp import web
 
@@ -50,12 +50,24 @@ class AppState:
 
 STATE_KEY = web.AppKey("appliance_state", AppState)
 
+# Typed per-request storage where aiohttp has it (3.14+), plain strings before.
+_RequestKey = getattr(web, "RequestKey", None)
+
+
+def _rkey(name: str, t: type) -> Any:
+    return _RequestKey(name, t) if _RequestKey is not None else name
+
+
+REQUEST_ID = _rkey("appliance_request_id", str)
+INFO = _rkey("appliance_info", dict)
+API_KEY = _rkey("appliance_api_key", object)
+
 
 def request_info(request: web.Request) -> dict:
     """Per-request facts handlers fill in for the log line and the on_request hooks."""
-    info = request.get("appliance_info")
+    info = request.get(INFO)
     if info is None:
-        info = request["appliance_info"] = {
+        info = request[INFO] = {
             "key_name": None,
             "model": None,
             "prompt_tokens": 0,
