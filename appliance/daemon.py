@@ -10,6 +10,7 @@ Hooks for the operations layer: `state.ready`, `state.draining`, `state.on_reque
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import ipaddress
 import logging
 import ssl
@@ -21,7 +22,7 @@ from .api.app import create_app
 from .api.state import AppState, RequestRecord
 from .auth import Keyring, RateLimiter
 from .clock import Clock, SystemClock
-from .config import Settings
+from .config import Catalog, Settings
 from .errors import ConfigError, UsageError
 
 log = logging.getLogger(__name__)
@@ -51,14 +52,14 @@ def ssl_context(settings: Settings) -> ssl.SSLContext | None:
     return ctx
 
 
-def _default_backend(settings: Settings, store: Any) -> Any:
+def _default_backend(settings: Settings, store: Any, catalog: Callable[[], Any] | None = None) -> Any:
     from .api.interim_backend import SingleModelBackend
     from .engine.runner import Runner
 
     def load(paths: Any, cfg: Any, mid: str) -> Runner:
         return Runner(paths, cfg, model_id=mid)
 
-    return SingleModelBackend(lambda: settings.catalog, store.model_paths, load)
+    return SingleModelBackend(catalog or (lambda: settings.catalog), store.model_paths, load)
 
 
 class Daemon:
@@ -84,7 +85,9 @@ class Daemon:
 
             store = Store.open(settings.config.store.path)
         self.store = store
-        self.backend = backend if backend is not None else _default_backend(settings, store)
+        # [operations] the catalog is read through self.settings so models.toml re-reads apply.
+        self.backend = backend if backend is not None else _default_backend(
+            settings, store, lambda: self.settings.catalog)
         self.limiter = RateLimiter(self.clock)
         self.app = create_app(
             settings,
@@ -94,6 +97,7 @@ class Daemon:
             store=store,
             limiter=self.limiter,
             open_without_keys=is_loopback(self.host),
+            catalog=lambda: self.settings.catalog,  # [operations] live catalog
         )
         self._runner: web.AppRunner | None = None
         self.ssl = ssl_context(settings)
@@ -116,7 +120,10 @@ class Daemon:
 
     async def start(self) -> None:
         self.check()
-        self._runner = web.AppRunner(self.app, handler_cancellation=True, access_log=None)
+        # [operations] shutdown_timeout: stop() comes after service.drain has already waited
+        # server.drain_timeout for in-flight requests; what is left is cancelled promptly.
+        self._runner = web.AppRunner(self.app, handler_cancellation=True, access_log=None,
+                                     shutdown_timeout=2.0)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.host, self.port, ssl_context=self.ssl)
         await site.start()
@@ -137,6 +144,14 @@ class Daemon:
             res = close()
             if asyncio.iscoroutine(res):
                 await res
+
+    def update_catalog(self, catalog: Catalog) -> None:
+        """[operations] models.toml was re-read: new ids are served at once, changed
+        settings apply at the model's next load (the scheduler's update_catalog)."""
+        self.settings = dataclasses.replace(self.settings, catalog=catalog)
+        update = getattr(self.backend, "update_catalog", None)
+        if update is not None:
+            update(catalog)
 
     def reload(self) -> None:
         """SIGHUP: re-read the keys file now."""

@@ -28,30 +28,28 @@ def setup_logging() -> None:
     root.setLevel(logging.INFO)
 
 
-async def _serve(daemon: object) -> None:
+async def _serve(daemon: object) -> int:
+    """[operations] service.runtime owns signals (SIGTERM drain, SIGHUP re-read), sd_notify,
+    the watchdog, the admin socket, /metrics and the request log."""
     from ..daemon import Daemon
+    from ..service.runtime import run_service
 
     assert isinstance(daemon, Daemon)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    loop.add_signal_handler(signal.SIGHUP, daemon.reload)
-    await daemon.start()
-    # One line on stdout that scripts (and tests) can wait for.
-    print(f"appliance: serving on {daemon.url}", flush=True)
-    try:
-        await stop.wait()
-    finally:
-        await daemon.stop()
+
+    def listening() -> None:
+        # One line on stdout that scripts (and tests) can wait for.
+        print(f"appliance: serving on {daemon.url}", flush=True)
+
+    return await run_service(daemon, listening)
 
 
 def run(args: argparse.Namespace) -> int:
     from ..daemon import Daemon
 
     settings = load_settings(args.config, args.models)
-    setup_logging()
+    from ..service.logs import configure_logging
+
+    configure_logging(settings.config.server.log_format)  # [operations] text or json
     daemon = Daemon(settings, host=args.host, port=args.port)
     daemon.check()
-    asyncio.run(_serve(daemon))
-    return 0
+    return asyncio.run(_serve(daemon))
