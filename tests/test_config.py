@@ -3,6 +3,7 @@ problem with exit 2; the search order and the environment overrides."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -100,8 +101,10 @@ def test_missing_explicit_file_names_origin(tmp_path: Path, capsys: pytest.Captu
 
 def test_config_error_through_real_process(tmp_path: Path) -> None:
     bad = write(tmp_path / "bad.toml", '[m]\nsource = "hf://o/r/m.gguf"\nparallel = 0\n')
+    root = str(Path(__file__).resolve().parent.parent)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
     p = subprocess.run(
-        [sys.executable, "-m", "appliance", "ls", "--models", str(bad)], capture_output=True, text=True
+        [sys.executable, "-m", "appliance", "ls", "--models", str(bad)], capture_output=True, text=True, env=env
     )
     assert p.returncode == 2
     assert p.stderr.strip().splitlines() == [p.stderr.strip()]

