@@ -1,0 +1,661 @@
+"""The scheduler: which runners exist, who may use them, and when they come and go.
+
+One owner of state, in the style of Ollama's scheduler: every field below is read and
+written only on the event loop, and every decision is taken in one synchronous method,
+`_schedule()`, which runs after each event (a request arrives or leaves, a load or unload
+finishes, a timer fires). It admits waiters, expires them, and starts at most one residency
+operation (unloads, then one load) at a time. Loaders, hardware probes, the clock and the
+estimator are injected, so all of this runs in tests without a GPU and without real time.
+Blocking work (llama.cpp loads, warm-ups, frees) runs in threads; swapping never touches a
+runner that has a lease out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import re
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, AsyncIterator, Callable, Literal, Protocol, Sequence
+
+import psutil
+
+from ..clock import Clock, SystemClock
+from ..config import ApplianceConfig, Catalog, ModelConfig
+from ..errors import (
+    ApplianceError,
+    ConfigError,
+    Draining,
+    EngineError,
+    InsufficientMemory,
+    InvalidRequest,
+    ModelNotFound,
+    QueueFull,
+    QueueTimeout,
+)
+from ..hardware.budget import fixed_budgets
+from ..hardware.devices import Device, DeviceKind, Hardware
+from ..units import format_size
+from .admission import FairQueue, Waiter
+from .estimate import Estimate, Estimator, GGUFEstimator
+from .footprints import Footprints, footprint_key
+from .placement import Impossible, Memory, Placement, Plan, Resident, Wait, plan
+
+log = logging.getLogger("appliance.scheduler")
+
+State = Literal["unloaded", "loading", "loaded", "unloading"]
+THROUGHPUT_WINDOW = 60.0  # seconds of completions used for Retry-After
+DEFAULT_RETRY_AFTER = 5.0  # when a model has no recent completions
+_SHA_IN_NAME = re.compile(r"sha256-([0-9a-f]{64})")
+
+
+class RunnerLike(Protocol):
+    n_slots: int
+
+    def close(self) -> None: ...
+
+
+Loader = Callable[[str, ModelConfig, list[Path], Placement], RunnerLike]
+StorePaths = Callable[[str, ModelConfig], "list[Path] | None"]
+
+
+@dataclass
+class ModelStatus:
+    """One row of /admin/models."""
+
+    id: str
+    state: State
+    memory_estimated: int | None
+    memory_measured: int | None
+    device: str | None
+    gpu_layers: int | None
+    slots_busy: int
+    slots_total: int
+    queue_depth: int
+    last_used: float | None  # the scheduler clock's monotonic time
+    idle_seconds: float | None
+    sha256: str | None
+    source: str
+    pinned: bool
+
+    def to_json(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+@dataclass(eq=False)
+class _Model:
+    id: str
+    cfg: ModelConfig  # the catalog's current settings (apply at the next load)
+    state: State = "unloaded"
+    loaded_cfg: ModelConfig | None = None
+    runner: RunnerLike | None = None
+    placement: Placement | None = None
+    estimate: Estimate | None = None
+    measured: int | None = None
+    charges: dict[int, int] = field(default_factory=dict)
+    mapped: dict[int, int] = field(default_factory=dict)
+    busy_slots: int = 0
+    leases: int = 0
+    queue: FairQueue = field(default_factory=FairQueue)
+    last_used: float | None = None
+    loaded_at: float = 0.0
+    completions: deque[float] = field(default_factory=deque)
+    draining: bool = False  # a swap needs it gone: admit nothing, unload once idle
+    unload_requested: bool = False
+    removed: bool = False  # gone from the catalog: unload once idle
+    sha256: str | None = None
+    state_waiters: list[asyncio.Future[None]] = field(default_factory=list)
+
+    @property
+    def parallel(self) -> int:
+        return (self.loaded_cfg or self.cfg).parallel
+
+    @property
+    def idle(self) -> bool:
+        return self.leases == 0 and len(self.queue) == 0
+
+    @property
+    def admitting(self) -> bool:
+        return self.state == "loaded" and not (self.draining or self.unload_requested)
+
+
+class Scheduler:
+    """Residency (load, evict, keep_alive) and admission (fair bounded queues) for all models.
+
+    All methods must be called on the event loop the scheduler was started on.
+    """
+
+    def __init__(
+        self,
+        config: ApplianceConfig,
+        catalog: Catalog,
+        *,
+        store_paths: StorePaths,
+        loader: Loader,
+        hardware: Hardware,
+        clock: Clock | None = None,
+        estimator: Estimator | None = None,
+        footprints: Footprints | None = None,
+        rss: Callable[[], int] | None = None,
+    ) -> None:
+        self.config = config
+        self.catalog = catalog
+        self._store_paths = store_paths
+        self._loader = loader
+        self._hw = hardware
+        self.clock: Clock = clock or SystemClock()
+        self._estimator: Estimator = estimator or GGUFEstimator()
+        self._footprints = footprints if footprints is not None else Footprints(config.store.path / "footprints.json")
+        self._rss = rss or (lambda: int(psutil.Process().memory_info().rss))
+        self._models: dict[str, _Model] = {mid: _Model(mid, cfg) for mid, cfg in catalog.models.items()}
+        self._paths: dict[str, list[Path]] = {}
+        self._op: asyncio.Task[None] | None = None
+        self._timer: asyncio.Task[None] | None = None
+        self._timer_at: float | None = None
+        self._draining = False
+        self._stopping = False
+        self._idle_event: asyncio.Event | None = None
+
+    # --- public API -------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Check that the pinned models fit together (else ConfigError), then load them."""
+        pinned = [m for m in self._models.values() if m.cfg.pinned]
+        self._check_pinned_fit(pinned)
+        for m in pinned:
+            await self.load(m.id)
+
+    def drain(self) -> None:
+        """Refuse new requests (503 draining); waiting and running ones go on."""
+        self._draining = True
+
+    async def stop(self, *, wait: bool = True) -> None:
+        """Drain, fail queued requests, wait for running ones (if `wait`), unload everything."""
+        self.drain()
+        for m in self._models.values():
+            for w in m.queue.take_all():
+                self._fail(w, Draining("the server is shutting down"))
+        if wait:
+            while any(m.leases for m in self._models.values()):
+                self._idle_event = asyncio.Event()
+                await self._idle_event.wait()
+        self._stopping = True
+        if self._timer:
+            self._timer.cancel()
+        while self._op is not None:
+            await asyncio.shield(self._op)
+        for m in list(self._models.values()):
+            if m.runner is not None:
+                await self._unload(m)
+
+    @contextlib.asynccontextmanager
+    async def lease(self, model: str, key: str, slots: int = 1) -> AsyncIterator[RunnerLike]:
+        """Wait for a turn on `model` (an id or alias) and hold `slots` of its runner's slots.
+
+        Raises ModelNotFound, InvalidRequest (slots > parallel), QueueFull (429),
+        QueueTimeout (503), InsufficientMemory (503), Draining (503), or a load failure.
+        """
+        m, runner = await self.acquire(model, key, slots)
+        try:
+            yield runner
+        finally:
+            self.release(m, slots)
+
+    async def acquire(self, model: str, key: str, slots: int = 1) -> tuple[_Model, RunnerLike]:
+        """`lease()` without the context manager: pair every success with `release()`."""
+        if self._draining:
+            raise Draining("the server is shutting down")
+        m = self._resolve(model)
+        if slots > m.parallel:
+            raise InvalidRequest(
+                f"n={slots} exceeds model {m.id!r}'s parallel = {m.parallel}", param="n"
+            )
+        now = self.clock.monotonic()
+        if m.admitting and len(m.queue) == 0 and m.busy_slots + slots <= m.parallel:
+            self._grant(m, slots)
+            assert m.runner is not None
+            return m, m.runner
+        if len(m.queue) >= self.config.queue.max_waiting:
+            ra = self._retry_after(m)
+            raise QueueFull(
+                f"model {m.id!r} has {len(m.queue)} requests waiting (queue.max_waiting); retry later",
+                retry_after=ra,
+            )
+        if m.state == "unloaded" and m.id not in self._paths:
+            self._locate(m)
+        fut: asyncio.Future[RunnerLike] = asyncio.get_running_loop().create_future()
+        w = Waiter(key, slots, now, now + self.config.queue.max_wait, fut)
+        m.queue.push(w)
+        self._schedule()
+        try:
+            return m, await fut
+        except asyncio.CancelledError:
+            if fut.done() and not fut.cancelled() and fut.exception() is None:
+                self.release(m, slots)  # admitted in the same turn the client went away
+            else:
+                m.queue.remove(w)
+            self._schedule()
+            raise
+
+    def release(self, m: _Model, slots: int) -> None:
+        m.busy_slots -= slots
+        m.leases -= 1
+        now = self.clock.monotonic()
+        m.last_used = now
+        if slots:
+            m.completions.append(now)
+        if self._idle_event is not None and not any(x.leases for x in self._models.values()):
+            self._idle_event.set()
+        self._schedule()
+
+    async def load(self, model: str) -> None:
+        """Make `model` resident (evicting idle models as needed), as a request would."""
+        m, _ = await self.acquire(model, "__admin__", 0)
+        self.release(m, 0)
+
+    async def unload(self, model: str) -> None:
+        """Unload `model` once its running requests finish (new ones wait meanwhile)."""
+        m = self._resolve(model)
+        if m.state == "unloaded":
+            return
+        m.unload_requested = True
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        m.state_waiters.append(fut)
+        self._schedule()
+        await fut
+
+    def update_catalog(self, catalog: Catalog) -> None:
+        """models.toml was re-read: new settings apply at each model's next load;
+        removed models unload once idle (their waiters fail: the id no longer exists)."""
+        self.catalog = catalog
+        for mid, cfg in catalog.models.items():
+            if mid in self._models:
+                m = self._models[mid]
+                if m.cfg != cfg:
+                    self._paths.pop(mid, None)
+                m.cfg, m.removed = cfg, False
+            else:
+                self._models[mid] = _Model(mid, cfg)
+        for mid, m in list(self._models.items()):
+            if mid not in catalog.models:
+                m.removed = True
+                if m.state == "unloaded":
+                    for w in m.queue.take_all():
+                        self._fail(w, ModelNotFound(f"model {mid!r} was removed from the catalog"))
+                    del self._models[mid]
+        self._schedule()
+
+    def update_config(self, config: ApplianceConfig) -> None:
+        self.config = config
+        self._schedule()
+
+    def snapshot(self) -> list[ModelStatus]:
+        now = self.clock.monotonic()
+        out = []
+        for m in self._models.values():
+            cfg = m.loaded_cfg or m.cfg
+            est = m.estimate.total if m.estimate else self._peek_estimate(m)
+            out.append(
+                ModelStatus(
+                    id=m.id,
+                    state=m.state,
+                    memory_estimated=est,
+                    memory_measured=m.measured,
+                    device=m.placement.device if m.placement and m.state != "unloaded" else None,
+                    gpu_layers=m.placement.n_gpu_layers if m.placement and m.state != "unloaded" else None,
+                    slots_busy=m.busy_slots,
+                    slots_total=cfg.parallel,
+                    queue_depth=len(m.queue),
+                    last_used=m.last_used,
+                    idle_seconds=(now - m.last_used) if m.last_used is not None and m.leases == 0 else None,
+                    sha256=m.sha256 or (cfg.sha256 if isinstance(cfg.sha256, str) else None),
+                    source=cfg.source,
+                    pinned=cfg.pinned,
+                )
+            )
+        return out
+
+    def status(self, model: str) -> ModelStatus:
+        m = self._resolve(model)
+        return next(s for s in self.snapshot() if s.id == m.id)
+
+    # --- the one decision point ---------------------------------------------------------
+
+    def _schedule(self) -> None:
+        now = self.clock.monotonic()
+        for m in list(self._models.values()):
+            for w in m.queue.take_expired(now):
+                self._fail(
+                    w,
+                    QueueTimeout(
+                        f"request waited {self.config.queue.max_wait:g}s for model {m.id!r} (queue.max_wait)",
+                        retry_after=self._retry_after(m),
+                    ),
+                )
+            self._admit(m)
+        self._plan_residency(now)
+        self._arm_timer(now)
+
+    def _admit(self, m: _Model) -> None:
+        while m.admitting:
+            w = m.queue.peek()
+            if w is None or m.busy_slots + w.slots > m.parallel:
+                return
+            m.queue.pop()
+            if w.future.done():  # cancelled in this same turn
+                continue
+            self._grant(m, w.slots)
+            w.future.set_result(m.runner)
+
+    def _grant(self, m: _Model, slots: int) -> None:
+        m.busy_slots += slots
+        m.leases += 1
+        m.last_used = self.clock.monotonic()
+
+    def _plan_residency(self, now: float) -> None:
+        busy_op = self._op is not None
+        # 1. unloads that are due
+        if not busy_op and not self._stopping:
+            due = [m for m in self._models.values() if m.state == "loaded" and m.leases == 0 and self._unload_due(m, now)]
+            if due:
+                self._start_op(self._unload_all(due))
+                return
+        # 2. loads, oldest waiter first; a model that can never fit is refused at once
+        wanting = sorted(
+            (m for m in self._models.values() if m.state == "unloaded" and len(m.queue)),
+            key=lambda m: m.queue.oldest() or now,
+        )
+        draining_wanted: set[str] = set()
+        for m in wanting:
+            try:
+                p = self._plan(m, now)
+            except ApplianceError as e:
+                for w in m.queue.take_all():
+                    self._fail(w, e)
+                continue
+            if isinstance(p, Impossible):
+                err = InsufficientMemory(
+                    f"model {m.id!r} needs {format_size(p.need)} on {p.device} but at most "
+                    f"{format_size(p.available)} can be made available (pinned and busy models stay)"
+                )
+                for w in m.queue.take_all():
+                    self._fail(w, err)
+                continue
+            if self._stopping or busy_op or draining_wanted:
+                continue
+            if isinstance(p, Wait):
+                continue
+            if p.drain:
+                draining_wanted.update(p.drain)
+                continue
+            self._start_op(self._swap_in(m, p))
+            busy_op = True
+        if busy_op and not draining_wanted:
+            return  # an operation is running: keep the current drain marks until it ends
+        for m in self._models.values():
+            was = m.draining
+            m.draining = m.id in draining_wanted
+            if was and not m.draining:
+                self._admit(m)
+
+    def _unload_due(self, m: _Model, now: float) -> bool:
+        if m.draining or m.unload_requested:
+            return True
+        if len(m.queue):
+            return False
+        if m.removed:
+            return True
+        if m.cfg.pinned:
+            return False
+        ka = m.cfg.keep_alive
+        return not math.isinf(ka) and now >= (m.last_used or m.loaded_at) + ka
+
+    def _next_deadline(self, now: float) -> float | None:
+        times: list[float] = []
+        for m in self._models.values():
+            times.extend(w.deadline for w in m.queue)
+            if m.state == "loaded" and m.idle and not m.cfg.pinned and not math.isinf(m.cfg.keep_alive):
+                times.append((m.last_used or m.loaded_at) + m.cfg.keep_alive)
+            oldest = m.queue.oldest()
+            if m.state == "unloaded" and oldest is not None:
+                swap = self.config.queue.swap_after
+                times.extend(
+                    max(oldest, o.loaded_at) + swap
+                    for o in self._models.values()
+                    if o.state == "loaded" and not o.idle and max(oldest, o.loaded_at) + swap > now
+                )
+        return min(times, default=None)
+
+    def _arm_timer(self, now: float) -> None:
+        at = None if self._stopping else self._next_deadline(now)
+        if at == self._timer_at and self._timer is not None and not self._timer.done():
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._timer_at = at
+        if at is not None:
+            self._timer = asyncio.get_running_loop().create_task(self._fire_at(at))
+
+    async def _fire_at(self, at: float) -> None:
+        await self.clock.sleep_until(at)
+        self._timer = None
+        self._timer_at = None
+        self._schedule()
+
+    # --- planning -------------------------------------------------------------------------
+
+    def _budgets(self, devices: list[Device]) -> list[int | None]:
+        return fixed_budgets(devices, self.config.memory)
+
+    def _residents(self, target: _Model, now: float) -> list[Resident]:
+        swap = self.config.queue.swap_after
+        oldest = target.queue.oldest()
+        out = []
+        for o in self._models.values():
+            if o is target or o.state == "unloaded":
+                continue
+            if o.state != "loaded" or (o.loaded_cfg or o.cfg).pinned:
+                ev = "never"
+            elif o.idle:
+                ev = "idle"
+            elif o.unload_requested or o.removed:
+                ev = "busy_ok"
+            else:
+                since = max(oldest if oldest is not None else now, o.loaded_at)
+                ev = "busy_ok" if now >= since + swap else "busy_wait"
+            out.append(Resident(o.id, dict(o.charges), dict(o.mapped), ev, o.last_used or o.loaded_at))  # type: ignore[arg-type]
+        return out
+
+    def _need_fn(self, m: _Model, paths: list[Path], layer_count: int) -> Callable[[DeviceKind, int], Estimate]:
+        sha = self._sha256(m, paths)
+
+        def need(kind: DeviceKind, k: int) -> Estimate:
+            e = self._estimator.estimate(paths, m.cfg, gpu_layers=k, device=kind)
+            full = kind == "cpu" or k >= layer_count
+            key = footprint_key(sha, m.cfg, device=kind, gpu_layers=layer_count if full else k, split=m.cfg.gpu == "split")
+            measured = self._footprints.get(key)
+            if measured is not None:
+                return Estimate(measured, 0, 0, mapped=e.mapped)
+            return e
+
+        return need
+
+    def _plan(self, m: _Model, now: float) -> Plan | Wait | Impossible:
+        paths = self._paths.get(m.id) or self._locate(m)
+        devices = self._hw.devices()
+        residents = self._residents(m, now)
+        mem = Memory.read(devices, self._budgets(devices), self.config.memory.reserve, residents)
+        layers = self._estimator.layer_count(paths)
+        return plan(m.cfg, layers, self._need_fn(m, paths, layers), mem, residents, self._gpu_error(m))
+
+    def _gpu_error(self, m: _Model) -> Callable[[int, int], Exception]:
+        def err(index: int, count: int) -> Exception:
+            return ConfigError(str(self.catalog.path), f"{m.id}.gpu", f"GPU {index} does not exist (this machine has {count})")
+
+        return err
+
+    def _check_pinned_fit(self, pinned: list[_Model]) -> None:
+        """Place the pinned models one after another on empty devices; all must fit."""
+        devices = self._hw.devices()
+        placed: list[Resident] = []
+        for m in pinned:
+            paths = self._paths.get(m.id) or self._locate(m)
+            mem = Memory.read(devices, self._budgets(devices), self.config.memory.reserve, placed)
+            layers = self._estimator.layer_count(paths)
+            p = plan(m.cfg, layers, self._need_fn(m, paths, layers), mem, placed, self._gpu_error(m))
+            if not isinstance(p, Plan):
+                need = p.need if isinstance(p, Impossible) else 0
+                avail = p.available if isinstance(p, Impossible) else 0
+                others = ", ".join(r.id for r in placed) or "nothing else"
+                raise ConfigError(
+                    str(self.catalog.path),
+                    f"{m.id}.pinned",
+                    f"pinned models do not fit together: {m.id!r} needs {format_size(need)}, "
+                    f"{format_size(avail)} left beside {others}",
+                )
+            placed.append(Resident(m.id, p.charges, {}, "never", 0.0))
+
+    def _locate(self, m: _Model) -> list[Path]:
+        paths = self._store_paths(m.id, m.cfg)
+        if not paths:
+            raise ModelNotFound(f"model {m.id!r} is not in the store; run `appliance pull {m.id}`")
+        self._paths[m.id] = list(paths)
+        return self._paths[m.id]
+
+    def _sha256(self, m: _Model, paths: list[Path]) -> str:
+        if m.sha256:
+            return m.sha256
+        found = _SHA_IN_NAME.search(paths[0].name) if paths else None
+        pinned = m.cfg.pinned_sha256[0] if m.cfg.pinned_sha256 else None
+        m.sha256 = found.group(1) if found else pinned or str(paths[0] if paths else m.id)
+        return m.sha256
+
+    def _peek_estimate(self, m: _Model) -> int | None:
+        """An estimate for an unloaded model in /admin/models, if its file is here."""
+        try:
+            paths = self._paths.get(m.id) or self._store_paths(m.id, m.cfg)
+            if not paths:
+                return None
+            devices = self._hw.devices()
+            kind = devices[0].kind if devices else "cpu"
+            layers = self._estimator.layer_count(paths)
+            return self._need_fn(m, list(paths), layers)(kind, layers).total
+        except Exception:  # an unreadable file is reported by ls/verify, not here
+            return None
+
+    # --- residency operations (run one at a time, in `_op`) -----------------------------
+
+    def _start_op(self, coro: Any) -> None:
+        async def run() -> None:
+            try:
+                await coro
+            except Exception:  # already reported to the waiters concerned
+                log.exception("residency operation failed")
+            finally:
+                self._op = None
+                self._schedule()
+
+        self._op = asyncio.get_running_loop().create_task(run())
+
+    async def _unload_all(self, models: Sequence[_Model]) -> None:
+        for m in models:
+            await self._unload(m)
+
+    async def _swap_in(self, m: _Model, p: Plan) -> None:
+        for mid in p.evict:
+            o = self._models.get(mid)
+            if o is not None and o.state == "loaded" and o.leases == 0:
+                await self._unload(o)
+        await self._load(m, p)
+
+    async def _load(self, m: _Model, p: Plan) -> None:
+        cfg, paths = m.cfg, list(self._paths[m.id])
+        m.state, m.loaded_cfg, m.placement, m.estimate = "loading", cfg, p.placement, p.estimate
+        m.charges = dict(p.charges)
+        m.mapped = {i: p.estimate.mapped for i in p.charges} if p.placement.device == "cpu" else {}
+        before = self._hw.devices()
+        rss_before = self._rss()
+        log.info("loading %s on %s (%d layers, estimated %s)", m.id, p.placement.device, p.placement.n_gpu_layers, format_size(p.estimate.total))
+        try:
+            runner = await asyncio.to_thread(self._loader, m.id, cfg, paths, p.placement)
+            warmup = getattr(runner, "warmup", None)
+            if warmup is not None:
+                await asyncio.to_thread(warmup)
+        except Exception as e:
+            m.state, m.loaded_cfg, m.placement, m.charges, m.mapped = "unloaded", None, None, {}, {}
+            err = e if isinstance(e, ApplianceError) else EngineError(f"loading model {m.id!r} failed: {e}")
+            for w in m.queue.take_all():
+                self._fail(w, err)
+            self._paths.pop(m.id, None)
+            raise
+        measured = self._measure(p.placement, before, self._hw.devices(), rss_before)
+        if measured:
+            m.measured = sum(measured.values())
+            m.charges = measured
+            key = footprint_key(
+                self._sha256(m, paths), cfg, device=before[0].kind if before else "cpu",
+                gpu_layers=p.placement.n_gpu_layers if not p.placement.all_layers else self._estimator.layer_count(paths),
+                split=p.placement.split_mode == "layer",
+            )
+            if p.placement.device == "cpu" or p.placement.all_layers:
+                self._footprints.put(key, m.measured)
+        m.runner, m.state, m.loaded_at = runner, "loaded", self.clock.monotonic()
+        m.last_used = m.loaded_at
+        m.draining = m.unload_requested = False
+
+    def _measure(self, pl: Placement, before: list[Device], after: list[Device], rss_before: int) -> dict[int, int]:
+        """Bytes the load took per device: GPU free-memory delta; on RAM, the process's RSS
+        delta (mmap'd weights are page cache, invisible in "available", but resident)."""
+        if pl.device == "cpu":
+            delta = self._rss() - rss_before
+            return {pl.devices[0]: delta} if delta > 0 else {}
+        b = {d.index: d.free for d in before}
+        a = {d.index: d.free for d in after}
+        out = {i: b[i] - a[i] for i in pl.devices if i in a and i in b and b[i] - a[i] > 0}
+        return out if len(out) == len(pl.devices) else {}
+
+    async def _unload(self, m: _Model) -> None:
+        runner, m.state = m.runner, "unloading"
+        log.info("unloading %s", m.id)
+        try:
+            if runner is not None:
+                await asyncio.to_thread(runner.close)
+        finally:
+            m.runner, m.state, m.loaded_cfg, m.placement = None, "unloaded", None, None
+            m.charges, m.mapped = {}, {}
+            m.draining = m.unload_requested = False
+            for f in m.state_waiters:
+                if not f.done():
+                    f.set_result(None)
+            m.state_waiters.clear()
+            if m.removed and m.idle and self._models.get(m.id) is m:
+                del self._models[m.id]
+
+    # --- helpers --------------------------------------------------------------------------
+
+    def _resolve(self, name: str) -> _Model:
+        found = self.catalog.resolve(name)
+        if found is None or found[0] not in self._models:
+            raise ModelNotFound(f"model {name!r} does not exist")
+        return self._models[found[0]]
+
+    def _fail(self, w: Waiter, err: Exception) -> None:
+        if not w.future.done():
+            w.future.set_exception(err)
+
+    def _retry_after(self, m: _Model) -> float:
+        """Seconds until the queue ahead is likely served, from recent completions per second."""
+        now = self.clock.monotonic()
+        while m.completions and m.completions[0] < now - THROUGHPUT_WINDOW:
+            m.completions.popleft()
+        if not m.completions or m.state != "loaded":
+            return DEFAULT_RETRY_AFTER
+        span = max(1.0, min(THROUGHPUT_WINDOW, now - m.loaded_at))
+        rate = len(m.completions) / span
+        ahead = len(m.queue) + 1
+        return float(min(max(1, math.ceil(ahead / rate)), max(1.0, self.config.queue.max_wait)))

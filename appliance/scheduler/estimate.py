@@ -1,0 +1,123 @@
+"""A model's memory need before it is loaded, from its GGUF header and its catalog settings.
+
+need = offloaded weights + KV cache + compute buffers, following how llama.cpp places them:
+- weights: llama.cpp offloads the LAST `n_gpu_layers` layers, counting the output layer
+  (output projection + norm) as layer n_layer, so one offloaded "layer" is the output and
+  token embeddings always stay in RAM. On the CPU device everything is in RAM.
+- KV cache: n_ctx = context x parallel cells (each slot's context padded up to a multiple of
+  256, as llama.cpp does), per offloaded layer n_embd_k_gqa + n_embd_v_gqa elements of the
+  cache type; sliding-window layers keep a full cache (llama.cpp's default swa_full = true).
+- compute buffers: the worst-case prompt graph (n_ubatch tokens, n_outputs_max = parallel);
+  a linear model of the graph's largest live tensors, calibrated against the sizes
+  llama.cpp logs (tests/test_estimate.py keeps it within 15%).
+After a real load the scheduler measures the footprint and prefers that (footprints.py).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol, Sequence
+
+from ..config import ModelConfig
+from ..hardware.devices import DeviceKind
+from .shape import ModelShape, read_shape
+
+# bytes per element of the KV cache types (ggml block sizes: q8_0 34 B / 32, q4_0 18 B / 32)
+KV_BYTES = {"f16": 2.0, "q8_0": 34 / 32, "q4_0": 18 / 32}
+N_UBATCH = 512  # llama.cpp's default micro-batch; the engine keeps it
+CTX_PAD = 256
+MiB = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Estimate:
+    weights: int  # on the device
+    kv: int
+    compute: int
+    mapped: int = 0  # of `weights`, bytes memory-mapped from the file (RAM device only)
+
+    @property
+    def total(self) -> int:
+        return self.weights + self.kv + self.compute
+
+
+class Estimator(Protocol):
+    def layer_count(self, paths: Sequence[Path]) -> int:
+        """Offloadable layers, output included: n_gpu_layers for "all" (n_layer + 1)."""
+        ...
+
+    def estimate(self, paths: Sequence[Path], cfg: ModelConfig, *, gpu_layers: int, device: DeviceKind) -> Estimate:
+        """Need on one device with `gpu_layers` of `layer_count()` offloaded (ignored on "cpu")."""
+        ...
+
+
+def slot_context(context: int) -> int:
+    return -(-context // CTX_PAD) * CTX_PAD
+
+
+def kv_cells(cfg: ModelConfig) -> int:
+    return slot_context(cfg.context) * cfg.parallel
+
+
+def kv_bytes(shape: ModelShape, cfg: ModelConfig, layers: Sequence[int]) -> int:
+    per_elem = KV_BYTES[cfg.kv_cache_type]
+    cells = kv_cells(cfg)
+    elems = sum(shape.n_embd_k_gqa(i) + shape.n_embd_v_gqa(i) for i in layers)
+    return int(cells * elems * per_elem)
+
+
+def compute_bytes(shape: ModelShape, cfg: ModelConfig) -> int:
+    """Worst-case graph memory (the prompt micro-batch) plus the host output buffer.
+
+    ggml's allocator reuses memory, so the peak is the larger of the per-layer live
+    activations (FFN gate/up [n_ff, n_tokens] plus a handful of [n_embd, n_tokens] rows:
+    measured 2 n_ff + 8 n_embd floats per token) and the logits of the outputs
+    [n_vocab, n_outputs]. Added to it: the attention mask, f16, one slot's context per
+    token, twice for models with sliding-window layers (a second mask). n_outputs is
+    `parallel` for generation (the engine sets n_outputs_max) and the whole micro-batch
+    for embeddings. The output buffer holds `parallel` logits rows in RAM.
+    """
+    f32 = 4
+    if cfg.embedding:
+        n_ubatch = max(cfg.context, 32)
+        n_outputs = min(n_ubatch, kv_cells(cfg))
+    else:
+        n_ubatch = N_UBATCH
+        n_outputs = cfg.parallel
+    n_tokens = min(n_ubatch, kv_cells(cfg))
+    acts = n_tokens * (2 * shape.n_ff + 8 * shape.n_embd) * f32
+    logits = shape.n_vocab * n_outputs * f32 + 2 * n_tokens * shape.n_embd * f32
+    masks = 2 if shape.sliding_window else 1
+    mask = masks * n_tokens * slot_context(cfg.context) * 2
+    output = (shape.n_vocab + (shape.n_embd if cfg.embedding else 0)) * cfg.parallel * f32
+    return int(max(acts, logits) + mask + output)
+
+
+def weights_on_device(shape: ModelShape, gpu_layers: int) -> int:
+    """Bytes of the last `gpu_layers` layers (the output layer first) that llama.cpp offloads."""
+    if gpu_layers <= 0:
+        return 0
+    out = shape.output_bytes + shape.other_bytes
+    k = min(gpu_layers - 1, shape.n_layer)
+    return out + sum(shape.layer_bytes[shape.n_layer - k :])
+
+
+class GGUFEstimator:
+    """Estimates from the GGUF header; cheap enough to call before every load."""
+
+    def layer_count(self, paths: Sequence[Path]) -> int:
+        return read_shape(paths).n_layer + 1
+
+    def estimate(self, paths: Sequence[Path], cfg: ModelConfig, *, gpu_layers: int, device: DeviceKind) -> Estimate:
+        shape = read_shape(paths)
+        if device == "cpu":
+            weights = shape.weight_bytes
+            kv = kv_bytes(shape, cfg, range(shape.n_layer))
+            return Estimate(weights, kv, compute_bytes(shape, cfg), mapped=weights)
+        k = max(0, min(gpu_layers, shape.n_layer + 1))
+        layers = range(shape.n_layer - max(0, k - 1), shape.n_layer) if k > 1 else range(0)
+        weights = weights_on_device(shape, k)
+        kv = kv_bytes(shape, cfg, layers)
+        compute = compute_bytes(shape, cfg) if k > 0 else 0
+        return Estimate(weights, kv, compute)
