@@ -32,43 +32,92 @@ class ChatPrompt:
         return self.parse(text)
 
 
-MAX_SCHEMA_BYTES = 64 * 1024  # grammar cost grows with the schema (DESIGN: cap schema size)
-
-
-def schema_grammar(schema: dict[str, Any], param: str) -> str:
-    from llama_cpp.llama_grammar import json_schema_to_gbnf
-
-    raw = json.dumps(schema)
-    if len(raw) > MAX_SCHEMA_BYTES:
-        raise InvalidRequest(f"the JSON schema is over {MAX_SCHEMA_BYTES} bytes", param=param)
-    try:
-        return json_schema_to_gbnf(raw)
-    except Exception as e:  # the converter raises plain exceptions on unsupported schemas
-        raise InvalidRequest(f"unsupported JSON schema: {e}", param=param) from None
-
-
-def json_object_grammar() -> str:
-    from llama_cpp.llama_grammar import JSON_GBNF
-
-    return JSON_GBNF
-
-
 def response_grammar(body: ChatCompletionRequest) -> str | None:
+    from ..engine.grammar import grammar_for_response_format
+
     rf = body.response_format
-    if rf is None or rf.type == "text":
+    if rf is None:
         return None
-    if rf.type == "json_object":
-        return json_object_grammar()
-    assert rf.json_schema is not None
-    schema = rf.json_schema.schema_ or {"type": "object"}
-    return schema_grammar(schema, "response_format.json_schema.schema")
+    return grammar_for_response_format(rf.model_dump(by_alias=True, exclude_none=True))
+
+
+TOOL_OPEN, TOOL_CLOSE = "<tool_call>", "</tool_call>"
+_TOOL_RE = re.compile(re.escape(TOOL_OPEN) + r"\s*(\{.*?\})\s*" + re.escape(TOOL_CLOSE), re.S)
+
+
+def _tools_system_text(tools: list[dict[str, Any]]) -> str:
+    specs = "\n".join(json.dumps(t["function"]) for t in tools)
+    return (
+        "You may call functions. Available functions:\n" + specs + "\n"
+        f'To call one, reply with {TOOL_OPEN}{{"name": NAME, "arguments": {{...}}}}{TOOL_CLOSE}.'
+    )
+
+
+def _parse_tool_calls(text: str) -> tuple[str, ToolCalls]:
+    calls: ToolCalls = []
+    for m in _TOOL_RE.finditer(text):
+        try:
+            obj = json.loads(m.group(1))
+        except ValueError:
+            continue
+        if isinstance(obj, dict) and isinstance(obj.get("name"), str):
+            calls.append((obj["name"], json.dumps(obj.get("arguments", {}))))
+    if not calls:
+        return text, []
+    return _TOOL_RE.sub("", text).strip(), calls
+
+
+def _tool_grammar(tools: list[dict[str, Any]], only: str | None) -> str:
+    """GBNF for `<tool_call>{"name": ..., "arguments": ...}</tool_call>` over the allowed tools."""
+    from ..engine.grammar import schema_to_gbnf
+
+    alts = []
+    for t in tools:
+        fn = t["function"]
+        if only is not None and fn["name"] != only:
+            continue
+        alts.append({
+            "type": "object",
+            "properties": {"name": {"const": fn["name"]}, "arguments": fn.get("parameters") or {"type": "object"}},
+            "required": ["name", "arguments"],
+        })
+    schema = alts[0] if len(alts) == 1 else {"oneOf": alts}
+    gbnf = schema_to_gbnf(schema, param="tools")
+    gbnf = gbnf.replace("root ::=", "call ::=", 1)
+    return f'root ::= "{TOOL_OPEN}" call "{TOOL_CLOSE}"\n' + gbnf
+
+
+def _render_template(runner: Any, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None) -> tuple[str, bool]:
+    """The model's Jinja chat template, or a plain transcript for models without one."""
+    template = getattr(runner, "chat_template", None)
+    if template:
+        from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+        fmt = Jinja2ChatFormatter(template, eos_token=runner.eos_text, bos_token=runner.bos_text,
+                                  add_generation_prompt=True)
+        text = fmt(messages=messages, tools=tools).prompt
+        # Templates that emit the BOS themselves must not get a second one from the tokenizer.
+        bos = runner.bos_text
+        return text, not (bos and text.startswith(bos))
+    lines = [f"{m['role']}: {m.get('content') or ''}" for m in messages]
+    return "\n".join(lines) + "\nassistant:", True
 
 
 def render(runner: Any, body: ChatCompletionRequest) -> ChatPrompt:
-    from ..engine import chat as engine_chat  # the engine's renderer and tool-call formats
-
-    return engine_chat_prompt(engine_chat, runner, body)
-
-
-def engine_chat_prompt(engine_chat: Any, runner: Any, body: ChatCompletionRequest) -> ChatPrompt:
-    raise NotImplementedError
+    messages = [m.as_dict() for m in body.messages]
+    use_tools = bool(body.tools) and body.tool_choice != "none"
+    tools = [t.model_dump(exclude_none=True) for t in body.tools or []] if use_tools else None
+    if tools:
+        messages = [{"role": "system", "content": _tools_system_text(tools)}] + messages
+    text, add_special = _render_template(runner, messages, tools)
+    grammar = response_grammar(body)
+    triggers: tuple[str, ...] = ()
+    stop: tuple[str, ...] = () if getattr(runner, "chat_template", None) else ("\nuser:",)
+    if tools:
+        tc = body.tool_choice
+        if tc == "required" or (tc is not None and not isinstance(tc, str)):
+            grammar = _tool_grammar(tools, None if isinstance(tc, str) else tc.function.name)
+        elif grammar is None:
+            grammar = _tool_grammar(tools, None)
+            triggers = (TOOL_OPEN,)  # lazy: free text until the model opens a call
+    return ChatPrompt(text, add_special, stop, grammar, triggers, bool(tools), _parse_tool_calls if tools else None)
