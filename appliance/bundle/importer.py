@@ -51,6 +51,7 @@ class _TempArea:
     def __init__(self, store: Store) -> None:
         self.store = store
         self.files: dict[str, Path] = {}  # sha256 -> verified temp file
+        self._created: list[Path] = []  # every temp file, verified or not
         self._fds: list[int] = []
 
     def write(self, sha256: str, chunks: Iterator[bytes]) -> None:
@@ -59,6 +60,7 @@ class _TempArea:
         self._fds.append(fd)
         fcntl.flock(fd, fcntl.LOCK_EX)
         path = Path(name)
+        self._created.append(path)
         with os.fdopen(os.dup(fd), "wb") as f:
             for block in chunks:  # raises at the end on a size or checksum mismatch
                 f.write(block)
@@ -69,11 +71,14 @@ class _TempArea:
     def adopt_all(self) -> None:
         for sha, path in self.files.items():
             store_blobs.adopt(path, self.store.blobs, sha)
+            self._created.remove(path)
         self.files.clear()
 
     def close(self) -> None:
-        for path in self.files.values():
+        for path in self._created:
             path.unlink(missing_ok=True)
+        self._created.clear()
+        self.files.clear()
         for fd in self._fds:
             os.close(fd)
         self._fds.clear()

@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import tarfile
 from pathlib import Path
-from typing import BinaryIO, Callable, Iterable, Iterator
+from typing import BinaryIO, Callable, Iterable, Iterator, NoReturn
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
@@ -202,7 +202,7 @@ class BundleReader:
             if ti.name != bf.name:
                 if ti.name in listed:
                     raise BundleError(f"bundle member {ti.name!r} is out of manifest order: expected {bf.name!r}")
-                raise BundleError(f"bundle member {ti.name!r} is not in the manifest")
+                _unlisted(ti.name)
             if ti.size != bf.size:
                 raise BundleError(f"{bf.name}: the manifest says {bf.size} bytes, the tar holds {ti.size}")
             yield model, bf, self._data(ti, bf, progress)
@@ -231,9 +231,13 @@ class BundleReader:
         """After the last listed file nothing else may follow."""
         ti = self._next()
         if ti is not None:
-            if ti.name in (MANIFEST_NAME, SIGNATURE_NAME):
-                raise BundleError(f"bundle member {ti.name!r} appears twice")
-            raise BundleError(f"bundle member {ti.name!r} is not in the manifest")
+            _unlisted(ti.name)
+
+
+def _unlisted(name: str) -> NoReturn:
+    if name == SIGNATURE_NAME:
+        raise BundleError(f"{SIGNATURE_NAME} must come right after {MANIFEST_NAME}")
+    raise BundleError(f"bundle member {name!r} is not in the manifest")
 
 
 def verify_stream(
