@@ -229,9 +229,9 @@ class Store:
         with self.lock(model_id, wait=False):
             mine = set(self._blob_shas(model_id, cfg))
             others: set[str] = set()
-            for other, ocfg in catalog.models.items():
-                if other != model_id:
-                    others |= set(self._blob_shas(other, ocfg))
+            for other in catalog.models:  # "uses" = pulled (has a record), not merely pinned
+                rec = self.record(other) if other != model_id else None
+                others |= set(rec.shas) if rec else set()
             removed = []
             for sha in sorted(mine - others):
                 path = self.blob_path(sha)
