@@ -21,7 +21,7 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import llama_cpp as ll
 import numpy as np
@@ -30,6 +30,7 @@ from ..config import ModelConfig
 from ..errors import ContextLengthExceeded, EngineError, InvalidRequest
 from . import llamalog
 from .batch import Batch
+from .chat import ChatPrompt, render_chat
 from .generation import _END, Generation
 from .sampling import SlotSampler, make_grammar, random_seed, row_logprobs
 from .textout import TextStream
@@ -178,6 +179,9 @@ class Runner:
             if self.embedding:
                 # every token is an output when pooling; one input must fit one ubatch
                 cp.n_batch = cp.n_ubatch = max(self.context, 32)
+                # pooling needs each input whole in one ubatch; per-seq streams split the batch
+                # into equal-length ubatches (measured: the longer input's vector came out wrong)
+                cp.kv_unified = True
                 cp.n_outputs_max = 0
                 cp.n_outputs_max_per_seq = 0
                 cp.embeddings = True
@@ -259,7 +263,32 @@ class Runner:
         Raises InvalidRequest / ContextLengthExceeded before anything is decoded. Must be
         called from the event loop that will consume the Generation.
         """
+        return self.generate_batch([req])[0]
+
+    def generate_batch(self, reqs: Sequence[GenerationRequest]) -> list[Generation]:
+        """Queue several requests at once: they are admitted in the same step (benchmarks, tests
+        that need a fixed batch makeup). All are validated before any is queued."""
         self._check_open()
+        jobs: list[_Job] = []
+        try:
+            for req in reqs:
+                jobs.append(self._prepare(req))
+        except BaseException:
+            for j in jobs:
+                for smp in j.samplers:
+                    smp.free()
+            raise
+        with self._cond:
+            if self._closed:
+                for j in jobs:
+                    for smp in j.samplers:
+                        smp.free()
+                raise EngineError("the model was unloaded")
+            self._pending.extend(jobs)
+            self._cond.notify()
+        return [j.gen for j in jobs]
+
+    def _prepare(self, req: GenerationRequest) -> _Job:
         if self.embedding:
             raise InvalidRequest(f"model {self.model_id!r} is an embedding model", param="model")
         p = req.params
@@ -274,7 +303,7 @@ class Runner:
         if len(prompt) >= self.context:
             raise ContextLengthExceeded(
                 f"the prompt has {len(prompt)} tokens; this model's context is {self.context} tokens",
-                param="messages" if not isinstance(req.prompt, str) else "prompt",
+                param="prompt",
             )
         room = self.context - len(prompt)
         if p.max_tokens is not None and p.max_tokens > room:
@@ -292,22 +321,25 @@ class Runner:
                 samplers.append(SlotSampler(self.vocab.vocab, self.vocab.n_vocab, p, base_seed + i,
                                             self.vocab.eog_ids, grammar))
         except BaseException:
-            for s in samplers:
-                s.free()
+            for smp in samplers:
+                smp.free()
             raise
         loop = asyncio.get_running_loop()
         job: _Job
         gen = Generation(loop, p.n, lambda: self._cancel(job), req.request_id)
         job = _Job(gen=gen, prompt=prompt, params=p, max_tokens=max_tokens, samplers=samplers,
                    t_submit=time.monotonic())
-        with self._cond:
-            if self._closed:
-                for s in samplers:
-                    s.free()
-                raise EngineError("the model was unloaded")
-            self._pending.append(job)
-            self._cond.notify()
-        return gen
+        return job
+
+    def render_chat(
+        self,
+        messages: list[dict[str, Any]],
+        tools: list[dict[str, Any]] | None = None,
+        tool_choice: str | dict[str, Any] | None = None,
+    ) -> ChatPrompt:
+        """Render messages with this model's template (catalog's, GGUF's, or the default)."""
+        return render_chat(self.chat_template, messages, tools, tool_choice,
+                           bos=self.bos_text, eos=self.eos_text, arch=self.arch)
 
     def _validate(self, p: SamplingParams) -> None:
         if p.n < 1:
@@ -392,6 +424,7 @@ class Runner:
                 b.add_span(token_lists[i], 0, seqs, output_last=True)
                 seqs += 1
                 i += 1
+            b.logits[: b.n] = 1  # pooling reads every token
             self._decode_or_raise(b)
             for s in range(seqs):
                 ptr = ll.llama_get_embeddings_seq(self.ctx, s)
