@@ -53,8 +53,10 @@ class TextFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         fields = getattr(record, "fields", None)
-        if not hasattr(record, "request_id"):
-            record.request_id = (fields or {}).get("request_id", "-")
+        if isinstance(fields, dict) and fields.get("request_id"):
+            record.request_id = fields["request_id"]
+        elif not hasattr(record, "request_id"):
+            record.request_id = "-"
         return super().format(record)
 
 

@@ -230,7 +230,9 @@ class Service:
         if cat.exists:
             def changed() -> None:
                 log.info("models.toml changed on disk: re-reading")
+                self.notifier.reloading()
                 reload_files(self.daemon)
+                self.notifier.ready()
 
             self._spawn(FileWatcher(cat.path, changed, self.clock).run())
 
