@@ -31,6 +31,7 @@ from ..errors import ContextLengthExceeded, EngineError, InvalidRequest
 from . import llamalog
 from .batch import Batch
 from .chat import ChatPrompt, render_chat
+from .cpufeatures import extra_buffers_safe
 from .generation import _END, Generation
 from .sampling import SlotSampler, make_grammar, random_seed, row_logprobs
 from .textout import TextStream
@@ -140,6 +141,7 @@ class Runner:
         model_id: str = "",
         n_threads: int | None = None,
         n_batch: int = DEFAULT_N_BATCH,
+        extra_buffers: bool | None = None,
     ) -> None:
         llamalog.install()
         ll.llama_backend_init()
@@ -163,6 +165,7 @@ class Runner:
         if split_mode not in _SPLIT:
             raise ValueError(f"split_mode must be one of {sorted(_SPLIT)}")
         mp.split_mode = _SPLIT[split_mode]
+        mp.use_extra_bufts = extra_buffers_safe() if extra_buffers is None else extra_buffers
         with llamalog.capture() as chunks:
             self.model = ll.llama_model_load_from_file(str(paths[0]).encode(), mp)
             if not self.model:
