@@ -9,7 +9,6 @@ Hooks for the operations layer: `state.ready`, `state.draining`, `state.on_reque
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import ipaddress
 import logging
@@ -52,14 +51,20 @@ def ssl_context(settings: Settings) -> ssl.SSLContext | None:
     return ctx
 
 
-def _default_backend(settings: Settings, store: Any, catalog: Callable[[], Any] | None = None) -> Any:
-    from .api.interim_backend import SingleModelBackend
-    from .engine.runner import Runner
+def build_scheduler(settings: Settings, store: Any, clock: Clock) -> Any:
+    """The production scheduler: the engine's Runner as loader, the store for paths."""
+    from .hardware import detect
+    from .scheduler import Scheduler
+    from .scheduler.loader import engine_loader
 
-    def load(paths: Any, cfg: Any, mid: str) -> Runner:
-        return Runner(paths, cfg, model_id=mid)
+    return Scheduler(settings.config, settings.catalog, store_paths=store.model_paths, loader=engine_loader,
+                     hardware=detect(), clock=clock)
 
-    return SingleModelBackend(catalog or (lambda: settings.catalog), store.model_paths, load)
+
+def _admin_routes_available() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("appliance.api.admin") is not None
 
 
 class Daemon:
@@ -85,9 +90,9 @@ class Daemon:
 
             store = Store.open(settings.config.store.path)
         self.store = store
-        # [operations] the catalog is read through self.settings so models.toml re-reads apply.
-        self.backend = backend if backend is not None else _default_backend(
-            settings, store, lambda: self.settings.catalog)
+        # [operations] the catalog is read through self.settings so models.toml re-reads apply
+        # (update_catalog forwards them to the scheduler).
+        self.backend = backend if backend is not None else build_scheduler(settings, store, self.clock)
         self.limiter = RateLimiter(self.clock)
         self.app = create_app(
             settings,
@@ -98,6 +103,7 @@ class Daemon:
             limiter=self.limiter,
             open_without_keys=is_loopback(self.host),
             catalog=lambda: self.settings.catalog,  # [operations] live catalog
+            scheduler=self.backend if _admin_routes_available() else None,
         )
         self._runner: web.AppRunner | None = None
         self.ssl = ssl_context(settings)
@@ -127,6 +133,9 @@ class Daemon:
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.host, self.port, ssl_context=self.ssl)
         await site.start()
+        start = getattr(self.backend, "start", None)
+        if start is not None:  # pinned models load while /ready says "starting"
+            await start()
         if self.port == 0:  # tests: learn the port the kernel picked
             self.port = self._runner.addresses[0][1]
         log.info("listening on %s (%d key(s))", self.url, len(self.keyring.keys))
@@ -139,11 +148,9 @@ class Daemon:
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
-        close = getattr(self.backend, "close", None)
-        if close is not None:
-            res = close()
-            if asyncio.iscoroutine(res):
-                await res
+        stop = getattr(self.backend, "stop", None)
+        if stop is not None:
+            await stop()
 
     def update_catalog(self, catalog: Catalog) -> None:
         """[operations] models.toml was re-read: new ids are served at once, changed
