@@ -225,3 +225,15 @@ def test_export_to_stdout_streams_a_valid_bundle(source: Source, dest: Site) -> 
 def test_trust_takes_a_public_key_not_a_private_one(source: Source) -> None:
     rc, _, err = cli("bundle", "verify", str(source.signed), "--trust", str(source.key))
     assert rc == 2 and "private key" in err
+
+
+def test_ls_shows_the_signer_of_signed_imports(source: Source, dest: Site) -> None:
+    assert cli("bundle", "import", str(source.signed), "--trust", str(source.pub), *dest.args())[0] == 0
+    rc, out, err = cli("ls", *dest.args())
+    assert rc == 0, err
+    header, *rows = out.splitlines()
+    assert header.split()[-1] == "SIGNER"
+    by_id = {r.split()[0]: r.split()[-1] for r in rows}
+    assert by_id == {"other": "-", "tiny-a": source.fingerprint, "tiny-split": source.fingerprint}
+    rc, out, _ = cli("ls", "--json", *dest.args())
+    assert {r["id"]: r["signer"] for r in json.loads(out)}["tiny-a"] == source.fingerprint

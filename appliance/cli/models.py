@@ -106,6 +106,7 @@ def _row(store, mid: str, cfg: ModelConfig, loaded: set[str] | None) -> dict[str
         "parallel": cfg.parallel,
         "source": cfg.source,
         "sha256": st.record.shas if st.record else [p for p in cfg.pinned_sha256 if p],
+        "signer": st.record.bundle_signer if st.record else None,  # offline bundle's key, if verified
     }
 
 
@@ -118,11 +119,16 @@ def cmd_ls(args: argparse.Namespace) -> int:
         print(json.dumps(rows, indent=2))
         return 0
     table = [("ID", "STATE", "LOADED", "SIZE", "QUANT", "CONTEXT", "PARALLEL")]
+    signers = any(r["signer"] for r in rows)  # the SIGNER column only where bundles were signed
+    if signers:
+        table[0] += ("SIGNER",)
     for r in rows:
         state = str(r["state"]) + (f" {r['verified_at']}" if r["verified_at"] else "")
         lo = "?" if r["loaded"] is None else ("yes" if r["loaded"] else "no")
         size = format_size(r["size"]) if r["size"] is not None else "-"  # type: ignore[arg-type]
         table.append((str(r["id"]), state, lo, size, str(r["quantization"] or "-"), str(r["context"]), str(r["parallel"])))
+        if signers:
+            table[-1] += (str(r["signer"] or "-"),)
     widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
     for row in table:
         print("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip())
