@@ -147,7 +147,8 @@ class Keyring:
                     log.error("keys file unusable, refusing authenticated requests: %s", e)
                 self._error, self._keys = e, {}
             else:
-                log.info("keys file read: %d key(s) from %s", len(keys), self.path)
+                if stamp is not None:
+                    log.info("keys file read: %d key(s) from %s", len(keys), self.path)
                 self._error, self._keys = None, keys
             self._stamp = stamp
 

@@ -1,0 +1,53 @@
+"""`appliance serve` as a process: listens, answers, exits 0 on SIGTERM; refuses to listen
+beyond loopback without keys (exit 2, one line saying how to create one)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import urllib.request
+from pathlib import Path
+
+from test_api_support import write_config
+
+ROOT = Path(__file__).resolve().parents[1]  # the package, importable without installing
+
+
+def _serve(tmp_path: Path, *extra: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "appliance", "serve", "--config", str(tmp_path / "appliance.toml"),
+         "--models", str(tmp_path / "models.toml"), *extra],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(ROOT)},
+    )
+
+
+def test_serve_refuses_non_loopback_without_keys(tmp_path: Path) -> None:
+    write_config(tmp_path, {})
+    p = _serve(tmp_path, "--host", "0.0.0.0", "--port", "0")
+    out, err = p.communicate(timeout=60)
+    assert p.returncode == 2
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert len(lines) == 1 and "appliance keys create admin --scope admin" in lines[0]
+
+
+def test_serve_listens_and_stops_on_sigterm(tmp_path: Path) -> None:
+    write_config(tmp_path, {"m": {"source": "file:///nonexistent/m.gguf"}})
+    p = _serve(tmp_path, "--port", "0")
+    try:
+        assert p.stdout is not None
+        line = p.stdout.readline()
+        assert "serving on http://127.0.0.1:" in line, line
+        url = line.rsplit(" ", 1)[-1].strip()
+        with urllib.request.urlopen(url + "/health", timeout=10) as r:
+            assert r.status == 200
+        with urllib.request.urlopen(url + "/v1/models", timeout=10) as r:  # open: loopback, no keys
+            assert [m["id"] for m in json.load(r)["data"]] == ["m"]
+        p.send_signal(signal.SIGTERM)
+        assert p.wait(timeout=60) == 0
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
