@@ -31,6 +31,12 @@ def _special(name: str, kind: bytes, **attrs: object) -> tuple[tarfile.TarInfo, 
     return ti, None
 
 
+def _pax(ti: tarfile.TarInfo, headers: dict[str, str]) -> tarfile.TarInfo:
+    ti = copy.copy(ti)
+    ti.pax_headers = headers
+    return ti
+
+
 def _with_manifest(items: Items, edit: Callable[[dict], None]) -> Items:
     doc = json.loads(items[0][1])  # type: ignore[arg-type]
     edit(doc)
@@ -112,6 +118,10 @@ CASES: list[tuple[str, Callable[[Items], Items], str]] = [
      "the manifest says"),
     ("checksum mismatch in the last file", _flip_last_byte,
      "checksum mismatch for models/tiny-split/tiny-split-00003-of-00003.gguf in the bundle"),
+    ("null in a catalog entry", lambda it: _with_manifest(it, _set(["models", 0, "catalog", "chat_template"], None)),
+     "catalog key 'chat_template' is null"),
+    ("huge pax header", lambda it: [it[0], (_pax(it[1][0], {"comment": "x" * (2 << 20)}), it[1][1]), *it[2:]],
+     "extended tar header of"),
     ("missing files (ends early)", lambda it: it[:3], "bundle ends before models/tiny-split/tiny-split-00002"),
 ]
 

@@ -167,6 +167,10 @@ def parse_manifest(data: bytes) -> Manifest:
         msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
         raise BundleError(f"{MANIFEST_NAME}: {where}: {msg}") from None
 
+    for m in doc.models:
+        nulls = [k for k, v in m.catalog.items() if v is None]
+        if nulls:
+            raise BundleError(f"{MANIFEST_NAME}: model {m.id!r}: catalog key {nulls[0]!r} is null (TOML has no null)")
     ids = [m.id for m in doc.models]
     dup = next((i for i in ids if ids.count(i) > 1), None)
     if dup is not None:

@@ -111,6 +111,20 @@ _KINDS = [
 ]
 
 
+MAX_EXTENDED_HEADER = 64 * 1024
+
+
+class _BoundedTarInfo(tarfile.TarInfo):
+    """tarfile reads a pax or GNU long-name header whole into memory: bound it first."""
+
+    def _proc_member(self, tarfile_: tarfile.TarFile) -> tarfile.TarInfo:  # type: ignore[override]
+        extended = (tarfile.XHDTYPE, tarfile.XGLTYPE, tarfile.SOLARIS_XHDTYPE,
+                    tarfile.GNUTYPE_LONGNAME, tarfile.GNUTYPE_LONGLINK)
+        if self.type in extended and self.size > MAX_EXTENDED_HEADER:
+            raise BundleError(f"extended tar header of {self.size} bytes, over the {MAX_EXTENDED_HEADER}-byte limit")
+        return super()._proc_member(tarfile_)  # type: ignore[misc]
+
+
 def _check_kind(ti: tarfile.TarInfo) -> None:
     if ti.type in (tarfile.REGTYPE, tarfile.AREGTYPE) and not ti.issparse():
         return
@@ -143,7 +157,7 @@ class BundleReader:
             return ti
         try:
             if self._tar is None:
-                self._tar = tarfile.open(fileobj=self._stream, mode="r|", bufsize=CHUNK)
+                self._tar = tarfile.open(fileobj=self._stream, mode="r|", bufsize=CHUNK, tarinfo=_BoundedTarInfo)
             ti = self._tar.next()
         except (tarfile.TarError, EOFError) as e:
             raise BundleError(f"not a readable bundle (truncated or corrupt tar): {e}") from None
