@@ -192,7 +192,7 @@ def test_export_refuses_a_model_missing_from_the_store(source: Source, tmp_path:
     assert rc == 1 and "'tiny-split' is missing from the store" in err
     assert not (tmp_path / "x.tar").exists()
     rc, _, err = cli("bundle", "export", "nope", "-o", str(tmp_path / "x.tar"), *site.args())
-    assert rc == 1 and "'nope' is not in the catalog" in err
+    assert rc == 2 and "unknown model 'nope'" in err
 
 
 def test_export_fails_when_a_blob_no_longer_matches_and_leaves_no_file(source: Source, tmp_path: Path) -> None:

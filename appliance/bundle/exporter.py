@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from .. import __version__
 from ..config import Catalog
-from ..errors import BundleError, ConfigError, ModelNotFound
+from ..errors import BundleError, ConfigError, UsageError
 from ..store.core import Store
 from .manifest import Manifest, build_manifest, parse_manifest
 from .signing import fingerprint, sign
@@ -42,7 +42,8 @@ def plan_export(store: Store, catalog: Catalog, names: list[str]) -> ExportPlan:
     for name in names:
         hit = catalog.resolve(name)
         if hit is None:
-            raise ModelNotFound(f"model {name!r} is not in the catalog ({catalog.path})")
+            known = ", ".join(sorted(catalog.models)) or "none"
+            raise UsageError(f"unknown model {name!r} (known: {known}; catalog {catalog.path})")
         if hit[0] not in ids:
             ids.append(hit[0])
     entries: list[tuple[str, dict[str, Any], list[tuple[int, str]]]] = []

@@ -21,7 +21,7 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     bsub = p.add_subparsers(dest="bundle_command", metavar="COMMAND", parser_class=type(p))
     bsub.required = True
 
-    k = bsub.add_parser("keygen", parents=[common], help="create an Ed25519 signing key pair",
+    k = bsub.add_parser("keygen", help="create an Ed25519 signing key pair",
                         description="Write KEYFILE (private, mode 0600) and KEYFILE.pub (PEM Ed25519). "
                                     "Never overwrites.")
     k.add_argument("keyfile", metavar="KEYFILE", type=Path)
@@ -34,7 +34,7 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     e.add_argument("--sign", metavar="KEYFILE", type=Path, help="private key from `bundle keygen`")
     e.set_defaults(func=_export)
 
-    v = bsub.add_parser("verify", parents=[common], help="check a bundle without installing it",
+    v = bsub.add_parser("verify", help="check a bundle without installing it",
                         description="Check structure, every checksum and (with --trust) the signature.")
     v.add_argument("file", metavar="FILE", help="bundle file, or - for stdin")
     v.add_argument("--trust", metavar="PUBKEY", type=Path, help="require a signature by this public key")
