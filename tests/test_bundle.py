@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import stat
-import tarfile
 from pathlib import Path
 
 import tomlkit

@@ -4,7 +4,6 @@ it controls, stops feeding mid-file, waits until the temp file holds bytes, then
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys

@@ -172,7 +172,7 @@ def _install_record(store: Store, model: BundleModel, signer: str | None) -> boo
         verified_at=store.clock(),
         bundle_signer=signer,
     )
-    if old is not None and old.blobs == blobs and signer is None:
-        rec = replace(rec, bundle_signer=old.bundle_signer)
+    if old is not None and signer is None and (old.source, old.revision, old.blobs) == (cfg.source, cfg.revision, blobs):
+        rec = replace(rec, bundle_signer=old.bundle_signer)  # same model re-verified: its signer stands
     store.write_record(rec)
     return True

@@ -9,6 +9,7 @@ manifest says, a regular file of the manifest's size and checksum.
 from __future__ import annotations
 
 import hashlib
+import io
 import tarfile
 from pathlib import Path
 from typing import BinaryIO, Callable, Iterable, Iterator, NoReturn
@@ -74,8 +75,6 @@ def write_bundle(
     A blob whose bytes no longer match the manifest raises ChecksumMismatch after it was
     written: the caller discards the output (the bundle would fail verification anyway).
     """
-    import io
-
     try:
         with tarfile.open(fileobj=out, mode="w|", bufsize=CHUNK, format=tarfile.PAX_FORMAT) as tar:
             tar.copybufsize = CHUNK
