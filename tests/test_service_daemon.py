@@ -1,0 +1,232 @@
+"""The real `appliance serve` as systemd runs it: a spawned process with NOTIFY_SOCKET and
+WATCHDOG_USEC, a tiny model, real HTTP. Synchronised on notify datagrams and received
+chunks; socket timeouts are only a safety net."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from appliance.config import load_settings
+from appliance.service import adminclient
+
+ROOT = Path(__file__).resolve().parent.parent
+SAFETY_S = 60  # never reached when things work
+
+
+class Notifications:
+    """A datagram socket standing in for systemd's NOTIFY_SOCKET; remembers all it got."""
+
+    def __init__(self, path: Path) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(str(path))
+        self.sock.settimeout(SAFETY_S)
+        self.path = path
+        self.seen: list[str] = []
+
+    def until(self, message: str) -> list[str]:
+        """Receive until `message` (exact, or a prefix ending in '='); returns what came."""
+        got = []
+        while True:
+            m = self.sock.recv(4096).decode()
+            self.seen.append(m)
+            got.append(m)
+            if m == message or (message.endswith("=") and m.startswith(message)):
+                return got
+
+
+class Served:
+    def __init__(self, proc: subprocess.Popen[str], url: str, notify: Notifications, env: dict[str, str],
+                 cwd: Path) -> None:
+        self.proc, self.url, self.notify, self.env, self.cwd = proc, url, notify, env, cwd
+
+    def get(self, path: str, token: str | None = None) -> tuple[int, dict[str, str], bytes]:
+        req = urllib.request.Request(self.url + path)
+        if token:
+            req.add_header("Authorization", f"Bearer {token}")
+        try:
+            with urllib.request.urlopen(req, timeout=SAFETY_S) as r:
+                return r.status, dict(r.headers), r.read()
+        except urllib.error.HTTPError as e:
+            return e.code, dict(e.headers), e.read()
+
+    def post(self, path: str, body: dict, token: str | None = None) -> tuple[int, dict[str, str], bytes]:
+        req = urllib.request.Request(self.url + path, data=json.dumps(body).encode(), method="POST")
+        req.add_header("Content-Type", "application/json")
+        if token:
+            req.add_header("Authorization", f"Bearer {token}")
+        try:
+            with urllib.request.urlopen(req, timeout=SAFETY_S) as r:
+                return r.status, dict(r.headers), r.read()
+        except urllib.error.HTTPError as e:
+            return e.code, dict(e.headers), e.read()
+
+    def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "appliance", *args], env=self.env,
+                              cwd=self.cwd, capture_output=True, text=True, timeout=SAFETY_S)
+
+    def stop(self) -> int:
+        self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(SAFETY_S)
+
+
+def write_catalog(path: Path, models: dict[str, Path]) -> None:
+    path.write_text("".join(
+        f'[{mid}]\nsource = "file://{p}"\ncontext = 4096\nparallel = 2\n\n' for mid, p in models.items()
+    ))
+
+
+@pytest.fixture
+def served(tmp_path: Path, tiny_models: dict[str, Path]) -> Iterator[Served]:
+    write_catalog(tmp_path / "models.toml", {"tiny": tiny_models["a"]})
+    (tmp_path / "appliance.toml").write_text('[server]\ndrain_timeout = "30s"\n')
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("APPLIANCE_", "NOTIFY_", "WATCHDOG_"))}
+    env.update(
+        PYTHONPATH=str(ROOT), APPLIANCE_STORE=str(tmp_path / "store"),
+        NOTIFY_SOCKET=str(tmp_path / "notify.sock"), WATCHDOG_USEC="2000000",
+    )
+    notify = Notifications(tmp_path / "notify.sock")
+    pull = subprocess.run([sys.executable, "-m", "appliance", "pull", "tiny"], env=env, cwd=tmp_path,
+                          capture_output=True, text=True, timeout=SAFETY_S)
+    assert pull.returncode == 0, pull.stderr
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "appliance", "serve", "--port", "0"], env=env, cwd=tmp_path,
+        stdout=subprocess.PIPE, stderr=open(tmp_path / "serve.log", "w"), text=True,
+    )
+    try:
+        line = proc.stdout.readline() if proc.stdout else ""
+        assert "serving on" in line, (tmp_path / "serve.log").read_text()
+        yield Served(proc, line.split("serving on ")[1].strip(), notify, env, tmp_path)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        notify.sock.close()
+
+
+def test_notify_sequence_and_clean_exit(served: Served) -> None:
+    served.notify.until("READY=1")
+    served.notify.until("STATUS=")  # serving, with the loaded models and queue
+    served.notify.until("WATCHDOG=1")  # the heartbeat goes on after READY
+    assert served.stop() == 0
+    served.notify.until("STOPPING=1")
+    seen = served.notify.seen
+    order = [seen.index("READY=1")]
+    order.append(next(i for i, m in enumerate(seen) if i > order[-1] and m.startswith("STATUS=serving")))
+    order.append(next(i for i, m in enumerate(seen) if i > order[-1] and m == "WATCHDOG=1"))
+    order.append(seen.index("STOPPING=1"))
+    assert order == sorted(order)
+    assert seen.count("READY=1") == 1
+    print("notify sequence:", seen)
+
+
+def _raw_stream(url: str, body: dict) -> socket.socket:
+    """A streaming request on a plain socket, so the test reads it chunk by chunk."""
+    host, port = url.removeprefix("http://").split(":")
+    s = socket.create_connection((host, int(port)), timeout=SAFETY_S)
+    data = json.dumps(body).encode()
+    s.sendall(
+        b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"Connection: close\r\nContent-Length: " + str(len(data)).encode() + b"\r\n\r\n" + data
+    )
+    return s
+
+
+def test_sigterm_drains_a_stream_and_refuses_new_requests(served: Served) -> None:
+    served.notify.until("READY=1")
+    body = {
+        # No EOS (logit_bias): exactly 3000 tokens, seconds of work after the first chunk.
+        "model": "tiny", "prompt": "hello", "max_tokens": 3000, "stream": True,
+        "logit_bias": {"2": -100}, "temperature": 0,
+    }
+    stream = _raw_stream(served.url, body)
+    first = b""
+    while b"data: " not in first:
+        first += stream.recv(1024)  # the stream has started
+    served.proc.send_signal(signal.SIGTERM)
+    served.notify.until("STOPPING=1")  # draining is set in the same loop step
+
+    status, headers, err = served.post("/v1/completions", {"model": "tiny", "prompt": "x", "max_tokens": 1})
+    assert status == 503 and json.loads(err)["error"]["code"] == "draining"
+    assert headers.get("Connection", "").lower() == "close"
+    assert served.get("/ready")[0] == 503
+    assert served.get("/health")[0] == 200
+
+    rest = first
+    while chunk := stream.recv(65536):
+        rest += chunk
+    stream.close()
+    assert b"data: [DONE]" in rest
+    assert rest.count(b'"finish_reason":"length"') == 1  # completed, not cut off
+    assert served.proc.wait(SAFETY_S) == 0
+
+
+def test_keys_and_models_reread_without_restart(served: Served, tmp_path: Path, tiny_models: dict[str, Path]) -> None:
+    served.notify.until("READY=1")
+    admin = served.cli("keys", "create", "ops", "--scope", "admin")
+    assert admin.returncode == 0, admin.stderr
+    token = admin.stdout.split()[0]
+    # A new key works at once; a revoked one is refused at once.
+    assert served.get("/v1/models", token)[0] == 200
+    assert served.get("/v1/models", "sk-appl-wrong")[0] == 401
+    other = served.cli("keys", "create", "ops2", "--scope", "admin").stdout.split()[0]
+    assert served.get("/v1/models", other)[0] == 200
+    assert served.cli("keys", "revoke", "ops").returncode == 0
+    assert served.get("/v1/models", token)[0] == 401
+
+    # models.toml edited on disk: the watcher re-reads it (RELOADING=1 ... READY=1).
+    write_catalog(tmp_path / "models.toml", {"tiny": tiny_models["a"], "tiny-b": tiny_models["b"]})
+    served.notify.until("RELOADING=1")
+    served.notify.until("READY=1")
+    ids = {m["id"] for m in json.loads(served.get("/v1/models", other)[2])["data"]}
+    assert ids == {"tiny", "tiny-b"}
+
+    # SIGHUP forces a re-read too.
+    write_catalog(tmp_path / "models.toml", {"tiny": tiny_models["a"]})
+    served.proc.send_signal(signal.SIGHUP)
+    served.notify.until("RELOADING=1")
+    served.notify.until("READY=1")
+    ids = {m["id"] for m in json.loads(served.get("/v1/models", other)[2])["data"]}
+    assert ids == {"tiny"}
+    assert served.stop() == 0
+
+
+def test_metrics_and_admin_socket(served: Served, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    served.notify.until("READY=1")
+    monkeypatch.setenv("APPLIANCE_STORE", str(tmp_path / "store"))
+    settings = load_settings()
+    assert adminclient.loaded_models(settings) == set()
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    def counter(text: str, name: str, **labels: str) -> float:
+        for fam in text_string_to_metric_families(text):
+            for s in fam.samples:
+                if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()):
+                    return s.value
+        return 0.0
+
+    before = served.get("/metrics")[2].decode()
+    status, _, _ = served.post("/v1/completions", {"model": "tiny", "prompt": "hi", "max_tokens": 4,
+                                                   "logit_bias": {"2": -100}})
+    assert status == 200
+    after = served.get("/metrics")[2].decode()
+    route = "/v1/completions"
+    assert counter(after, "appliance_requests_total", route=route, status="200") == \
+        counter(before, "appliance_requests_total", route=route, status="200") + 1
+    assert counter(after, "appliance_generated_tokens_total", model="tiny") == \
+        counter(before, "appliance_generated_tokens_total", model="tiny") + 4
+
+    assert adminclient.loaded_models(settings) == {"tiny"}
+    assert served.stop() == 0
+    assert adminclient.loaded_models(settings) is None  # socket gone with the daemon
