@@ -228,5 +228,10 @@ def test_metrics_and_admin_socket(served: Served, tmp_path: Path, monkeypatch: p
         counter(before, "appliance_generated_tokens_total", model="tiny") + 4
 
     assert adminclient.loaded_models(settings) == {"tiny"}
+    # The store's CLI asks the daemon: `ls` shows it loaded, `rm` refuses.
+    ls = served.cli("ls")
+    assert ls.returncode == 0 and "tiny" in ls.stdout
+    rm = served.cli("rm", "tiny")
+    assert rm.returncode == 1 and "loaded" in rm.stderr, rm.stderr
     assert served.stop() == 0
     assert adminclient.loaded_models(settings) is None  # socket gone with the daemon

@@ -17,8 +17,14 @@ from ..config import Catalog, ModelConfig, Settings, load_settings
 from ..errors import ApplianceError, UsageError
 from ..units import format_size
 
-# Replaced by the daemon integration: returns the loaded model ids, or None when no daemon answers.
-loaded_models_probe: Callable[[], set[str] | None] = lambda: None  # noqa: E731
+
+def _ask_daemon() -> set[str] | None:
+    """Marker default: `_store` replaces it with a query over the daemon's admin socket."""
+    return None
+
+
+# Returns the loaded model ids, or None when no daemon answers (tests may replace it).
+loaded_models_probe: Callable[[], set[str] | None] = _ask_daemon
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -28,7 +34,12 @@ def _settings(args: argparse.Namespace) -> Settings:
 def _store(settings: Settings):  # noqa: ANN202
     from ..store import Store
 
-    return Store.open(settings.config.store.path, loaded_models=loaded_models_probe)
+    probe = loaded_models_probe
+    if probe is _ask_daemon:  # [operations] the running daemon, over its admin socket
+        from ..service.adminclient import loaded_models
+
+        probe = lambda: loaded_models(settings)  # noqa: E731
+    return Store.open(settings.config.store.path, loaded_models=probe)
 
 
 def _resolve(catalog: Catalog, names: list[str]) -> list[tuple[str, ModelConfig]]:
