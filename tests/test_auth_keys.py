@@ -113,4 +113,23 @@ def test_keys_file_written_atomically_keeps_comments(tmp_path: Path) -> None:
     assert "# my note" in path.read_text()
     os.chmod(path, 0o644)
     revoke_key(path, "a")
-    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert stat.S_IMODE(path.stat().st_mode) == 0o640, "world bits dropped, the rest kept"
+
+
+def test_rewrite_keeps_mode_and_group_of_the_existing_file(tmp_path: Path) -> None:
+    """install.sh makes keys.toml 0640 root:appliance; a root `keys create` must keep that."""
+    path = tmp_path / "keys.toml"
+    create_key(path, "a")
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600  # a new file is owner-only
+    # As root, use a group the writer is not in by default; otherwise our own group.
+    gid = 4242 if os.geteuid() == 0 else os.getgid()
+    os.chown(path, -1, gid)
+    os.chmod(path, 0o640)
+    token, _ = create_key(path, "b")
+    st = path.stat()
+    assert stat.S_IMODE(st.st_mode) == 0o640
+    assert st.st_gid == gid
+    revoke_key(path, "a")
+    st = path.stat()
+    assert (stat.S_IMODE(st.st_mode), st.st_gid) == (0o640, gid)
+    assert set(load_keys(path)) == {"b"}

@@ -3,7 +3,8 @@
 Tokens are never stored, only their SHA-256, so a leaked keys file grants nothing. The
 daemon re-reads the file whenever its (inode, size, mtime) changes, checked on each request
 with one `stat`, so `appliance keys revoke` takes effect at the next request without a
-restart. Writes are atomic (temp file + rename, mode 0600) so a reader never sees half a file.
+restart. Writes are atomic (temp file + rename) so a reader never sees half a file; a new file
+is 0600, a rewritten one keeps its owner, group and mode (without world bits).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import logging
 import os
 import re
 import secrets
+import stat
 import tempfile
 import threading
 import tomllib
@@ -202,11 +204,32 @@ def _read_doc(path: Path) -> tomlkit.TOMLDocument:
         return doc
 
 
+def _keep_access(fd: int, path: Path) -> None:
+    """Give the temp file the old file's group and mode (minus any world bits), else 0600.
+
+    install.sh makes /etc/appliance/keys.toml 0640 root:appliance so the service user can
+    read it; a root `appliance keys create` must not turn that into 0600 root:root.
+    """
+    try:
+        old = os.stat(path)
+    except FileNotFoundError:
+        os.fchmod(fd, 0o600)
+        return
+    mode = stat.S_IMODE(old.st_mode) & 0o770  # never world-readable, no setuid/sticky bits
+    try:
+        os.fchown(fd, old.st_uid if os.geteuid() == 0 else -1, old.st_gid)
+    except PermissionError:
+        # Not in that group: keep the owner's bits only rather than share with our own group.
+        log.warning("cannot keep group %d of %s; writing it owner-only", old.st_gid, path)
+        mode &= 0o700
+    os.fchmod(fd, mode)
+
+
 def _write_atomic(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
-        os.fchmod(fd, 0o600)
+        _keep_access(fd, path)
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
             f.flush()
