@@ -20,7 +20,7 @@ import re
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, AsyncIterator, Callable, Literal, Protocol, Sequence
+from typing import Any, AsyncIterator, Awaitable, Callable, Literal, Protocol, Sequence
 
 import psutil
 
@@ -141,6 +141,7 @@ class Scheduler:
         estimator: Estimator | None = None,
         footprints: Footprints | None = None,
         rss: Callable[[], int] | None = None,
+        run_blocking: Callable[..., Awaitable[Any]] | None = None,
     ) -> None:
         self.config = config
         self.catalog = catalog
@@ -150,6 +151,7 @@ class Scheduler:
         self.clock: Clock = clock or SystemClock()
         self._estimator: Estimator = estimator or GGUFEstimator()
         self._footprints = footprints if footprints is not None else Footprints(config.store.path / "footprints.json")
+        self._run_blocking = run_blocking or asyncio.to_thread  # tests run loaders inline
         self._rss = rss or (lambda: int(psutil.Process().memory_info().rss))
         self._models: dict[str, _Model] = {mid: _Model(mid, cfg) for mid, cfg in catalog.models.items()}
         self._paths: dict[str, list[Path]] = {}
@@ -320,8 +322,9 @@ class Scheduler:
         return out
 
     def status(self, model: str) -> ModelStatus:
-        m = self._resolve(model)
-        return next(s for s in self.snapshot() if s.id == m.id)
+        """One model's row (also a model removed from the catalog but still resident)."""
+        mid = model if model in self._models else self._resolve(model).id
+        return next(s for s in self.snapshot() if s.id == mid)
 
     # --- the one decision point ---------------------------------------------------------
 
@@ -505,7 +508,10 @@ class Scheduler:
         placed: list[Resident] = []
         for m in pinned:
             paths = self._paths.get(m.id) or self._locate(m)
-            mem = Memory.read(devices, self._budgets(devices), self.config.memory.reserve, placed)
+            mem = Memory.read(devices, self._budgets(devices), self.config.memory.reserve, [])
+            for r in placed:  # virtual: not in the free-memory reading, so charge them here
+                for i, n in r.charges.items():
+                    mem.used[i] += n
             layers = self._estimator.layer_count(paths)
             p = plan(m.cfg, layers, self._need_fn(m, paths, layers), mem, placed, self._gpu_error(m))
             if not isinstance(p, Plan):
@@ -582,10 +588,10 @@ class Scheduler:
         rss_before = self._rss()
         log.info("loading %s on %s (%d layers, estimated %s)", m.id, p.placement.device, p.placement.n_gpu_layers, format_size(p.estimate.total))
         try:
-            runner = await asyncio.to_thread(self._loader, m.id, cfg, paths, p.placement)
+            runner = await self._run_blocking(self._loader, m.id, cfg, paths, p.placement)
             warmup = getattr(runner, "warmup", None)
             if warmup is not None:
-                await asyncio.to_thread(warmup)
+                await self._run_blocking(warmup)
         except Exception as e:
             m.state, m.loaded_cfg, m.placement, m.charges, m.mapped = "unloaded", None, None, {}, {}
             err = e if isinstance(e, ApplianceError) else EngineError(f"loading model {m.id!r} failed: {e}")
@@ -593,7 +599,7 @@ class Scheduler:
                 self._fail(w, err)
             self._paths.pop(m.id, None)
             raise
-        measured = self._measure(p.placement, before, self._hw.devices(), rss_before)
+        measured = self._measure(p.placement, before, self._hw.devices(), rss_before, runner)
         if measured:
             m.measured = sum(measured.values())
             m.charges = measured
@@ -608,10 +614,20 @@ class Scheduler:
         m.last_used = m.loaded_at
         m.draining = m.unload_requested = False
 
-    def _measure(self, pl: Placement, before: list[Device], after: list[Device], rss_before: int) -> dict[int, int]:
-        """Bytes the load took per device: GPU free-memory delta; on RAM, the process's RSS
-        delta (mmap'd weights are page cache, invisible in "available", but resident)."""
+    def _measure(
+        self, pl: Placement, before: list[Device], after: list[Device], rss_before: int, runner: RunnerLike
+    ) -> dict[int, int]:
+        """Bytes the load took per device, after the warm-up decode at full batch.
+
+        GPU: the device's free-memory delta (CUDA's pool has grown by then). RAM: the buffer
+        sizes llama.cpp logged for this load when the runner reports them (exact, and not
+        disturbed by other runners allocating meanwhile), counting the file's weights once
+        (a repacked copy replaces the mapped pages in use); else the process's RSS delta.
+        """
         if pl.device == "cpu":
+            logged = _logged_bytes(runner)
+            if logged:
+                return {pl.devices[0]: logged}
             delta = self._rss() - rss_before
             return {pl.devices[0]: delta} if delta > 0 else {}
         b = {d.index: d.free for d in before}
@@ -624,7 +640,7 @@ class Scheduler:
         log.info("unloading %s", m.id)
         try:
             if runner is not None:
-                await asyncio.to_thread(runner.close)
+                await self._run_blocking(runner.close)
         finally:
             m.runner, m.state, m.loaded_cfg, m.placement = None, "unloaded", None, None
             m.charges, m.mapped = {}, {}
@@ -659,3 +675,16 @@ class Scheduler:
         rate = len(m.completions) / span
         ahead = len(m.queue) + 1
         return float(min(max(1, math.ceil(ahead / rate)), max(1.0, self.config.queue.max_wait)))
+
+
+def _logged_bytes(runner: Any) -> int | None:
+    """RAM a CPU runner holds per llama.cpp's own buffer log (engine's `Runner.buffers`)."""
+    buffers = getattr(runner, "buffers", None)
+    by_kind = getattr(buffers, "by_kind", None)
+    if not by_kind:
+        return None
+    model = by_kind.get("model", {})
+    mapped = sum(v for k, v in model.items() if k.endswith("_Mapped"))
+    copies = sum(v for k, v in model.items() if not k.endswith("_Mapped"))
+    rest = sum(sum(d.values()) for k, d in by_kind.items() if k != "model")
+    return max(mapped, copies) + rest or None
