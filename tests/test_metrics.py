@@ -3,6 +3,9 @@ from the scheduler's snapshot and the GPU sensors at scrape time, one registry p
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import openai
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client.parser import text_string_to_metric_families
@@ -11,6 +14,7 @@ from appliance.api.state import RequestRecord
 from appliance.hardware import GpuStats
 from appliance.scheduler.core import ModelStatus
 from appliance.service.metrics import Metrics, add_metrics_route, route_label
+from test_api_support import pull_all, serving, write_config
 
 
 def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -125,3 +129,26 @@ async def test_metrics_route_over_http() -> None:
         assert resp.headers["Content-Type"].startswith("text/plain")
         s = samples(await resp.text())
     assert s[("appliance_generated_tokens_total", (("key", "k"), ("model", "tiny")))] == 3
+
+
+async def test_ttft_and_inter_token_from_real_requests(tmp_path: Path, tiny_models: dict[str, Path]) -> None:
+    """The engine's Usage timings reach the record: a completion and a chat on llama.cpp
+    each add one TTFT and one inter-token sample."""
+    settings = write_config(tmp_path, {"tiny": {"source": f"file://{tiny_models['a']}", "context": 128}})
+    store = pull_all(settings)
+    m = Metrics(gpus=False)
+    no_eos = {"2": -100}  # random weights: decode several tokens, so there is a decode rate
+    async with serving(settings, store=store) as d:
+        d.on_request(m.on_request)  # runs before a non-streamed response is sent
+        async with openai.AsyncOpenAI(base_url=d.url + "/v1", api_key="unused", max_retries=0) as c:
+            r = await c.completions.create(model="tiny", prompt="Hello", max_tokens=4, logit_bias=no_eos)
+            assert r.usage.completion_tokens == 4
+            s = samples(m.render().decode())
+            assert s[("appliance_time_to_first_token_seconds_count", (("model", "tiny"),))] == 1
+            assert s[("appliance_time_to_first_token_seconds_sum", (("model", "tiny"),))] > 0
+            assert s[("appliance_inter_token_seconds_count", (("model", "tiny"),))] == 1
+            await c.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "Hi"}],
+                                            max_tokens=4, logit_bias=no_eos)
+    s = samples(m.render().decode())
+    assert s[("appliance_time_to_first_token_seconds_count", (("model", "tiny"),))] == 2
+    assert s[("appliance_inter_token_seconds_count", (("model", "tiny"),))] == 2

@@ -21,7 +21,7 @@ from ..engine.types import GenerationRequest
 from ..errors import ApplianceError
 from .chat_render import ChatPrompt, render
 from .context import CTX_KEY, check_n, key_name, resolve_model
-from .generation import chat_logprobs, close, next_delta, sampling_params, usage_dict
+from .generation import chat_logprobs, close, next_delta, note_usage, sampling_params, usage_dict
 from .schemas import ChatCompletionRequest, parse_body, read_json
 from .sse import SSEStream
 from .state import REQUEST_ID, request_info
@@ -112,7 +112,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         finally:
             await close(gen)
     u = gen.usage
-    info["prompt_tokens"], info["completion_tokens"] = u.prompt_tokens, u.completion_tokens
+    note_usage(info, u)
     usage = usage_dict(u.prompt_tokens, u.completion_tokens, u.cached_tokens)
     if sse is not None:
         if body.include_usage:

@@ -11,7 +11,7 @@ from aiohttp import web
 from ..engine.types import GenerationRequest
 from ..errors import ApplianceError, InvalidRequest
 from .context import CTX_KEY, check_n, key_name, resolve_model
-from .generation import close, completion_logprobs, next_delta, sampling_params, usage_dict
+from .generation import close, completion_logprobs, next_delta, note_usage, sampling_params, usage_dict
 from .schemas import CompletionRequest, parse_body, read_json
 from .sse import SSEStream
 from .state import REQUEST_ID, request_info
@@ -94,9 +94,7 @@ async def completions(request: web.Request) -> web.StreamResponse:
                         return sse.response
             finally:
                 await close(gen)
-            u = gen.usage
-            info["prompt_tokens"] += u.prompt_tokens
-            info["completion_tokens"] += u.completion_tokens
+            note_usage(info, gen.usage)
     usage = usage_dict(info["prompt_tokens"], info["completion_tokens"])
     if sse is not None:
         if body.include_usage:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..engine.types import Delta, SamplingParams, TokenLogprob
+from ..engine.types import Delta, SamplingParams, TokenLogprob, Usage
 from ..errors import ApplianceError, EngineError
 from .schemas import _Sampling
 
@@ -83,6 +83,17 @@ def completion_logprobs(items: list[TokenLogprob], offset: int) -> dict[str, Any
         "top_logprobs": [{t.token: t.logprob for t in lp.top} for lp in items],
         "text_offset": offsets,
     }
+
+
+def note_usage(info: dict[str, Any], u: Usage) -> None:
+    """Add one Generation's usage to the request's facts (log line, metrics hooks). A request
+    with several prompts keeps the first TTFT (the client waited for that one) and the last rate."""
+    info["prompt_tokens"] += u.prompt_tokens
+    info["completion_tokens"] += u.completion_tokens
+    if info.get("ttft_s") is None and u.ttft_s is not None:
+        info["ttft_s"] = u.ttft_s
+    if u.decode_tokens_per_s:
+        info["decode_tokens_per_s"] = u.decode_tokens_per_s
 
 
 def usage_dict(prompt: int, completion: int, cached: int = 0) -> dict[str, Any]:

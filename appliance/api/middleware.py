@@ -64,6 +64,7 @@ async def request_context(request: web.Request, handler: Handler) -> web.StreamR
             key_name=info["key_name"], model=info["model"], status=status,
             prompt_tokens=info["prompt_tokens"], completion_tokens=info["completion_tokens"],
             latency_s=latency, stream=info["stream"], error_code=info["error_code"],
+            ttft_s=info["ttft_s"], decode_tokens_per_s=info["decode_tokens_per_s"],
         )
         for hook in list(state.on_request):
             try:

@@ -38,6 +38,8 @@ class RequestRecord:
     latency_s: float
     stream: bool = False
     error_code: str | None = None
+    ttft_s: float | None = None  # engine's time to first token (generation requests)
+    decode_tokens_per_s: float | None = None  # engine's decode rate after the first token
 
 
 @dataclass
@@ -74,5 +76,7 @@ def request_info(request: web.Request) -> dict:
             "completion_tokens": 0,
             "stream": False,
             "error_code": None,
+            "ttft_s": None,
+            "decode_tokens_per_s": None,
         }
     return info

@@ -173,8 +173,8 @@ class Metrics:
     # --- per request (the API's on_request hook) ------------------------------------------
 
     def on_request(self, record: Any) -> None:
-        """Count one finished request (an api.state.RequestRecord; optional attributes
-        `ttft_s` and `decode_tokens_per_s` feed the latency histograms)."""
+        """Count one finished request (an api.state.RequestRecord; its `ttft_s` and
+        `decode_tokens_per_s`, set for generation requests, feed the latency histograms)."""
         route = route_label(record.path)
         key = record.key_name or "-"
         self.requests.labels(route, str(record.status), key).inc()
@@ -184,10 +184,9 @@ class Metrics:
                 self.prompt_tokens.labels(record.model, key).inc(record.prompt_tokens)
             if record.completion_tokens:
                 self.generated_tokens.labels(record.model, key).inc(record.completion_tokens)
-            ttft = getattr(record, "ttft_s", None)
-            if ttft is not None:
-                self.ttft.labels(record.model).observe(ttft)
-            tps = getattr(record, "decode_tokens_per_s", None)
+            if record.ttft_s is not None:
+                self.ttft.labels(record.model).observe(record.ttft_s)
+            tps = record.decode_tokens_per_s
             if tps:
                 self.itl.labels(record.model).observe(1.0 / tps)
 
