@@ -1,0 +1,157 @@
+"""The memory estimate against reality: the buffer sizes llama.cpp itself logs when it loads
+a model and creates a context with the engine's parameters (n_seq_max = parallel,
+n_ctx = context x parallel, per-slot KV streams, n_outputs_max = parallel)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import llama_cpp as ll
+import pytest
+
+from appliance.config import ModelConfig
+from appliance.engine import llamalog
+from appliance.engine.cpufeatures import extra_buffers_safe
+from appliance.scheduler.estimate import GGUFEstimator, weights_on_device
+from appliance.scheduler.shape import read_shape
+from ggufmaker import Shape, make_gguf
+
+_KV = {"f16": ll.GGML_TYPE_F16, "q8_0": ll.GGML_TYPE_Q8_0, "q4_0": ll.GGML_TYPE_Q4_0}
+
+
+def logged_buffers(path: Path, cfg: ModelConfig) -> llamalog.BufferSizes:
+    """Load on the CPU as the engine does and return what llama.cpp reports (then free)."""
+    ll.llama_backend_init()
+    mp = ll.llama_model_default_params()
+    mp.n_gpu_layers = 0
+    mp.use_extra_bufts = extra_buffers_safe()
+    with llamalog.capture() as chunks:
+        model = ll.llama_model_load_from_file(str(path).encode(), mp)
+        assert model, f"llama.cpp could not load {path}"
+        cp = ll.llama_context_default_params()
+        cp.n_ctx = cfg.context * cfg.parallel
+        cp.n_seq_max = cfg.parallel
+        cp.kv_unified = False
+        cp.flash_attn_type = ll.LLAMA_FLASH_ATTN_TYPE_AUTO
+        cp.type_k = cp.type_v = _KV[cfg.kv_cache_type]
+        cp.n_threads = cp.n_threads_batch = 1
+        if cfg.embedding:
+            cp.n_batch = cp.n_ubatch = max(cfg.context, 32)
+            cp.n_outputs_max = 0
+            cp.embeddings = True
+            cp.pooling_type = ll.LLAMA_POOLING_TYPE_MEAN
+        else:
+            cp.n_batch = cp.n_ubatch = 512
+            cp.n_outputs_max = cfg.parallel
+        ctx = ll.llama_init_from_model(model, cp)
+        assert ctx, "llama.cpp could not create the context"
+    ll.llama_free(ctx)
+    ll.llama_model_free(model)
+    return llamalog.parse_buffer_sizes(llamalog.join_lines(chunks))
+
+
+def check(path: Path, cfg: ModelConfig, *, compute_tolerance: float = 0.15) -> None:
+    real = logged_buffers(path, cfg)
+    est = GGUFEstimator().estimate([path], cfg, gpu_layers=0, device="cpu")
+    mapped = sum(v for k, v in real.by_kind["model"].items() if k.endswith("_Mapped"))
+    real_kv = real.total("KV")
+    real_compute = real.total("compute", "output")
+    real_total = mapped + real_kv + real_compute
+    # weights and KV are exact arithmetic over the header; compute is a calibrated model.
+    # llama.cpp logs MiB with two decimals: allow that rounding per buffer.
+    log_rounding = 0.005 * 1024**2 * max(1, len(real.by_kind.get("KV", {})))
+    assert est.weights == pytest.approx(mapped, rel=0.01)
+    assert est.kv == pytest.approx(real_kv, rel=0.01, abs=log_rounding)
+    assert est.compute == pytest.approx(real_compute, rel=compute_tolerance)
+    assert est.total == pytest.approx(real_total, rel=0.15)
+    assert est.total >= 0.97 * real_total  # erring high is safe, low is not
+
+
+@pytest.fixture(scope="module")
+def wide_gguf(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    shape = Shape(n_embd=256, n_layer=4, n_head=8, n_head_kv=4, n_ff=1024, name="wide")
+    return make_gguf(tmp_path_factory.mktemp("wide") / "wide.gguf", shape, seed=7)
+
+
+def cfg(context: int, parallel: int, **kw: object) -> ModelConfig:
+    return ModelConfig(source="file:///m.gguf", context=context, parallel=parallel, **kw)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("context,parallel", [(256, 1), (1024, 4), (4096, 4), (2048, 8), (1000, 3)])
+def test_tiny_synthetic_models(tiny_gguf: Path, wide_gguf: Path, context: int, parallel: int) -> None:
+    # n_embd 64: small tensors make the compute model's constants matter more (errs high)
+    check(tiny_gguf, cfg(context, parallel), compute_tolerance=0.35)
+    check(wide_gguf, cfg(context, parallel))
+
+
+@pytest.mark.parametrize("kv", ["q8_0", "q4_0"])
+def test_quantized_kv_cache(wide_gguf: Path, kv: str) -> None:
+    check(wide_gguf, cfg(1024, 4, kv_cache_type=kv))
+
+
+def test_embedding_context(wide_gguf: Path) -> None:
+    check(wide_gguf, cfg(512, 2, embedding=True))
+
+
+@pytest.mark.gemma
+@pytest.mark.parametrize(
+    "context,parallel,kv", [(4096, 4, "f16"), (1024, 4, "f16"), (2048, 8, "f16"), (256, 1, "f16"), (1024, 4, "q8_0")]
+)
+def test_gemma_270m(gemma_path: Path, context: int, parallel: int, kv: str) -> None:
+    check(gemma_path, cfg(context, parallel, kv_cache_type=kv))
+
+
+@pytest.mark.gemma
+def test_gemma_sliding_window_layers_keep_full_kv(gemma_path: Path) -> None:
+    shape = read_shape([gemma_path])
+    assert shape.sliding_window > 0  # Gemma 3 interleaves sliding-window layers
+    est = GGUFEstimator().estimate([gemma_path], cfg(4096, 4), gpu_layers=0, device="cpu")
+    assert est.kv == 288 * 1024**2  # 16384 cells x 18 layers x (256 + 256) x 2 bytes
+
+
+def test_partial_offload_counts_output_layer_first(wide_gguf: Path) -> None:
+    shape = read_shape([wide_gguf])
+    e = GGUFEstimator()
+    c = cfg(1024, 4)
+    assert e.layer_count([wide_gguf]) == shape.n_layer + 1
+    none = e.estimate([wide_gguf], c, gpu_layers=0, device="cuda")
+    out_only = e.estimate([wide_gguf], c, gpu_layers=1, device="cuda")
+    two = e.estimate([wide_gguf], c, gpu_layers=2, device="cuda")
+    full = e.estimate([wide_gguf], c, gpu_layers=shape.n_layer + 1, device="cuda")
+    assert none.total == 0
+    assert out_only.weights == shape.output_bytes + shape.other_bytes and out_only.kv == 0
+    assert two.weights == weights_on_device(shape, 2) and two.kv == full.kv // shape.n_layer
+    assert full.weights == shape.weight_bytes - shape.embd_bytes + shape.output_bytes * shape.output_tied
+    assert none.total < out_only.total < two.total < full.total
+
+
+def test_split_gguf_counts_every_shard(tmp_path: Path, wide_gguf: Path) -> None:
+    """Tensors of shards after the first count too (metadata comes from the first)."""
+    import gguf
+
+    r = gguf.GGUFReader(wide_gguf)
+    whole = read_shape([wide_gguf])
+    # write the same model as two files: all metadata + half the tensors, then the rest
+    names = [t.name for t in r.tensors]
+    half = len(names) // 2
+    paths = []
+    for i, part in enumerate((names[:half], names[half:])):
+        w = gguf.GGUFWriter(str(tmp_path / f"m-{i}.gguf"), "llama")
+        if i == 0:
+            for key, f in r.fields.items():
+                if key.startswith("GGUF.") or key == "general.architecture":
+                    continue
+                if f.types[0] == gguf.GGUFValueType.ARRAY:
+                    w.add_key_value(key, f.contents(), f.types[0], sub_type=f.types[-1])
+                else:
+                    w.add_key_value(key, f.contents(), f.types[0])
+        for t in r.tensors:
+            if t.name in part:
+                w.add_tensor(t.name, t.data)
+        w.write_header_to_file()
+        w.write_kv_data_to_file()
+        w.write_tensors_to_file()
+        w.close()
+        paths.append(tmp_path / f"m-{i}.gguf")
+    split = read_shape(paths)
+    assert split.weight_bytes == whole.weight_bytes and split.layer_bytes == whole.layer_bytes
