@@ -10,8 +10,11 @@ Hooks for the operations layer: `state.ready`, `state.draining`, `state.on_reque
 from __future__ import annotations
 
 import dataclasses
+import errno
 import ipaddress
 import logging
+import os
+import socket
 import ssl
 from typing import Any, Callable
 
@@ -22,7 +25,7 @@ from .api.state import AppState, RequestRecord
 from .auth import Keyring, RateLimiter
 from .clock import Clock, SystemClock
 from .config import Catalog, Settings
-from .errors import ConfigError, UsageError
+from .errors import AddressInUse, ConfigError, ListenError, UsageError
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +52,20 @@ def ssl_context(settings: Settings) -> ssl.SSLContext | None:
         where = str(settings.config_path or "appliance.toml")
         raise ConfigError(where, "server.tls_cert", f"cannot load certificate/key: {e}") from None
     return ctx
+
+
+def listen_error(host: str, port: int, e: OSError) -> ListenError:
+    """One line for a bind failure instead of asyncio's traceback; in use is exit 1, the rest 2."""
+    if e.errno == errno.EADDRINUSE:
+        return AddressInUse(host, port, "address already in use")
+    # asyncio folds the address into strerror; the errno's own text is the part users need.
+    if isinstance(e, socket.gaierror) or not e.errno or e.errno < 0:
+        reason = e.strerror or str(e)
+    else:
+        reason = os.strerror(e.errno).lower()
+    if e.errno == errno.EACCES:
+        reason += " (ports below 1024 need privileges)"
+    return ListenError(host, port, reason)
 
 
 def build_scheduler(settings: Settings, store: Any, clock: Clock) -> Any:
@@ -132,7 +149,12 @@ class Daemon:
                                      shutdown_timeout=2.0)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.host, self.port, ssl_context=self.ssl)
-        await site.start()
+        try:
+            await site.start()
+        except OSError as e:
+            await self._runner.cleanup()
+            self._runner = None
+            raise listen_error(self.host, self.port, e) from None
         start = getattr(self.backend, "start", None)
         if start is not None:  # pinned models load while /ready says "starting"
             await start()

@@ -49,6 +49,25 @@ class UsageError(ApplianceError):
     exit_code = 2
 
 
+class ListenError(ApplianceError):
+    """The daemon cannot open its listening socket as configured (bad or foreign address,
+    privileged port): exit 2, so systemd does not restart it in a loop."""
+
+    exit_code = 2
+
+    def __init__(self, host: str, port: int, reason: str) -> None:
+        self.host, self.port, self.reason = host, port, reason
+        where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        super().__init__(f"cannot listen on {where}: {reason}")
+
+
+class AddressInUse(ListenError):
+    """Another process holds the port: exit 1, a failure that a later restart may get past
+    (e.g. the previous instance still shutting down)."""
+
+    exit_code = 1
+
+
 # --- store and downloads (CLI exit 1) -------------------------------------------------
 
 

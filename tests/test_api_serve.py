@@ -6,11 +6,13 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import urllib.request
 from pathlib import Path
 
+from appliance.auth import create_key
 from test_api_support import write_config
 
 ROOT = Path(__file__).resolve().parents[1]  # the package, importable without installing
@@ -51,3 +53,29 @@ def test_serve_listens_and_stops_on_sigterm(tmp_path: Path) -> None:
         if p.poll() is None:
             p.kill()
             p.wait()
+
+
+def test_serve_on_a_port_in_use_is_one_line_and_exit_1(tmp_path: Path) -> None:
+    write_config(tmp_path, {})
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        port = held.getsockname()[1]
+        p = _serve(tmp_path, "--port", str(port))
+        out, err = p.communicate(timeout=60)
+    assert p.returncode == 1, err
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert lines == [f"appliance: error: cannot listen on 127.0.0.1:{port}: address already in use"]
+    assert "serving on" not in out
+
+
+def test_serve_on_an_address_not_ours_is_a_config_error(tmp_path: Path) -> None:
+    """A host this machine does not have: exit 2 (systemd does not restart config errors)."""
+    write_config(tmp_path, {})
+    create_key(tmp_path / "keys.toml", "admin", scope="admin")  # not loopback: keys required
+    p = _serve(tmp_path, "--host", "192.0.2.1", "--port", "0")  # TEST-NET-1, never local
+    out, err = p.communicate(timeout=60)
+    assert p.returncode == 2, err
+    assert "Traceback" not in err
+    lines = [ln for ln in err.splitlines() if ln.strip()]  # before it: the log's "keys file read"
+    assert lines[-1] == "appliance: error: cannot listen on 192.0.2.1:0: cannot assign requested address"
