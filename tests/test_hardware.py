@@ -1,0 +1,89 @@
+"""Hardware probes on this CPU-only machine: no GPU is no error, RAM is the budget."""
+
+from __future__ import annotations
+
+import asyncio
+
+import psutil
+import pytest
+
+from appliance.clock import FakeClock, SystemClock
+from appliance.config import MemoryConfig
+from appliance.errors import ConfigError
+from appliance.hardware import FakeHardware, GgmlHardware, NvmlHardware, RamHardware, detect, fixed_budgets, gpu_stats
+from appliance.hardware.ggml import DEV_TYPE_CPU, backend_devices
+
+
+def test_ggml_devices_are_read_through_ctypes() -> None:
+    devs = backend_devices()
+    assert devs, "llama.cpp always has a CPU device"
+    cpu = [d for d in devs if d[0] == DEV_TYPE_CPU]
+    assert cpu and cpu[0][4] > 0  # total memory reported
+    # this machine's llama-cpp-python is a CPU build: no GPU for the scheduler
+    assert GgmlHardware().devices() == [] and GgmlHardware().backend() == "cpu"
+
+
+def test_no_nvidia_driver_means_no_gpus_not_a_crash() -> None:
+    assert gpu_stats() == [] and NvmlHardware().devices() == []
+
+
+def test_without_gpu_the_device_is_system_ram() -> None:
+    (d,) = detect().devices()
+    assert (d.kind, d.index, d.label) == ("cpu", 0, "cpu")
+    assert 0 < d.free <= d.total == psutil.virtual_memory().total
+
+
+def test_ram_is_read_fresh_on_every_call() -> None:
+    hw = RamHardware()
+    before = hw.devices()[0].free
+    block = bytearray(256 * 1024**2)  # touch 256 MiB
+    for i in range(0, len(block), 4096):
+        block[i] = 1
+    after = hw.devices()[0].free
+    assert after < before
+    del block
+
+
+def test_fake_hardware_moves_free_memory() -> None:
+    hw = FakeHardware.gpus(24 * 10**9, 24 * 10**9)
+    hw.allocate(1, 5 * 10**9)
+    assert [d.free for d in hw.devices()] == [24 * 10**9, 19 * 10**9]
+    hw.release(1, 5 * 10**9)
+    assert hw.devices()[1].free == 24 * 10**9
+    assert [d.label for d in hw.devices()] == ["cuda:0", "cuda:1"]
+
+
+def test_budgets_from_config() -> None:
+    hw = FakeHardware.gpus(24 * 10**9, 24 * 10**9)
+    assert fixed_budgets(hw.devices(), MemoryConfig()) == [None, None]
+    assert fixed_budgets(hw.devices(), MemoryConfig(budget="10GB")) == [10**10, 10**10]
+    assert fixed_budgets(hw.devices(), MemoryConfig(budget=["10GB", "20GB"])) == [10**10, 2 * 10**10]
+    with pytest.raises(ConfigError) as e:
+        fixed_budgets(hw.devices(), MemoryConfig(budget=["10GB"]))
+    assert e.value.key == "memory.budget"
+
+
+async def test_fake_clock_wakes_sleepers_in_order_only_when_advanced() -> None:
+    clock = FakeClock(start=0)
+    woke: list[str] = []
+
+    async def sleeper(name: str, at: float) -> None:
+        await clock.sleep_until(at)
+        woke.append(name)
+
+    tasks = [asyncio.create_task(sleeper("late", 10)), asyncio.create_task(sleeper("early", 5))]
+    await asyncio.sleep(0)
+    assert clock.sleepers == 2
+    clock.advance(4.9)
+    await asyncio.sleep(0)
+    assert woke == []
+    clock.advance(10)
+    await asyncio.gather(*tasks)
+    assert woke == ["early", "late"] and clock.monotonic() == 14.9
+    with pytest.raises(ValueError):
+        clock.advance(-1)
+
+
+async def test_system_clock_past_deadline_returns_at_once() -> None:
+    c = SystemClock()
+    await asyncio.wait_for(c.sleep_until(c.monotonic() - 1), timeout=5)
