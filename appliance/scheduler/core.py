@@ -17,6 +17,7 @@ import contextlib
 import logging
 import math
 import re
+import time
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -76,7 +77,7 @@ class ModelStatus:
     slots_busy: int
     slots_total: int
     queue_depth: int
-    last_used: float | None  # the scheduler clock's monotonic time
+    last_used: float | None  # Unix time
     idle_seconds: float | None
     sha256: str | None
     source: str
@@ -312,7 +313,7 @@ class Scheduler:
                     slots_busy=m.busy_slots,
                     slots_total=cfg.parallel,
                     queue_depth=len(m.queue),
-                    last_used=m.last_used,
+                    last_used=time.time() - (now - m.last_used) if m.last_used is not None else None,
                     idle_seconds=(now - m.last_used) if m.last_used is not None and m.leases == 0 else None,
                     sha256=m.sha256 or (cfg.sha256 if isinstance(cfg.sha256, str) else None),
                     source=cfg.source,
@@ -376,9 +377,10 @@ class Scheduler:
         for m in wanting:
             try:
                 p = self._plan(m, now)
-            except ApplianceError as e:
+            except Exception as e:  # no file, unreadable header, bad gpu index: tell its waiters
+                err = e if isinstance(e, ApplianceError) else EngineError(f"cannot plan model {m.id!r}: {e}")
                 for w in m.queue.take_all():
-                    self._fail(w, e)
+                    self._fail(w, err)
                 continue
             if isinstance(p, Impossible):
                 err = InsufficientMemory(
