@@ -16,8 +16,6 @@ import logging
 import os
 import re
 import secrets
-import stat
-import tempfile
 import threading
 import tomllib
 from dataclasses import dataclass
@@ -26,6 +24,7 @@ from typing import Any
 
 import tomlkit
 
+from ..atomicfile import write_atomic
 from ..errors import ApplianceError, ConfigError, InvalidAPIKey, UsageError
 
 log = logging.getLogger(__name__)
@@ -204,43 +203,9 @@ def _read_doc(path: Path) -> tomlkit.TOMLDocument:
         return doc
 
 
-def _keep_access(fd: int, path: Path) -> None:
-    """Give the temp file the old file's group and mode (minus any world bits), else 0600.
-
-    install.sh makes /etc/appliance/keys.toml 0640 root:appliance so the service user can
-    read it; a root `appliance keys create` must not turn that into 0600 root:root.
-    """
-    try:
-        old = os.stat(path)
-    except FileNotFoundError:
-        os.fchmod(fd, 0o600)
-        return
-    mode = stat.S_IMODE(old.st_mode) & 0o770  # never world-readable, no setuid/sticky bits
-    try:
-        os.fchown(fd, old.st_uid if os.geteuid() == 0 else -1, old.st_gid)
-    except PermissionError:
-        # Not in that group: keep the owner's bits only rather than share with our own group.
-        log.warning("cannot keep group %d of %s; writing it owner-only", old.st_gid, path)
-        mode &= 0o700
-    os.fchmod(fd, mode)
-
-
 def _write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        _keep_access(fd, path)
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+    # Never world-readable; an installed 0640 root:appliance file stays that way.
+    write_atomic(path, text, new_mode=0o600, keep_mask=0o770)
 
 
 def create_key(

@@ -3,42 +3,35 @@
 An entry equal to the one already there (same settings once defaults apply) is left alone,
 so a second import of the same bundle leaves the file byte-identical; a different entry of
 the same id is refused unless `replace`. The merged catalog must still validate (aliases
-included) before anything is written, and the write is atomic (temp file + rename).
+included) before anything is written. `check_merge` is the dry run before any byte of the
+bundle is installed; `merge_catalog` does it for real through store.catalog_edit's
+`edit_catalog` (lock, fresh read, atomic write), shared with `appliance import`.
 """
 
 from __future__ import annotations
 
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import tomlkit
-from tomlkit.exceptions import TOMLKitError
 
 from ..config import ModelConfig, parse_catalog
 from ..errors import BundleError, ConfigError
+from ..store.catalog_edit import edit_catalog, make_table, read_doc
+
+Entries = list[tuple[str, dict[str, Any], ModelConfig]]
 
 
 @dataclass(frozen=True)
-class MergePlan:
-    path: Path
-    text: str | None  # the new file contents; None when nothing changes
+class MergeResult:
     added: list[str]
     replaced: list[str]
     unchanged: list[str]
 
 
-def plan_merge(
-    path: Path, entries: list[tuple[str, dict[str, Any], ModelConfig]], *, replace: bool, note: str
-) -> MergePlan:
-    """Work out the merged models.toml without writing it; raise BundleError on a conflict."""
-    try:
-        original = path.read_text() if path.exists() else ""
-        doc = tomlkit.parse(original)
-    except (OSError, TOMLKitError) as e:
-        raise BundleError(f"cannot read {path}: {e}") from None
+def _merge_into(doc: tomlkit.TOMLDocument, path: Path, entries: Entries, *, replace: bool, note: str) -> MergeResult:
+    """Change `doc` in place; BundleError on a conflict or a catalog that is or would be invalid."""
     current = doc.unwrap()
     try:
         parse_catalog(current, str(path))
@@ -60,48 +53,36 @@ def plan_merge(
                     f"model {model_id!r} already exists in {path} with different settings; "
                     "use --replace to overwrite it"
                 )
-            doc[model_id] = _table(table)
+            doc[model_id] = make_table(table)
             replaced.append(model_id)
         else:
             if len(doc.body) > 0:
                 doc.add(tomlkit.nl())
             doc.add(tomlkit.comment(note))
-            doc.add(model_id, _table(table))
+            doc.add(model_id, make_table(table))
             added.append(model_id)
-    if not added and not replaced:
-        return MergePlan(path, None, added, replaced, unchanged)
-    text = tomlkit.dumps(doc)
+    if added or replaced:
+        try:
+            parse_catalog(tomlkit.parse(tomlkit.dumps(doc)).unwrap(), str(path))
+        except ConfigError as e:
+            raise BundleError(f"importing would make the catalog invalid: {e.message}") from None
+    return MergeResult(added, replaced, unchanged)
+
+
+def check_merge(path: Path, entries: Entries, *, replace: bool, note: str) -> MergeResult:
+    """What merging would do, without a lock and without writing; BundleError on a conflict."""
     try:
-        parse_catalog(tomlkit.parse(text).unwrap(), str(path))
+        doc, _ = read_doc(path)
     except ConfigError as e:
-        raise BundleError(f"importing would make the catalog invalid: {e.message}") from None
-    return MergePlan(path, text, added, replaced, unchanged)
+        raise BundleError(f"cannot read {path}: {e.problem}") from None
+    return _merge_into(doc, path, entries, replace=replace, note=note)
 
 
-def _table(values: dict[str, Any]) -> Any:
-    table = tomlkit.table()
-    for key, value in values.items():
-        table.add(key, value)
-    return table
-
-
-def apply_merge(plan: MergePlan) -> None:
-    """Write the planned catalog atomically, keeping the old file's permissions."""
-    if plan.text is None:
-        return
-    path = plan.path
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".models-", suffix=".toml")
+def merge_catalog(path: Path, entries: Entries, *, replace: bool, note: str) -> MergeResult:
+    """Merge under the catalog lock, against the file as it is now, and write it atomically
+    (keeping its owner, group and mode); nothing is written when nothing changes."""
     try:
-        with os.fdopen(fd, "w") as f:
-            f.write(plan.text)
-            f.flush()
-            os.fsync(f.fileno())
-        if path.exists():
-            os.chmod(tmp, path.stat().st_mode & 0o777)
-        else:
-            os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        with edit_catalog(path) as edit:
+            return _merge_into(edit.doc, path, entries, replace=replace, note=note)
+    except ConfigError as e:  # reading it failed (the merged text was checked in _merge_into)
+        raise BundleError(f"cannot read {path}: {e.problem}") from None

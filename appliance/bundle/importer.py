@@ -26,7 +26,7 @@ from ..errors import BundleError
 from ..store import blobs as store_blobs
 from ..store.core import Store
 from ..store.records import BlobRef, ModelRecord
-from .catalog_merge import apply_merge, plan_merge
+from .catalog_merge import check_merge, merge_catalog
 from .manifest import BundleModel, Manifest
 from .tarstream import BundleReader, Progress
 
@@ -103,7 +103,7 @@ def import_bundle(
     manifest = reader.head()
     note = _note(manifest, reader)
     entries = [(m.id, m.catalog, m.config) for m in manifest.models]
-    plan_merge(catalog_path, entries, replace=replace_entries, note=note)  # conflicts before any byte
+    check_merge(catalog_path, entries, replace=replace_entries, note=note)  # conflicts before any byte
 
     temps = _TempArea(store)
     result = ImportResult(manifest, reader.signer, reader.signed)
@@ -136,8 +136,7 @@ def import_bundle(
             for m in manifest.models:
                 if _install_record(store, m, reader.signer):
                     result.records_written.append(m.id)
-            merge = plan_merge(catalog_path, entries, replace=replace_entries, note=note)
-            apply_merge(merge)
+            merge = merge_catalog(catalog_path, entries, replace=replace_entries, note=note)
         result.catalog_added, result.catalog_replaced = merge.added, merge.replaced
         result.catalog_unchanged = merge.unchanged
         return result

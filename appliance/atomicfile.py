@@ -1,0 +1,55 @@
+"""Replacing a small config file atomically without changing who may read it.
+
+Readers (the daemon re-reads keys.toml and models.toml while it runs) must never see half a
+file, so writes go to a temp file in the same directory and are renamed over the old one.
+A rename would also swap in the temp file's owner, group and mode: install.sh makes the files
+in /etc/appliance 0640 root:appliance, and a root `appliance keys create` or `appliance import`
+must not leave them 0600 root:root, unreadable by the service. So the temp file gets the old
+file's owner (when we are root), group and mode first.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import stat
+import tempfile
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+
+def _copy_access(fd: int, path: Path, new_mode: int, keep_mask: int) -> None:
+    try:
+        old = os.stat(path)
+    except FileNotFoundError:
+        os.fchmod(fd, new_mode)
+        return
+    mode = stat.S_IMODE(old.st_mode) & keep_mask
+    try:
+        os.fchown(fd, old.st_uid if os.geteuid() == 0 else -1, old.st_gid)
+    except PermissionError:
+        # Not in that group: keep the owner's bits only rather than share with our own group.
+        log.warning("cannot keep group %d of %s; writing it owner-only", old.st_gid, path)
+        mode &= 0o700
+    os.fchmod(fd, mode)
+
+
+def write_atomic(path: Path, text: str, *, new_mode: int, keep_mask: int = 0o777) -> None:
+    """Write `text` to `path` via temp file + fsync + rename. A new file gets `new_mode`; an
+    existing one keeps its owner (as root), group and mode masked by `keep_mask`."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            _copy_access(f.fileno(), path, new_mode, keep_mask)
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
