@@ -74,7 +74,14 @@ def build_scheduler(settings: Settings, store: Any, clock: Clock) -> Any:
     from .scheduler import Scheduler
     from .scheduler.loader import engine_loader
 
-    return Scheduler(settings.config, settings.catalog, store_paths=store.model_paths, loader=engine_loader,
+    loader = engine_loader
+    if settings.config.store.verify_on_load:
+        def loader(model_id, cfg, paths, placement):  # type: ignore[no-untyped-def]
+            """Re-hash before loading: a blob that no longer matches is deleted, never loaded."""
+            store.verify(model_id, cfg)
+            return engine_loader(model_id, cfg, paths, placement)
+
+    return Scheduler(settings.config, settings.catalog, store_paths=store.model_paths, loader=loader,
                      hardware=detect(), clock=clock)
 
 
