@@ -6,15 +6,21 @@ A rename would also swap in the temp file's owner, group and mode: install.sh ma
 in /etc/appliance 0640 root:appliance, and a root `appliance keys create` or `appliance import`
 must not leave them 0600 root:root, unreadable by the service. So the temp file gets the old
 file's owner (when we are root), group and mode first.
+
+Writers that read, change and rewrite a file (`keys create`, `import`) must also not lose
+each other's update, so they hold `locked(path)` around the whole read-modify-write.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import logging
 import os
 import stat
 import tempfile
 from pathlib import Path
+from typing import Iterator
 
 log = logging.getLogger(__name__)
 
@@ -53,3 +59,24 @@ def write_atomic(path: Path, text: str, *, new_mode: int, keep_mask: int = 0o777
         except FileNotFoundError:
             pass
         raise
+
+
+def lock_path(path: Path) -> Path:
+    """The lock file beside `path`: a separate file, because `path` itself is replaced by
+    rename and a lock on it would stay with the old inode."""
+    return path.with_name(path.name + ".lock")
+
+
+@contextlib.contextmanager
+def locked(path: Path) -> Iterator[None]:
+    """Exclusive flock on `<path>.lock` while the block runs (blocks until other writers
+    finish). Read `path` inside the block, so a change made meanwhile is seen. The lock file
+    is empty and 0644: opened read-only, anyone who may edit `path` can take the lock even
+    when another user created it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(lock_path(path), os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the flock

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import stat
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -133,3 +135,33 @@ def test_rewrite_keeps_mode_and_group_of_the_existing_file(tmp_path: Path) -> No
     st = path.stat()
     assert (stat.S_IMODE(st.st_mode), st.st_gid) == (0o640, gid)
     assert set(load_keys(path)) == {"b"}
+
+
+ROUNDS = 60
+
+
+def _create_many(path: str, prefix: str, start: Any, revoke_odd: bool) -> None:
+    """What `appliance keys create` (and `revoke`) do, ROUNDS times, racing the other process."""
+    start.wait()
+    for i in range(ROUNDS):
+        create_key(Path(path), f"{prefix}-{i}")
+        if revoke_odd and i % 2:
+            revoke_key(Path(path), f"{prefix}-{i}")
+
+
+def test_concurrent_creates_and_revokes_lose_no_key(tmp_path: Path) -> None:
+    path = tmp_path / "keys.toml"
+    create_key(path, "first")
+    ctx = multiprocessing.get_context("fork")
+    start = ctx.Barrier(2)
+    procs = [ctx.Process(target=_create_many, args=(str(path), prefix, start, prefix == "b")) for prefix in "ab"]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout=120)
+        assert p.exitcode == 0
+    want = {"first"} | {f"a-{i}" for i in range(ROUNDS)} | {f"b-{i}" for i in range(0, ROUNDS, 2)}
+    names = set(load_keys(path))
+    assert names == want, f"lost: {sorted(want - names)}, kept revoked: {sorted(names - want)}"
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert not list(tmp_path.glob(".keys.toml.*")), "no temp file left behind"

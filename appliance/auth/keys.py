@@ -4,7 +4,9 @@ Tokens are never stored, only their SHA-256, so a leaked keys file grants nothin
 daemon re-reads the file whenever its (inode, size, mtime) changes, checked on each request
 with one `stat`, so `appliance keys revoke` takes effect at the next request without a
 restart. Writes are atomic (temp file + rename) so a reader never sees half a file; a new file
-is 0600, a rewritten one keeps its owner, group and mode (without world bits).
+is 0600, a rewritten one keeps its owner, group and mode (without world bits). `create` and
+`revoke` hold a flock on `keys.toml.lock` around read-modify-write (atomicfile.locked, as for
+models.toml), so two at once cannot lose a key.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from typing import Any
 
 import tomlkit
 
-from ..atomicfile import write_atomic
+from ..atomicfile import locked, write_atomic
 from ..errors import ApplianceError, ConfigError, InvalidAPIKey, UsageError
 
 log = logging.getLogger(__name__)
@@ -224,31 +226,33 @@ def create_key(
         raise UsageError(f"invalid scope {scope!r}: one of {', '.join(SCOPES)}")
     if rpm < 0:
         raise UsageError("--rpm must be >= 0 (0 = unlimited)")
-    doc = _read_doc(path)
-    table = doc.get("keys")
-    if table is None:
-        table = tomlkit.table(is_super_table=True)
-        doc["keys"] = table
-    if name in table:
-        raise UsageError(f"a key named {name!r} exists; revoke it first or pick another name")
     token = new_token()
     created = (now or dt.datetime.now(dt.timezone.utc)).replace(microsecond=0).isoformat()
-    entry = tomlkit.table()
-    entry["sha256"] = hash_token(token)
-    entry["scopes"] = [scope]
-    entry["models"] = list(models)
-    entry["rpm"] = rpm
-    entry["created"] = created
-    table[name] = entry
-    _write_atomic(path, tomlkit.dumps(doc))
+    with locked(path):  # read-modify-write: a concurrent create/revoke must not be lost
+        doc = _read_doc(path)
+        table = doc.get("keys")
+        if table is None:
+            table = tomlkit.table(is_super_table=True)
+            doc["keys"] = table
+        if name in table:
+            raise UsageError(f"a key named {name!r} exists; revoke it first or pick another name")
+        entry = tomlkit.table()
+        entry["sha256"] = hash_token(token)
+        entry["scopes"] = [scope]
+        entry["models"] = list(models)
+        entry["rpm"] = rpm
+        entry["created"] = created
+        table[name] = entry
+        _write_atomic(path, tomlkit.dumps(doc))
     return token, ApiKey(name, hash_token(token), (scope,), tuple(models), rpm, created)
 
 
 def revoke_key(path: Path, name: str) -> None:
     """Remove the key named `name`; its token fails from the daemon's next request on."""
-    doc = _read_doc(path)
-    table = doc.get("keys")
-    if table is None or name not in table:
-        raise UsageError(f"no key named {name!r} in {path}")
-    del table[name]
-    _write_atomic(path, tomlkit.dumps(doc))
+    with locked(path):
+        doc = _read_doc(path)
+        table = doc.get("keys")
+        if table is None or name not in table:
+            raise UsageError(f"no key named {name!r} in {path}")
+        del table[name]
+        _write_atomic(path, tomlkit.dumps(doc))

@@ -11,8 +11,6 @@ group and mode. Unchanged documents are not written at all.
 from __future__ import annotations
 
 import contextlib
-import fcntl
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
@@ -20,7 +18,7 @@ from typing import Any, Iterator
 import tomlkit
 from tomlkit.exceptions import TOMLKitError
 
-from ..atomicfile import write_atomic
+from ..atomicfile import locked, write_atomic
 from ..config import Catalog, parse_catalog
 from ..errors import ConfigError, UsageError
 
@@ -38,10 +36,6 @@ class CatalogEdit:
     def catalog(self) -> Catalog:
         """The document as it is now, validated (ConfigError names the bad entry)."""
         return Catalog(parse_catalog(self.doc.unwrap(), str(self.path)), self.path)
-
-
-def lock_path(path: Path) -> Path:
-    return path.with_name(path.name + ".lock")
 
 
 def read_doc(path: Path) -> tuple[tomlkit.TOMLDocument, str]:
@@ -67,22 +61,10 @@ def make_table(values: dict[str, Any]) -> Any:
 
 
 @contextlib.contextmanager
-def catalog_lock(path: Path) -> Iterator[None]:
-    """Exclusive lock for editing `path` (blocks until other editors finish)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(lock_path(path), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, NEW_MODE)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)  # releases the flock
-
-
-@contextlib.contextmanager
 def edit_catalog(path: Path) -> Iterator[CatalogEdit]:
     """Lock, read fresh, yield for changes, then validate and write atomically if changed.
     An exception inside the block writes nothing."""
-    with catalog_lock(path):
+    with locked(path):  # atomicfile.locked: flock on models.toml.lock, as for keys.toml
         doc, original = read_doc(path)
         edit = CatalogEdit(path, doc, original)
         yield edit
