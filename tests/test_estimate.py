@@ -12,8 +12,8 @@ import pytest
 from appliance.config import ModelConfig
 from appliance.engine import llamalog
 from appliance.engine.cpufeatures import extra_buffers_safe
-from appliance.scheduler.estimate import GGUFEstimator, weights_on_device
-from appliance.scheduler.shape import read_shape
+from appliance.scheduler.estimate import GGUFEstimator, output_layer_bytes, weights_on_device
+from appliance.store import read_gguf_info
 from ggufmaker import Shape, make_gguf
 
 _KV = {"f16": ll.GGML_TYPE_F16, "q8_0": ll.GGML_TYPE_Q8_0, "q4_0": ll.GGML_TYPE_Q4_0}
@@ -103,25 +103,28 @@ def test_gemma_270m(gemma_path: Path, context: int, parallel: int, kv: str) -> N
 
 @pytest.mark.gemma
 def test_gemma_sliding_window_layers_keep_full_kv(gemma_path: Path) -> None:
-    shape = read_shape([gemma_path])
-    assert shape.sliding_window > 0  # Gemma 3 interleaves sliding-window layers
+    info = read_gguf_info([gemma_path])
+    assert info.sliding_window > 0  # Gemma 3 interleaves sliding-window layers
     est = GGUFEstimator().estimate([gemma_path], cfg(4096, 4), gpu_layers=0, device="cpu")
     assert est.kv == 288 * 1024**2  # 16384 cells x 18 layers x (256 + 256) x 2 bytes
 
 
 def test_partial_offload_counts_output_layer_first(wide_gguf: Path) -> None:
-    shape = read_shape([wide_gguf])
+    info = read_gguf_info([wide_gguf])
     e = GGUFEstimator()
     c = cfg(1024, 4)
-    assert e.layer_count([wide_gguf]) == shape.n_layer + 1
+    assert e.layer_count([wide_gguf]) == info.layers + 1
     none = e.estimate([wide_gguf], c, gpu_layers=0, device="cuda")
     out_only = e.estimate([wide_gguf], c, gpu_layers=1, device="cuda")
     two = e.estimate([wide_gguf], c, gpu_layers=2, device="cuda")
-    full = e.estimate([wide_gguf], c, gpu_layers=shape.n_layer + 1, device="cuda")
+    full = e.estimate([wide_gguf], c, gpu_layers=info.layers + 1, device="cuda")
     assert none.total == 0
-    assert out_only.weights == shape.output_bytes + shape.other_bytes and out_only.kv == 0
-    assert two.weights == weights_on_device(shape, 2) and two.kv == full.kv // shape.n_layer
-    assert full.weights == shape.weight_bytes - shape.embd_bytes + shape.output_bytes * shape.output_tied
+    # the output layer: output.weight, or a second copy of token_embd when the output is tied
+    output = info.output_bytes or info.token_embd_bytes
+    assert output_layer_bytes(info) == output
+    assert out_only.weights == output + info.other_bytes and out_only.kv == 0
+    assert two.weights == weights_on_device(info, 2) and two.kv == full.kv // info.layers
+    assert full.weights == info.tensor_bytes - info.token_embd_bytes + output * info.output_tied
     assert none.total < out_only.total < two.total < full.total
 
 
@@ -130,7 +133,7 @@ def test_split_gguf_counts_every_shard(tmp_path: Path, wide_gguf: Path) -> None:
     import gguf
 
     r = gguf.GGUFReader(wide_gguf)
-    whole = read_shape([wide_gguf])
+    whole = read_gguf_info([wide_gguf])
     # write the same model as two files: all metadata + half the tensors, then the rest
     names = [t.name for t in r.tensors]
     half = len(names) // 2
@@ -153,5 +156,7 @@ def test_split_gguf_counts_every_shard(tmp_path: Path, wide_gguf: Path) -> None:
         w.write_tensors_to_file()
         w.close()
         paths.append(tmp_path / f"m-{i}.gguf")
-    split = read_shape(paths)
-    assert split.weight_bytes == whole.weight_bytes and split.layer_bytes == whole.layer_bytes
+    split = read_gguf_info(paths)
+    assert split.tensor_bytes == whole.tensor_bytes and split.layer_bytes == whole.layer_bytes
+    e = GGUFEstimator()
+    assert e.estimate(paths, cfg(1024, 4), gpu_layers=0, device="cpu") == e.estimate([wide_gguf], cfg(1024, 4), gpu_layers=0, device="cpu")

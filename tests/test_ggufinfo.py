@@ -21,10 +21,54 @@ def test_tiny_llama(tmp_path: Path) -> None:
     assert info.vocab_size == 32000 and info.sliding_window is None
     per_layer = 4 * (2 * 64 + 64 * 64 * 2 + 32 * 64 * 2 + 128 * 64 * 3)
     assert info.layer_bytes == (per_layer,) * 3
-    assert info.token_embd_bytes == 4 * 32000 * 64 and info.output_bytes == 0
+    output = {t.name: int(t.n_bytes) for t in gguf.GGUFReader(path).tensors}.get("output.weight", 0)
+    assert info.token_embd_bytes == 4 * 32000 * 64 and info.output_bytes == output
     assert info.tensor_bytes == info.non_layer_bytes + 3 * per_layer
     assert info.parameters * 4 == info.tensor_bytes
     assert info.head_dim_k == 16 and info.kv_heads_per_layer == (2, 2, 2)
+    # what the memory estimator reads: FFN width, K/V elements per cell, the rest (output_norm)
+    assert info.feed_forward == 128 and info.n_embd_k_gqa(0) == info.n_embd_v_gqa(2) == 32
+    assert info.other_bytes == 4 * 64 and info.output_tied == (output == 0)
+
+
+def _write(path: Path, tensors: dict[str, np.ndarray], **keys: object) -> Path:
+    w = gguf.GGUFWriter(path, "llama")
+    w.add_block_count(int(keys.get("layers", 1)))  # type: ignore[call-overload]
+    w.add_embedding_length(8)
+    w.add_head_count(2)
+    if "ff" in keys:
+        w.add_feed_forward_length(keys["ff"])  # type: ignore[arg-type]
+    if "kv" in keys:
+        w.add_head_count_kv(keys["kv"])  # type: ignore[arg-type]
+    if "key_length" in keys:
+        w.add_key_length(keys["key_length"])  # type: ignore[arg-type]
+        w.add_value_length(keys["key_length"])  # type: ignore[arg-type]
+    for name, arr in tensors.items():
+        w.add_tensor(name, arr)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path
+
+
+def test_tied_output_per_layer_heads_and_extra_blocks(tmp_path: Path) -> None:
+    """No output.weight (tied); per-layer FFN widths and KV heads; a block past block_count
+    (an MTP-style head) counts with the tensors outside the repeating layers."""
+    one = np.ones((8, 8), dtype=np.float32)
+    path = _write(
+        tmp_path / "t.gguf",
+        {"token_embd.weight": one, "output_norm.weight": np.ones(8, dtype=np.float32),
+         "blk.0.attn_q.weight": one, "blk.1.attn_q.weight": one, "blk.2.attn_q.weight": one},
+        layers=2, ff=[16, 24], kv=[1, 2], key_length=6,
+    )
+    info = read_gguf_info(path)
+    assert info.output_tied and info.output_bytes == 0 and info.token_embd_bytes == 256
+    assert info.layers == 2 and info.layer_bytes == (256, 256, 256)
+    assert info.other_bytes == 32 + 256  # output_norm + blk.2
+    assert info.feed_forward == 24 and info.kv_heads_per_layer == (1, 2)
+    assert info.head_dim_k == info.head_dim_v == 6
+    assert (info.n_embd_k_gqa(0), info.n_embd_k_gqa(1)) == (6, 12)
 
 
 def test_split_gguf_sums_shards(tmp_path: Path) -> None:

@@ -11,17 +11,20 @@ need = offloaded weights + KV cache + compute buffers, following how llama.cpp p
   a linear model of the graph's largest live tensors, calibrated against the sizes
   llama.cpp logs (tests/test_estimate.py keeps it within 15%).
 After a real load the scheduler measures the footprint and prefers that (footprints.py).
+The header facts come from the store's reader (store/ggufinfo.py); this module is the math.
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Protocol, Sequence
 
 from ..config import ModelConfig
 from ..hardware.devices import DeviceKind
-from .shape import ModelShape, read_shape
+from ..store.ggufinfo import GGUFInfo, read_gguf_info
 
 # bytes per element of the KV cache types (ggml block sizes: q8_0 34 B / 32, q4_0 18 B / 32)
 KV_BYTES = {"f16": 2.0, "q8_0": 34 / 32, "q4_0": 18 / 32}
@@ -60,14 +63,14 @@ def kv_cells(cfg: ModelConfig) -> int:
     return slot_context(cfg.context) * cfg.parallel
 
 
-def kv_bytes(shape: ModelShape, cfg: ModelConfig, layers: Sequence[int]) -> int:
+def kv_bytes(info: GGUFInfo, cfg: ModelConfig, layers: Sequence[int]) -> int:
     per_elem = KV_BYTES[cfg.kv_cache_type]
     cells = kv_cells(cfg)
-    elems = sum(shape.n_embd_k_gqa(i) + shape.n_embd_v_gqa(i) for i in layers)
+    elems = sum(info.n_embd_k_gqa(i) + info.n_embd_v_gqa(i) for i in layers)
     return int(cells * elems * per_elem)
 
 
-def compute_bytes(shape: ModelShape, cfg: ModelConfig) -> int:
+def compute_bytes(info: GGUFInfo, cfg: ModelConfig) -> int:
     """Worst-case graph memory (the prompt micro-batch) plus the host output buffer.
 
     ggml's allocator reuses memory, so the peak is the larger of the per-layer live
@@ -86,38 +89,61 @@ def compute_bytes(shape: ModelShape, cfg: ModelConfig) -> int:
         n_ubatch = N_UBATCH
         n_outputs = cfg.parallel
     n_tokens = min(n_ubatch, kv_cells(cfg))
-    acts = n_tokens * (2 * shape.n_ff + 8 * shape.n_embd) * f32
-    logits = shape.n_vocab * n_outputs * f32 + 2 * n_tokens * shape.n_embd * f32
-    masks = 2 if shape.sliding_window else 1
+    n_embd, n_vocab = info.embedding, info.vocab_size
+    acts = n_tokens * (2 * info.feed_forward + 8 * n_embd) * f32
+    logits = n_vocab * n_outputs * f32 + 2 * n_tokens * n_embd * f32
+    masks = 2 if info.sliding_window else 1
     mask = masks * n_tokens * slot_context(cfg.context) * 2
-    output = (shape.n_vocab + (shape.n_embd if cfg.embedding else 0)) * cfg.parallel * f32
+    output = (n_vocab + (n_embd if cfg.embedding else 0)) * cfg.parallel * f32
     return int(max(acts, logits) + mask + output)
 
 
-def weights_on_device(shape: ModelShape, gpu_layers: int) -> int:
+def output_layer_bytes(info: GGUFInfo) -> int:
+    """The output projection on the device: token_embd's size when tied (llama.cpp then
+    loads a second copy of it for the output layer; the input copy stays in RAM)."""
+    return info.token_embd_bytes if info.output_tied else info.output_bytes
+
+
+def weights_on_device(info: GGUFInfo, gpu_layers: int) -> int:
     """Bytes of the last `gpu_layers` layers (the output layer first) that llama.cpp offloads."""
     if gpu_layers <= 0:
         return 0
-    out = shape.output_bytes + shape.other_bytes
-    k = min(gpu_layers - 1, shape.n_layer)
-    return out + sum(shape.layer_bytes[shape.n_layer - k :])
+    out = output_layer_bytes(info) + info.other_bytes
+    k = min(gpu_layers - 1, info.layers)
+    return out + sum(info.layer_bytes[info.layers - k : info.layers])
+
+
+def header(paths: Sequence[Path | str]) -> GGUFInfo:
+    """`read_gguf_info`, cached: the planner asks for estimates many times per decision.
+    Keyed by each file's size and mtime too, so a file replaced in place is read again."""
+    keys = []
+    for p in paths:
+        st = os.stat(p)
+        keys.append((str(p), st.st_size, st.st_mtime_ns))
+    return _header(tuple(keys))
+
+
+@lru_cache(maxsize=64)
+def _header(keys: tuple[tuple[str, int, int], ...]) -> GGUFInfo:
+    return read_gguf_info([k[0] for k in keys])
 
 
 class GGUFEstimator:
     """Estimates from the GGUF header; cheap enough to call before every load."""
 
     def layer_count(self, paths: Sequence[Path]) -> int:
-        return read_shape(paths).n_layer + 1
+        return header(paths).layers + 1
 
     def estimate(self, paths: Sequence[Path], cfg: ModelConfig, *, gpu_layers: int, device: DeviceKind) -> Estimate:
-        shape = read_shape(paths)
+        info = header(paths)
+        n = info.layers
         if device == "cpu":
-            weights = shape.weight_bytes
-            kv = kv_bytes(shape, cfg, range(shape.n_layer))
-            return Estimate(weights, kv, compute_bytes(shape, cfg), mapped=weights)
-        k = max(0, min(gpu_layers, shape.n_layer + 1))
-        layers = range(shape.n_layer - max(0, k - 1), shape.n_layer) if k > 1 else range(0)
-        weights = weights_on_device(shape, k)
-        kv = kv_bytes(shape, cfg, layers)
-        compute = compute_bytes(shape, cfg) if k > 0 else 0
+            weights = info.tensor_bytes
+            kv = kv_bytes(info, cfg, range(n))
+            return Estimate(weights, kv, compute_bytes(info, cfg), mapped=weights)
+        k = max(0, min(gpu_layers, n + 1))
+        layers = range(n - max(0, k - 1), n) if k > 1 else range(0)
+        weights = weights_on_device(info, k)
+        kv = kv_bytes(info, cfg, layers)
+        compute = compute_bytes(info, cfg) if k > 0 else 0
         return Estimate(weights, kv, compute)

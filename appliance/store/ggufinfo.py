@@ -1,7 +1,10 @@
 """GGUF header facts the CLI shows and the memory estimator needs, read with the `gguf` package.
 
-GGUFReader memory-maps the file and parses only the header and tensor table here; no weights
-are read. Split models (`-0000i-of-0000N.gguf`) are summed over their shards.
+The one header reader of the project: `appliance ls`, `doctor` and the scheduler's estimator
+(scheduler/estimate.py) all read a model through `read_gguf_info`, so what the CLI shows and
+what the scheduler plans with cannot disagree. GGUFReader memory-maps the file and parses only
+the header and tensor table here; no weights are read. Split models (`-0000i-of-0000N.gguf`):
+metadata from the first shard, tensors summed over all of them.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ class GGUFInfo:
     quantization: str | None  # general.file_type as a name, e.g. "Q4_K_M"
     layers: int
     embedding: int
+    feed_forward: int  # FFN width; the largest layer's when it varies per layer
     heads: int | tuple[int, ...]
     kv_heads: int | tuple[int, ...]  # per layer when the file stores an array
     key_length: int | None  # head dim of K (None: embedding / heads)
@@ -43,6 +47,18 @@ class GGUFInfo:
     file_bytes: int
 
     @property
+    def output_tied(self) -> bool:
+        """No output.weight: llama.cpp reuses token_embd as the output projection."""
+        return self.output_bytes == 0
+
+    @property
+    def other_bytes(self) -> int:
+        """Tensors outside the repeating layers, token embeddings and output projection
+        (output norm, rope factors, extra blocks past `layers` such as MTP heads)."""
+        extra = sum(self.layer_bytes[self.layers :])
+        return self.non_layer_bytes + extra - self.output_bytes - self.token_embd_bytes
+
+    @property
     def kv_heads_per_layer(self) -> tuple[int, ...]:
         kv = self.kv_heads
         return kv if isinstance(kv, tuple) else (kv,) * self.layers
@@ -56,6 +72,13 @@ class GGUFInfo:
     def head_dim_v(self) -> int:
         heads = self.heads if isinstance(self.heads, int) else max(self.heads)
         return self.value_length or self.embedding // max(heads, 1)
+
+    def n_embd_k_gqa(self, layer: int) -> int:
+        """K elements per KV cell of `layer` (llama.cpp's n_embd_k_gqa)."""
+        return self.head_dim_k * self.kv_heads_per_layer[layer]
+
+    def n_embd_v_gqa(self, layer: int) -> int:
+        return self.head_dim_v * self.kv_heads_per_layer[layer]
 
 
 def _value(reader: gguf.GGUFReader, key: str) -> Any:
@@ -71,6 +94,10 @@ def _int_or_tuple(v: Any) -> int | tuple[int, ...]:
         vals = tuple(int(x) for x in v)
         return vals[0] if len(set(vals)) == 1 else vals
     return int(v or 0)
+
+
+def _int_or_none(v: Any) -> int | None:
+    return None if v is None else int(v)
 
 
 def _quant_name(file_type: Any) -> str | None:
@@ -116,6 +143,8 @@ def read_gguf_info(path_or_paths: str | os.PathLike[str] | Sequence[str | os.Pat
     elif pattern is not None:
         pattern = int(pattern)
     heads = _int_or_tuple(k(gguf.Keys.Attention.HEAD_COUNT))
+    embedding = int(k(gguf.Keys.LLM.EMBEDDING_LENGTH) or 0)
+    ff = _int_or_tuple(k(gguf.Keys.LLM.FEED_FORWARD_LENGTH) or 4 * embedding)
     kv = k(gguf.Keys.Attention.HEAD_COUNT_KV)
     return GGUFInfo(
         architecture=arch,
@@ -123,13 +152,14 @@ def read_gguf_info(path_or_paths: str | os.PathLike[str] | Sequence[str | os.Pat
         parameters=params,
         quantization=_quant_name(k("general.file_type")),
         layers=n_layer,
-        embedding=int(k(gguf.Keys.LLM.EMBEDDING_LENGTH) or 0),
+        embedding=embedding,
+        feed_forward=ff if isinstance(ff, int) else max(ff),
         heads=heads,
         kv_heads=heads if kv is None else _int_or_tuple(kv),
-        key_length=k(gguf.Keys.Attention.KEY_LENGTH),
-        value_length=k(gguf.Keys.Attention.VALUE_LENGTH),
+        key_length=_int_or_none(k(gguf.Keys.Attention.KEY_LENGTH)),
+        value_length=_int_or_none(k(gguf.Keys.Attention.VALUE_LENGTH)),
         context_train=int(k(gguf.Keys.LLM.CONTEXT_LENGTH) or 0),
-        sliding_window=k(gguf.Keys.Attention.SLIDING_WINDOW),
+        sliding_window=_int_or_none(k(gguf.Keys.Attention.SLIDING_WINDOW)),
         sliding_window_pattern=pattern,
         has_chat_template="tokenizer.chat_template" in first.fields,
         vocab_size=vocab,
