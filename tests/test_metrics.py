@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import aiohttp
 import openai
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
@@ -152,3 +153,45 @@ async def test_ttft_and_inter_token_from_real_requests(tmp_path: Path, tiny_mode
     s = samples(m.render().decode())
     assert s[("appliance_time_to_first_token_seconds_count", (("model", "tiny"),))] == 2
     assert s[("appliance_inter_token_seconds_count", (("model", "tiny"),))] == 2
+
+
+async def test_scheduler_series_move_in_a_real_run(tmp_path: Path, tiny_models: dict[str, Path]) -> None:
+    """The service wires its Metrics into the daemon's scheduler: on real llama.cpp, with a RAM
+    budget that holds one of two tiny models, loads, load time, evictions and queue waits move."""
+    from appliance.config import load_settings
+    from appliance.daemon import Daemon
+    from appliance.scheduler import GGUFEstimator
+    from appliance.service.runtime import Service
+
+    models = {m: {"source": f"file://{tiny_models[m]}", "context": 128, "parallel": 1} for m in ("a", "b")}
+    settings = write_config(tmp_path, models)
+    need = max(GGUFEstimator().estimate([tiny_models[m]], cfg, gpu_layers=0, device="cpu").total
+               for m, cfg in settings.catalog.models.items())
+    with (tmp_path / "appliance.toml").open("a") as f:
+        f.write(f"[memory]\nbudget = {int(need * 1.2)}\n")  # one fits, two do not
+    settings = load_settings(tmp_path / "appliance.toml", tmp_path / "models.toml")
+    store = pull_all(settings)
+    d = Daemon(settings, host="127.0.0.1", port=0, store=store)
+    svc = Service(d, env={})
+    svc.prepare()
+    await d.start()
+    try:
+        async with openai.AsyncOpenAI(base_url=d.url + "/v1", api_key="unused", max_retries=0) as c:
+            for mid in ("a", "b", "a"):  # each request swaps the other model out
+                r = await c.completions.create(model=mid, prompt="Hello", max_tokens=2)
+                assert r.model == mid
+            assert set(d.backend.runners()) == {"a"}
+        async with aiohttp.ClientSession() as http, http.get(d.url + "/metrics") as resp:
+            assert resp.status == 200
+            s = samples(await resp.text())
+    finally:
+        await d.stop()
+    assert s[("appliance_model_loads_total", (("model", "a"), ("outcome", "ok")))] == 2
+    assert s[("appliance_model_loads_total", (("model", "b"), ("outcome", "ok")))] == 1
+    assert s[("appliance_model_load_seconds_count", (("model", "a"),))] == 2
+    assert s[("appliance_model_load_seconds_sum", (("model", "a"),))] > 0
+    assert s[("appliance_evictions_total", (("model", "a"),))] == 1
+    assert s[("appliance_evictions_total", (("model", "b"),))] == 1
+    assert s[("appliance_queue_wait_seconds_count", (("model", "a"),))] == 2
+    assert s[("appliance_queue_wait_seconds_count", (("model", "b"),))] == 1
+    assert s[("appliance_queue_wait_seconds_sum", (("model", "b"),))] > 0  # it waited for its load

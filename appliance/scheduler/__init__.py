@@ -1,11 +1,11 @@
 """Which models are in memory, and who may use them when (see docs/memory.md)."""
 
-from .core import ModelStatus, RunnerLike, Scheduler
+from .core import ModelStatus, NoEvents, RunnerLike, Scheduler, SchedulerEvents
 from .estimate import Estimate, Estimator, GGUFEstimator
 from .footprints import Footprints
 from .placement import Placement
 
 __all__ = [
     "Estimate", "Estimator", "Footprints", "GGUFEstimator", "ModelStatus", "Placement",
-    "RunnerLike", "Scheduler",
+    "NoEvents", "RunnerLike", "Scheduler", "SchedulerEvents",
 ]

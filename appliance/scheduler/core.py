@@ -60,6 +60,36 @@ class RunnerLike(Protocol):
     def close(self) -> None: ...
 
 
+class SchedulerEvents(Protocol):
+    """What the scheduler reports as it happens (service/metrics.py's Metrics fits this).
+
+    `model_evicted` is an unload to make room for another model (idle LRU eviction, or a busy
+    model drained after swap_after); keep_alive, admin, catalog-removal and shutdown unloads
+    are not evictions. `queue_waited` is one sample per admitted request (0 when admitted at
+    once; admin loads are not requests). Called on the event loop; must not block.
+    """
+
+    def model_loaded(self, model: str, seconds: float | None, ok: bool = True) -> None: ...
+
+    def model_evicted(self, model: str) -> None: ...
+
+    def queue_waited(self, model: str, seconds: float) -> None: ...
+
+
+class NoEvents:
+    """The default sink: reports go nowhere."""
+
+    def model_loaded(self, model: str, seconds: float | None, ok: bool = True) -> None:
+        pass
+
+    def model_evicted(self, model: str) -> None:
+        pass
+
+    def queue_waited(self, model: str, seconds: float) -> None:
+        pass
+
+
+UnloadReason = Literal["evict", "keep_alive", "requested", "removed", "shutdown"]
 Loader = Callable[[str, ModelConfig, list[Path], Placement], RunnerLike]
 StorePaths = Callable[[str, ModelConfig], "list[Path] | None"]
 
@@ -143,6 +173,7 @@ class Scheduler:
         footprints: Footprints | None = None,
         rss: Callable[[], int] | None = None,
         run_blocking: Callable[..., Awaitable[Any]] | None = None,
+        events: SchedulerEvents | None = None,
     ) -> None:
         self.config = config
         self.catalog = catalog
@@ -154,6 +185,8 @@ class Scheduler:
         self._footprints = footprints if footprints is not None else Footprints(config.store.path / "footprints.json")
         self._run_blocking = run_blocking or asyncio.to_thread  # tests run loaders inline
         self._rss = rss or (lambda: int(psutil.Process().memory_info().rss))
+        # Public so the service layer can attach its Metrics after building the daemon.
+        self.events: SchedulerEvents = events or NoEvents()
         self._models: dict[str, _Model] = {mid: _Model(mid, cfg) for mid, cfg in catalog.models.items()}
         self._paths: dict[str, list[Path]] = {}
         self._op: asyncio.Task[None] | None = None
@@ -193,7 +226,12 @@ class Scheduler:
             await asyncio.shield(self._op)
         for m in list(self._models.values()):
             if m.runner is not None:
-                await self._unload(m)
+                await self._unload(m, "shutdown")
+
+    def runners(self) -> dict[str, RunnerLike]:
+        """Model id -> runner of every model that has one (loaded, or unloading): the
+        watchdog reads their progress."""
+        return {m.id: m.runner for m in self._models.values() if m.runner is not None}
 
     @contextlib.asynccontextmanager
     async def lease(self, model: str, key: str, slots: int = 1) -> AsyncIterator[RunnerLike]:
@@ -220,6 +258,8 @@ class Scheduler:
         now = self.clock.monotonic()
         if m.admitting and len(m.queue) == 0 and m.busy_slots + slots <= m.parallel:
             self._grant(m, slots)
+            if slots:
+                self._emit("queue_waited", m.id, 0.0)
             assert m.runner is not None
             return m, m.runner
         if len(m.queue) >= self.config.queue.max_waiting:
@@ -353,6 +393,8 @@ class Scheduler:
             if w.future.done():  # cancelled in this same turn
                 continue
             self._grant(m, w.slots)
+            if w.slots:
+                self._emit("queue_waited", m.id, max(0.0, self.clock.monotonic() - w.enqueued))
             w.future.set_result(m.runner)
 
     def _grant(self, m: _Model, slots: int) -> None:
@@ -366,7 +408,7 @@ class Scheduler:
         if not busy_op and not self._stopping:
             due = [m for m in self._models.values() if m.state == "loaded" and m.leases == 0 and self._unload_due(m, now)]
             if due:
-                self._start_op(self._unload_all(due))
+                self._start_op(self._unload_all([(m, self._unload_reason(m)) for m in due]))
                 return
         # 2. loads, oldest waiter first; a model that can never fit is refused at once
         wanting = sorted(
@@ -418,6 +460,17 @@ class Scheduler:
             return False
         ka = m.cfg.keep_alive
         return not math.isinf(ka) and now >= (m.last_used or m.loaded_at) + ka
+
+    @staticmethod
+    def _unload_reason(m: _Model) -> UnloadReason:
+        """Why a due unload happens (only "evict" is reported as an eviction)."""
+        if m.draining:
+            return "evict"  # a waiting model needs its room (swap_after has passed)
+        if m.unload_requested:
+            return "requested"
+        if m.removed:
+            return "removed"
+        return "keep_alive"
 
     def _next_deadline(self, now: float) -> float | None:
         times: list[float] = []
@@ -570,15 +623,15 @@ class Scheduler:
 
         self._op = asyncio.get_running_loop().create_task(run())
 
-    async def _unload_all(self, models: Sequence[_Model]) -> None:
-        for m in models:
-            await self._unload(m)
+    async def _unload_all(self, models: Sequence[tuple[_Model, UnloadReason]]) -> None:
+        for m, reason in models:
+            await self._unload(m, reason)
 
     async def _swap_in(self, m: _Model, p: Plan) -> None:
         for mid in p.evict:
             o = self._models.get(mid)
             if o is not None and o.state == "loaded" and o.leases == 0:
-                await self._unload(o)
+                await self._unload(o, "evict")
         await self._load(m, p)
 
     async def _load(self, m: _Model, p: Plan) -> None:
@@ -588,6 +641,7 @@ class Scheduler:
         m.mapped = {i: p.estimate.mapped for i in p.charges} if p.placement.device == "cpu" else {}
         before = self._hw.devices()
         rss_before = self._rss()
+        started = self.clock.monotonic()
         log.info("loading %s on %s (%d layers, estimated %s)", m.id, p.placement.device, p.placement.n_gpu_layers, format_size(p.estimate.total))
         try:
             runner = await self._run_blocking(self._loader, m.id, cfg, paths, p.placement)
@@ -595,6 +649,7 @@ class Scheduler:
             if warmup is not None:
                 await self._run_blocking(warmup)
         except Exception as e:
+            self._emit("model_loaded", m.id, self.clock.monotonic() - started, False)
             m.state, m.loaded_cfg, m.placement, m.charges, m.mapped = "unloaded", None, None, {}, {}
             err = e if isinstance(e, ApplianceError) else EngineError(f"loading model {m.id!r} failed: {e}")
             for w in m.queue.take_all():
@@ -614,6 +669,7 @@ class Scheduler:
                 self._footprints.put(key, m.measured)
         m.runner, m.state, m.loaded_at = runner, "loaded", self.clock.monotonic()
         m.last_used = m.loaded_at
+        self._emit("model_loaded", m.id, m.loaded_at - started, True)
         m.draining = m.unload_requested = False
 
     def _measure(
@@ -637,9 +693,11 @@ class Scheduler:
         out = {i: b[i] - a[i] for i in pl.devices if i in a and i in b and b[i] - a[i] > 0}
         return out if len(out) == len(pl.devices) else {}
 
-    async def _unload(self, m: _Model) -> None:
+    async def _unload(self, m: _Model, reason: UnloadReason) -> None:
         runner, m.state = m.runner, "unloading"
-        log.info("unloading %s", m.id)
+        log.info("unloading %s (%s)", m.id, reason)
+        if reason == "evict":
+            self._emit("model_evicted", m.id)
         try:
             if runner is not None:
                 await self._run_blocking(runner.close)
@@ -661,6 +719,13 @@ class Scheduler:
         if found is None or found[0] not in self._models:
             raise ModelNotFound(f"model {name!r} does not exist")
         return self._models[found[0]]
+
+    def _emit(self, event: str, *args: Any) -> None:
+        """Report to the events sink; a failing sink must never break scheduling."""
+        try:
+            getattr(self.events, event)(*args)
+        except Exception:
+            log.exception("scheduler events sink failed on %s", event)
 
     def _fail(self, w: Waiter, err: Exception) -> None:
         if not w.future.done():

@@ -34,16 +34,11 @@ LOADED_STATES = ("loading", "loaded")
 
 
 def backend_runners(backend: Any) -> dict[str, Any]:
-    """model id -> runner, for the watchdog."""
+    """model id -> runner, for the watchdog (the scheduler's public `runners()`)."""
     runners = getattr(backend, "runners", None)
     if callable(runners):
         runners = runners()
-    if isinstance(runners, dict):
-        return dict(runners)
-    models = getattr(backend, "_models", None)  # the scheduler's residency table
-    if isinstance(models, dict):
-        return {mid: m.runner for mid, m in models.items() if getattr(m, "runner", None) is not None}
-    return {}
+    return dict(runners) if isinstance(runners, dict) else {}
 
 
 def backend_snapshot(backend: Any) -> list[Any]:
@@ -146,6 +141,8 @@ class Service:
         self.clock = daemon.clock
         self.notifier = notifier or Notifier(env)
         self.metrics = Metrics(lambda: backend_snapshot(daemon.backend))
+        if hasattr(daemon.backend, "events"):  # the scheduler reports loads, evictions, waits
+            daemon.backend.events = self.metrics
         self.stop_requested = asyncio.Event()
         self._tasks: list[asyncio.Task[Any]] = []
         self.heartbeat = Heartbeat(
