@@ -195,3 +195,11 @@ class AdminRequestFailed(ApplianceError):
     def __init__(self, code: str, message: str) -> None:
         super().__init__(message)
         self.code = code
+
+
+# --- appliance bench (CLI exit 1) ---------------------------------------------------------
+
+
+class BenchError(ApplianceError):
+    """A server under `appliance bench` could not be measured (unreachable, refused the
+    warm-up request, or failed requests while measuring)."""

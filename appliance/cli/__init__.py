@@ -10,13 +10,14 @@ import sys
 from typing import Sequence
 
 from ..errors import ApplianceError
+from . import bench as bench_cmd
 from . import bundle as bundle_cmd
 from . import doctor as doctor_cmd
 from . import keys as keys_cmd
 from . import models as models_cmd
 from . import serve as serve_cmd
 
-GROUPS = [serve_cmd, models_cmd, bundle_cmd, keys_cmd, doctor_cmd]
+GROUPS = [serve_cmd, models_cmd, bundle_cmd, keys_cmd, doctor_cmd, bench_cmd]
 
 
 class _Parser(argparse.ArgumentParser):
