@@ -129,6 +129,10 @@ class Daemon:
             catalog=lambda: self.settings.catalog,  # [operations] live catalog
             scheduler=self.backend if _admin_routes_available() else None,
         )
+        from .api.admin import SCHEDULER_KEY, mount_store
+
+        if SCHEDULER_KEY in self.app:  # /admin/models/{id}/pull and each model's bundle signer
+            mount_store(self.app, store, lambda: self.settings.catalog)
         self._runner: web.AppRunner | None = None
         self.ssl = ssl_context(settings)
 

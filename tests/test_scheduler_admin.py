@@ -71,3 +71,46 @@ async def test_pull_calls_the_injected_function(aiohttp_client: Any, tmp_path: P
     r = await c.post("/admin/models/zzz/pull")
     assert r.status == 404
     assert pulled == ["a"]
+
+
+async def test_real_server_pulls_from_file_source_and_shows_bundle_signer(
+    tmp_path: Path, tiny_models: dict[str, Path]
+) -> None:
+    """The daemon wires the store: POST .../pull copies a file:// source into the store (the
+    model then serves), GET /admin/models shows each model's bundle signer from its record."""
+    import dataclasses
+    import hashlib
+
+    import aiohttp
+    import openai
+
+    from appliance.store import Store, pull_model
+    from test_api_support import serving, write_config
+
+    settings = write_config(tmp_path, {m: {"source": f"file://{tiny_models[m]}", "context": 128} for m in ("a", "b")})
+    store = Store.open(settings.config.store.path)
+    pull_model(store, "b", settings.catalog.models["b"], progress=False)
+    rec = store.record("b")
+    assert rec is not None
+    store.write_record(dataclasses.replace(rec, bundle_signer="ed25519:0123abcd"))
+    sha_a = hashlib.sha256(tiny_models["a"].read_bytes()).hexdigest()
+    async with serving(settings, store=store) as d, aiohttp.ClientSession(d.url) as http:
+        async with http.get("/admin/models") as r:
+            rows = {m["id"]: m for m in (await r.json())["data"]}
+        assert rows["b"]["bundle_signer"] == "ed25519:0123abcd" and rows["a"]["bundle_signer"] is None
+        assert store.model_paths("a", settings.catalog.models["a"]) is None
+        async with http.post("/admin/models/a/pull") as r:
+            assert r.status == 200
+            body = await r.json()
+        assert body["id"] == "a" and body["result"]["sha256"] == [sha_a] and not body["result"]["up_to_date"]
+        assert store.model_paths("a", settings.catalog.models["a"]) is not None
+        async with http.post("/admin/models/a/pull") as r:
+            assert (await r.json())["result"]["up_to_date"] is True
+        async with http.post("/admin/models/nope/pull") as r:
+            assert r.status == 404 and (await r.json())["error"]["code"] == "model_not_found"
+        async with http.get("/admin/models/b") as r:
+            assert (await r.json())["bundle_signer"] == "ed25519:0123abcd"
+        async with openai.AsyncOpenAI(base_url=d.url + "/v1", api_key="unused", max_retries=0) as c:
+            done = await c.completions.create(model="a", prompt="Hello", max_tokens=2,
+                                             logit_bias={"2": -100})  # no EOS: exactly 2 tokens
+            assert done.model == "a" and done.usage.completion_tokens == 2
