@@ -97,6 +97,11 @@ async def test_bench_chat_endpoint_alone(tmp_path: Path, tiny_models: dict[str, 
 
 
 async def test_bench_failures_are_one_line_exit_1(tmp_path: Path, tiny_models: dict[str, Path]) -> None:
+    rc, out, err = await _bench("--url", "localhost:8000")  # no scheme: a usage error, nothing sent
+    assert rc == 2 and out == ""
+    assert err.splitlines() == ["appliance: error: --url 'localhost:8000': expected an http:// or https:// URL, "
+                                "e.g. http://127.0.0.1:8000"]
+
     with socket.socket() as s:  # a port nothing listens on
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]

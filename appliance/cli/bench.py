@@ -13,6 +13,8 @@ import asyncio
 import json
 import os
 
+from yarl import URL
+
 from ..benchmark import BenchResult, LevelResult, Target, Workload, eog_token_ids, run_bench
 from ..errors import BenchError, UsageError
 
@@ -55,6 +57,14 @@ def _int_list(flag: str, text: str, minimum: int) -> list[int]:
     if any(v < minimum for v in values):
         raise UsageError(f"{flag} {text!r}: values must be at least {minimum}")
     return values
+
+
+def _url(flag: str, text: str) -> str:
+    """An absolute http(s) URL, else a usage error (aiohttp's own message for 'host:port' is cryptic)."""
+    u = URL(text)
+    if u.scheme not in ("http", "https") or not u.host:
+        raise UsageError(f"{flag} {text!r}: expected an http:// or https:// URL, e.g. http://127.0.0.1:8000")
+    return text
 
 
 def _workload(args: argparse.Namespace) -> Workload:
@@ -117,9 +127,9 @@ def bench(args: argparse.Namespace) -> int:
     if args.requests_per_level is not None and args.requests_per_level < 1:
         raise UsageError("--requests-per-level must be at least 1")
     workload = _workload(args)
-    targets = [Target("ours", args.url, args.api_key, args.model)]
+    targets = [Target("ours", _url("--url", args.url), args.api_key, args.model)]
     if args.peer:
-        targets.append(Target("peer", args.peer, args.peer_api_key, args.peer_model))
+        targets.append(Target("peer", _url("--peer", args.peer), args.peer_api_key, args.peer_model))
 
     table = _Table(peer=bool(args.peer))
     printed_header = False
