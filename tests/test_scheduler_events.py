@@ -134,3 +134,30 @@ async def test_runners_lists_resident_runners(tmp_path: Path) -> None:
     assert h.sched.runners() == {"a": h.runners[0], "b": h.runners[1]}
     await use(h, "c")
     assert set(h.sched.runners()) == {"b", "c"} and h.sched.runners()["c"] is h.runners[2]
+
+
+async def test_a_swap_that_needs_no_drain_clears_stale_drain_marks(tmp_path: Path) -> None:
+    """Which busy model to drain follows LRU and can flip as requests finish. Once c's load
+    starts by evicting an idle model, a drain mark left on another busy model is stale: it
+    must not unload that model when its requests finish (found by scripts/demo_swap.py)."""
+    h = make(tmp_path, {"a": 10 * GB, "b": 10 * GB, "c": 10 * GB})
+    rec = recorded(h)
+    ha1, ha2, hb = Holder(h, "a"), Holder(h, "a"), Holder(h, "b")
+    for x in (ha1, ha2, hb):
+        await x.admitted.wait()
+    h.gates["c"] = gate = asyncio.Event()
+    c = asyncio.create_task(use(h, "c"))
+    await settle()
+    h.clock.advance(2)  # swap_after: one busy model is marked to drain (LRU: a)
+    await settle()
+    h.clock.advance(1)
+    await ha1.done()  # a was just used: now b is least recently used, so b is marked instead
+    await ha2.done()  # a is idle: c's load evicts it, no drain needed
+    await settle()
+    assert h.events == ["load a", "load b", "unload a"]
+    await hb.done()  # b goes idle while c is still loading
+    gate.set()
+    await c
+    await settle()
+    assert h.loaded() == {"b", "c"} and rec.evicted == ["a"]
+    assert h.events == ["load a", "load b", "unload a", "load c"]

@@ -416,6 +416,7 @@ class Scheduler:
             key=lambda m: m.queue.oldest() or now,
         )
         draining_wanted: set[str] = set()
+        swap_started = False
         for m in wanting:
             try:
                 p = self._plan(m, now)
@@ -440,9 +441,11 @@ class Scheduler:
                 draining_wanted.update(p.drain)
                 continue
             self._start_op(self._swap_in(m, p))
-            busy_op = True
-        if busy_op and not draining_wanted:
+            busy_op = swap_started = True
+        if busy_op and not draining_wanted and not swap_started:
             return  # an operation is running: keep the current drain marks until it ends
+        # (a swap that starts now needs no drain: marks from earlier plans are stale, since
+        # the LRU choice of which busy model to drain can flip as requests finish)
         for m in self._models.values():
             was = m.draining
             m.draining = m.id in draining_wanted
