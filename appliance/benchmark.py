@@ -318,7 +318,7 @@ async def run_bench(
     `on_level(level, models)` sees each level's results as soon as it is done (progressive output).
     """
     timeout = aiohttp.ClientTimeout(total=None, sock_connect=30, sock_read=read_timeout_s)
-    connector = aiohttp.TCPConnector(limit=0)
+    connector = aiohttp.TCPConnector(limit=0, force_close=True)  # a fresh connection per request: no stale keep-alive reuse
     async with aiohttp.ClientSession(timeout=timeout, connector=connector) as session:
         models = {t.name: await resolve_model(session, t) for t in targets}
         for t in targets:  # model load time and first-use costs stay out of the numbers

@@ -6,18 +6,26 @@ Exit codes (SPEC.md): 0 success, 1 failure (e.g. checksum mismatch), 2 usage or 
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 from typing import Sequence
 
 from ..errors import ApplianceError
-from . import bench as bench_cmd
-from . import bundle as bundle_cmd
-from . import doctor as doctor_cmd
-from . import keys as keys_cmd
-from . import models as models_cmd
-from . import serve as serve_cmd
 
-GROUPS = [serve_cmd, models_cmd, bundle_cmd, keys_cmd, doctor_cmd, bench_cmd]
+# Command-group modules, imported when the parser is built (after `preload_llama`).
+GROUPS = ["serve", "models", "bundle", "keys", "doctor", "bench"]
+
+
+def preload_llama(argv: Sequence[str]) -> None:
+    """Load llama.cpp's shared libraries before anything imports numpy.
+
+    On an H200 host (CUDA build, numpy 2.5 with its bundled OpenBLAS) the first model load
+    segfaulted inside llama_model_load_from_file whenever numpy had been imported first; with
+    llama.cpp loaded first it ran. The command modules import numpy (gguf), so this runs
+    before they are imported, and only for `serve`, which loads models.
+    """
+    if "serve" in argv:
+        import llama_cpp  # noqa: F401
 
 
 class _Parser(argparse.ArgumentParser):
@@ -44,12 +52,14 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
     common = common_options()
-    for group in GROUPS:
-        group.register(sub, common)
+    for name in GROUPS:
+        importlib.import_module(f"{__name__}.{name}").register(sub, common)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    preload_llama(argv)
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
