@@ -30,7 +30,7 @@ def isolated_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """Three tiny random-weight llama models (different weights), ~9 MB each."""
+    """Three tiny random-weight llama models (different weights and greedy outputs), ~17 MB each."""
     d = tmp_path_factory.mktemp("tiny")
     return {name: make_gguf(d / f"tiny-{name}.gguf", Shape(name=f"tiny-{name}"), seed=i)
             for i, name in enumerate("abc")}

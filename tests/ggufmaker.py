@@ -3,6 +3,15 @@
 Speed and memory depend on shapes, not values, so a random-weight model exercises the
 same llama.cpp paths as a real one. The tokenizer is copied from the small vocab-only
 GGUF in tests/data (llama.cpp's ggml-vocab-llama-spm.gguf, 32000 tokens).
+
+The output head is untied, with its own random values: with a tied head, the residual
+stream (dominated by the scale-1 input embedding, the layers being scale 0.02) scores
+highest against that same embedding, so every seed just repeated its last token and
+different seeds gave identical greedy outputs. An untied head maps the last token to a
+seed-dependent next token, so models of different seeds continue a prompt differently.
+Its rows for control, unknown and byte tokens are zero: greedy decoding emits only normal
+text tokens (never EOS by chance, never half a UTF-8 character) unless a grammar or logit
+bias asks for them.
 """
 
 from __future__ import annotations
@@ -29,24 +38,22 @@ class Shape:
     name: str = "tiny"
 
 
-def _copy_tokenizer(w: gguf.GGUFWriter, vocab: Path) -> int:
+def _copy_tokenizer(w: gguf.GGUFWriter, vocab: Path) -> np.ndarray:
+    """Copy the tokenizer keys; return each token's type (its length is the vocab size)."""
     r = gguf.GGUFReader(vocab)
-    n_vocab = 0
     for key, f in r.fields.items():
         if not key.startswith("tokenizer."):
             continue
         vtype = f.types[0]
         if vtype == gguf.GGUFValueType.ARRAY:
-            val = f.contents()
-            n_vocab = max(n_vocab, len(val)) if key == "tokenizer.ggml.tokens" else n_vocab
-            w.add_key_value(key, val, vtype, sub_type=f.types[1])
+            w.add_key_value(key, f.contents(), vtype, sub_type=f.types[1])
         else:
             w.add_key_value(key, f.contents(), vtype)
-    return n_vocab
+    return np.asarray(r.fields["tokenizer.ggml.token_type"].contents())
 
 
 def make_gguf(path: Path, shape: Shape = Shape(), seed: int = 0) -> Path:
-    """Write a random-weight llama GGUF of `shape` to `path` (F32 weights, tied output)."""
+    """Write a random-weight llama GGUF of `shape` to `path` (F32 weights, untied output)."""
     rng = np.random.default_rng(seed)
     path.parent.mkdir(parents=True, exist_ok=True)
     w = gguf.GGUFWriter(str(path), "llama")
@@ -60,7 +67,8 @@ def make_gguf(path: Path, shape: Shape = Shape(), seed: int = 0) -> Path:
     w.add_layer_norm_rms_eps(1e-5)
     w.add_rope_dimension_count(shape.n_embd // shape.n_head)
     w.add_file_type(gguf.LlamaFileType.ALL_F32)
-    n_vocab = _copy_tokenizer(w, VOCAB)
+    token_type = _copy_tokenizer(w, VOCAB)
+    n_vocab = len(token_type)
     if shape.chat_template:
         w.add_chat_template(shape.chat_template)
 
@@ -74,6 +82,9 @@ def make_gguf(path: Path, shape: Shape = Shape(), seed: int = 0) -> Path:
     e, kv = shape.n_embd, shape.n_embd // shape.n_head * shape.n_head_kv
     t("token_embd.weight", n_vocab, e, scale=1.0)
     t("output_norm.weight", e)
+    head = rng.standard_normal((n_vocab, e)).astype(np.float32)
+    head[token_type != gguf.TokenType.NORMAL] = 0.0
+    w.add_tensor("output.weight", head)
     for i in range(shape.n_layer):
         t(f"blk.{i}.attn_norm.weight", e)
         t(f"blk.{i}.attn_q.weight", e, e)
