@@ -4,12 +4,14 @@ chunks; socket timeouts are only a safety net."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -25,24 +27,51 @@ SAFETY_S = 60  # never reached when things work
 
 
 class Notifications:
-    """A datagram socket standing in for systemd's NOTIFY_SOCKET; remembers all it got."""
+    """A datagram socket standing in for systemd's NOTIFY_SOCKET; remembers all it got.
+
+    A thread receives all the time, as systemd does. Reading only inside `until` would
+    let the socket's queue fill up while a test does other things (it holds
+    net.unix.max_dgram_qlen datagrams, 10 by default, a few seconds of heartbeats), and
+    then the daemon's next sd_notify send blocks its event loop: a long stream stalls."""
 
     def __init__(self, path: Path) -> None:
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self.sock.bind(str(path))
-        self.sock.settimeout(SAFETY_S)
         self.path = path
         self.seen: list[str] = []
+        self._consumed = 0  # how much of `seen` earlier `until` calls went through
+        self._cond = threading.Condition()
+        self._reader = threading.Thread(target=self._receive, daemon=True)
+        self._reader.start()
+
+    def _receive(self) -> None:
+        while m := self.sock.recv(4096):  # b"" once close() shuts the socket down
+            with self._cond:
+                self.seen.append(m.decode())
+                self._cond.notify_all()
 
     def until(self, message: str) -> list[str]:
-        """Receive until `message` (exact, or a prefix ending in '='); returns what came."""
-        got = []
-        while True:
-            m = self.sock.recv(4096).decode()
-            self.seen.append(m)
-            got.append(m)
-            if m == message or (message.endswith("=") and m.startswith(message)):
-                return got
+        """Wait for `message` (exact, or a prefix ending in '=') among the messages after
+        those earlier calls went through; returns them, up to and including it."""
+
+        def match(m: str) -> bool:
+            return m == message or (message.endswith("=") and m.startswith(message))
+
+        def found() -> int | None:
+            return next((i for i in range(self._consumed, len(self.seen)) if match(self.seen[i])), None)
+
+        with self._cond:
+            if not self._cond.wait_for(lambda: found() is not None, timeout=SAFETY_S):
+                raise TimeoutError(f"no {message!r} from the daemon; got {self.seen[self._consumed:]}")
+            end = found() + 1  # type: ignore[operator]
+            got, self._consumed = self.seen[self._consumed:end], end
+            return got
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self.sock.shutdown(socket.SHUT_RDWR)
+        self._reader.join(SAFETY_S)
+        self.sock.close()
 
 
 class Served:
@@ -89,7 +118,9 @@ def write_catalog(path: Path, models: dict[str, Path]) -> None:
 @pytest.fixture
 def served(tmp_path: Path, tiny_models: dict[str, Path]) -> Iterator[Served]:
     write_catalog(tmp_path / "models.toml", {"tiny": tiny_models["a"]})
-    (tmp_path / "appliance.toml").write_text('[server]\ndrain_timeout = "30s"\n')
+    # A generous drain: a drain ends as soon as the last request finishes, and on a loaded
+    # machine a 3000-token stream took over 90 s here (the 30 s default would cancel it).
+    (tmp_path / "appliance.toml").write_text('[server]\ndrain_timeout = "10m"\n')
     env = {k: v for k, v in os.environ.items() if not k.startswith(("APPLIANCE_", "NOTIFY_", "WATCHDOG_"))}
     env.update(
         PYTHONPATH=str(ROOT), APPLIANCE_STORE=str(tmp_path / "store"),
@@ -111,7 +142,7 @@ def served(tmp_path: Path, tiny_models: dict[str, Path]) -> Iterator[Served]:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-        notify.sock.close()
+        notify.close()
 
 
 def test_notify_sequence_and_clean_exit(served: Served) -> None:
