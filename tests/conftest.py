@@ -6,6 +6,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+# llama.cpp's libraries before numpy's (ggufmaker imports numpy): the other order made CUDA
+# model loads segfault on a GPU host (docs/engine.md, "Known limits").
+import llama_cpp  # noqa: F401  isort: skip
 import pytest
 
 from ggufmaker import Shape, make_gguf

@@ -62,6 +62,25 @@ def test_messages_in_order(notify_socket: socket.socket) -> None:
     ]
 
 
+def test_a_receiver_that_stops_reading_never_blocks_the_sender(notify_socket: socket.socket) -> None:
+    """A datagram queue holds only a few messages (net.unix.max_dgram_qlen); past that a
+    blocking send would freeze the daemon's event loop. Sends must drop instead."""
+    n = Notifier()
+    finished = threading.Event()
+
+    def flood() -> None:
+        for _ in range(1000):
+            n.watchdog()
+        finished.set()
+
+    t = threading.Thread(target=flood, daemon=True)
+    t.start()
+    t.join(timeout=30)  # safety net: a blocked send would never finish
+    assert finished.is_set()
+    received = drain(notify_socket)
+    assert received and set(received) == {"WATCHDOG=1"} and len(received) < 1000
+
+
 def test_abstract_socket(monkeypatch: pytest.MonkeyPatch) -> None:
     """systemd may hand out an abstract socket ('@name')."""
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)

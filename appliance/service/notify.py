@@ -37,6 +37,10 @@ class Notifier:
         env = os.environ if env is None else env
         self.enabled = bool(env.get("NOTIFY_SOCKET"))
         self._sd = sdnotify.SystemdNotifier() if self.enabled else None
+        if self._sd is not None and self._sd.socket is not None:
+            # Never block the event loop on a receiver that stopped reading (a full queue):
+            # drop the message instead, as libsystemd's sd_notify does (MSG_DONTWAIT).
+            self._sd.socket.setblocking(False)
         self._last_status: str | None = None
 
     def send(self, message: str) -> None:
