@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
 
         llcpp.llama_model_default_params = _params
 
-    cfg = ModelConfig(source=f"file://{args.model.resolve()}", context=args.context, parallel=max(streams))
+    cfg = ModelConfig(source=f"file://{args.model.absolute()}", context=args.context, parallel=max(streams))
     runner = Runner([args.model], cfg, model_id="bench", n_threads=args.threads)
     runner.warmup()
     bias = {t: -100.0 for t in runner.vocab.eog_ids}
