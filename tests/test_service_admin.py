@@ -87,6 +87,26 @@ async def test_stale_socket_file_is_replaced(tmp_path: Path) -> None:
         await server.close()
 
 
+async def test_a_refused_or_unstarted_server_leaves_the_live_socket(tmp_path: Path) -> None:
+    """A second `serve` that is refused (or never got to start) must not delete the live
+    daemon's socket on close: `appliance rm` relies on it to see loaded models."""
+    path = tmp_path / "admin.sock"
+    live = AdminServer(path, handlers([]))
+    await live.start()
+    try:
+        refused = AdminServer(path, {})
+        with pytest.raises(ApplianceError, match="already serving"):
+            await refused.start()
+        await refused.close()
+        await AdminServer(path, {}).close()  # never started (e.g. the HTTP bind failed first)
+        assert path.is_socket()
+        result = await asyncio.to_thread(adminclient.request, path, "status")
+        assert result is not None and result["loaded"] == ["tiny-a"]
+    finally:
+        await live.close()
+    assert not path.exists()
+
+
 async def test_garbage_line_gets_an_error(tmp_path: Path) -> None:
     server = AdminServer(tmp_path / "admin.sock", handlers([]))
     await server.start()

@@ -94,6 +94,9 @@ class AdminServer:
         self.allowed_uids = {0, os.getuid()} if allowed_uids is None else allowed_uids
         self.mode = mode
         self._server: asyncio.base_events.Server | None = None
+        # True only once start() bound the path: close() must never unlink a socket file
+        # that belongs to another (live) daemon, e.g. after our start() was refused.
+        self._bound = False
 
     async def start(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -103,8 +106,12 @@ class AdminServer:
             old = os.umask(0o177)  # never world-connectable, even for an instant
             try:
                 sock.bind(name)
+            except BaseException:
+                sock.close()
+                raise
             finally:
                 os.umask(old)
+            self._bound = True
             os.chmod(name, self.mode)
         sock.listen(16)
         self._server = await asyncio.start_unix_server(self._serve, sock=sock, limit=MAX_LINE)
@@ -130,6 +137,9 @@ class AdminServer:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._server.wait_closed(), 5)
             self._server = None
+        if not self._bound:
+            return  # never bound it: the file (if any) is another daemon's live socket
+        self._bound = False
         with contextlib.suppress(OSError), short_path(self.path) as name:
             os.unlink(name)
 
