@@ -236,8 +236,9 @@ fi
 if ! grep -qs '^\[keys\.' "$ETC/keys.toml"; then
     # APPLIANCE_CLI: how to run the CLI (tests point it at a development checkout).
     cli="${APPLIANCE_CLI:-$VENV/bin/appliance}"
-    token="$($cli keys create admin --scope admin --config "$ETC/appliance.toml" \
-             --models "$ETC/models.toml" | head -n 1)" \
+    # No --models here: for `keys create` that is the key's allowed-model list, not the
+    # catalog (the catalog is found by the usual search); the first admin key may use all.
+    token="$($cli keys create admin --scope admin --config "$ETC/appliance.toml" | head -n 1)" \
         || die "could not create the first admin key"
     echo
     echo "  First admin API key (shown only now; store it safely):"

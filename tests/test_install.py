@@ -65,6 +65,8 @@ def test_install_into_a_scratch_root_is_idempotent(tmp_path: Path) -> None:
     keys = tomllib.loads((etc / "keys.toml").read_text())["keys"]
     assert list(keys) == ["admin"] and keys["admin"]["scopes"] == ["admin"]
     assert keys["admin"]["sha256"] == hashlib.sha256(token.encode()).hexdigest()
+    # The first admin key may use every model: no allowed-model list (an empty one means all).
+    assert keys["admin"].get("models", []) == []
 
     # The installed config is valid and points the CLI at the service's store.
     settings = load_settings(etc / "appliance.toml", etc / "models.toml", env={})
