@@ -107,7 +107,9 @@ def reload_files(daemon: Any) -> dict[str, Any]:
     logged and the previous version kept (the daemon keeps serving)."""
     out: dict[str, Any] = {}
     cat = daemon.settings.catalog
-    if cat.exists:
+    # A catalog absent at start may have been created since (`appliance import`): read it
+    # once it exists. One that existed and vanished is an error (the previous one is kept).
+    if cat.exists or cat.path.exists():
         try:
             new = load_catalog(cat.path)
         except ApplianceError as e:
@@ -222,16 +224,19 @@ class Service:
         reload_files(self.daemon)
         self.notifier.ready()
 
-    def _watch(self) -> None:
-        cat = self.daemon.settings.catalog
-        if cat.exists:
-            def changed() -> None:
-                log.info("models.toml changed on disk: re-reading")
-                self.notifier.reloading()
-                reload_files(self.daemon)
-                self.notifier.ready()
+    def catalog_watcher(self) -> FileWatcher:
+        """Watches models.toml's path even when it did not exist at start: a catalog created
+        later (`appliance import`) is read without a restart."""
+        def changed() -> None:
+            log.info("models.toml changed on disk: re-reading")
+            self.notifier.reloading()
+            reload_files(self.daemon)
+            self.notifier.ready()
 
-            self._spawn(FileWatcher(cat.path, changed, self.clock).run())
+        return FileWatcher(self.daemon.settings.catalog.path, changed, self.clock)
+
+    def _watch(self) -> None:
+        self._spawn(self.catalog_watcher().run())
 
 
 async def run_service(daemon: Any, on_listening: Callable[[], None] | None = None) -> int:
