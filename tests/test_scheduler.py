@@ -523,3 +523,20 @@ async def test_load_failure_reaches_the_waiters_and_a_later_request_retries(tmp_
     assert h.state("a") == "unloaded"
     await use(h, "a")
     assert h.state("a") == "loaded"
+
+
+async def test_unload_requested_during_loading_unloads_once_loaded(tmp_path: Path) -> None:
+    h = make(tmp_path, {"a": 5 * GB})
+    h.gates["a"] = asyncio.Event()
+    loading = asyncio.create_task(h.sched.load("a"))
+    await settle()
+    assert h.state("a") == "loading"
+    unloading = asyncio.create_task(h.sched.unload("a"))
+    await settle()
+    assert not unloading.done()
+    h.gates["a"].set()
+    await settle()
+    assert unloading.done()  # the request survived the load's end; no keep_alive needed
+    await unloading
+    await loading  # its waiter keeps its place and brings the model back
+    assert h.events[:2] == ["load a", "unload a"] and h.runners[0].closed

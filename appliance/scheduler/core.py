@@ -673,7 +673,9 @@ class Scheduler:
         m.runner, m.state, m.loaded_at = runner, "loaded", self.clock.monotonic()
         m.last_used = m.loaded_at
         self._emit("model_loaded", m.id, m.loaded_at - started, True)
-        m.draining = m.unload_requested = False
+        # Not unload_requested: an unload asked for during the load is still owed to its
+        # waiter, and happens as soon as the model is idle.
+        m.draining = False
 
     def _measure(
         self, pl: Placement, before: list[Device], after: list[Device], rss_before: int, runner: RunnerLike
