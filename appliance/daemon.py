@@ -167,7 +167,8 @@ class Daemon:
             self._runner = None
             raise listen_error(self.host, self.port, e) from None
         start = getattr(self.backend, "start", None)
-        if start is not None:  # pinned models load while /ready says "starting"
+        if start is not None:  # pinned models load while /ready says "starting" and every
+            # non-probe route answers 503 not_ready (api/middleware.py), until ready below
             await start()
         if self.port == 0:  # tests: learn the port the kernel picked
             self.port = self._runner.addresses[0][1]

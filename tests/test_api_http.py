@@ -259,6 +259,21 @@ async def test_draining_answers_503_with_connection_close(settings, keys) -> Non
         assert (await _req(d, "GET", "/health"))[0] == 200
 
 
+async def test_not_ready_answers_503_with_retry_after(settings, keys) -> None:  # noqa: ANN001
+    """The listener opens before pinned models load: until ready, only probes are served."""
+    async with serving(settings) as d:
+        d.state.ready = False
+        for method, path in (("GET", "/v1/models"), ("POST", "/v1/chat/completions"), ("GET", "/admin/models")):
+            st, hdr, body = await _req(d, method, path, headers=_h(keys["admin"]), json={})
+            assert st == 503 and _err(body)["code"] == "not_ready", (path, body)
+            assert _err(body)["type"] == "server_error" and int(hdr["Retry-After"]) >= 1
+        st, _, body = await _req(d, "GET", "/ready")
+        assert st == 503 and _err(body)["code"] == "not_ready"
+        assert (await _req(d, "GET", "/health"))[0] == 200
+        d.state.ready = True
+        assert (await _req(d, "GET", "/v1/models", headers=_h(keys["user"])))[0] == 200
+
+
 async def test_request_ids_and_hooks(settings, keys) -> None:  # noqa: ANN001
     seen = []
     async with serving(settings) as d:

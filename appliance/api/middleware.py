@@ -13,7 +13,7 @@ from typing import Awaitable, Callable
 from aiohttp import web
 
 from ..auth import ADMIN, INFERENCE, Keyring, RateLimiter
-from ..errors import ApplianceError, Draining, InsufficientScope, RequestTooLarge
+from ..errors import ApplianceError, Draining, InsufficientScope, NotReady, RequestTooLarge
 from .errors import MAX_BODY_KEY, error_response, from_http_exception
 from .state import API_KEY, REQUEST_ID, STATE_KEY, RequestRecord, request_id_var, request_info
 
@@ -147,9 +147,14 @@ def cors(origins: list[str]) -> Callable:
 
 @web.middleware
 async def draining(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """While draining, new requests get 503 draining (and Connection: close); probes pass."""
-    if request.app[STATE_KEY].draining and request.path not in OPEN_PATHS:
-        raise Draining("the server is shutting down; retry on another instance or later")
+    """While draining, new requests get 503 draining (and Connection: close); while starting
+    (the listener opens before pinned models load), 503 not_ready with Retry-After. Probes pass."""
+    state = request.app[STATE_KEY]
+    if request.path not in OPEN_PATHS:
+        if state.draining:
+            raise Draining("the server is shutting down; retry on another instance or later")
+        if not state.ready:
+            raise NotReady("the server is starting (loading pinned models); retry shortly")
     return await handler(request)
 
 
