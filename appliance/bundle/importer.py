@@ -22,6 +22,7 @@ from typing import BinaryIO, Callable, Iterator
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from ..atomicfile import lock_path
 from ..errors import BundleError
 from ..store import blobs as store_blobs
 from ..store.core import Store
@@ -99,6 +100,7 @@ def import_bundle(
     progress_factory: Callable[[int], Progress] | None = None,
 ) -> ImportResult:
     """Verify and install a bundle; on any problem raise and leave the store as it was."""
+    check_catalog_writable(catalog_path)  # before any byte: failing at the end would be half done
     reader = BundleReader(stream, trust)
     manifest = reader.head()
     note = _note(manifest, reader)
@@ -142,6 +144,29 @@ def import_bundle(
         return result
     finally:
         temps.close()
+
+
+def _access(path: Path, mode: int) -> bool:
+    """os.access for the effective user (sudo, setuid) where the platform can tell."""
+    if os.access in os.supports_effective_ids:
+        return os.access(path, mode, effective_ids=True)
+    return os.access(path, mode)
+
+
+def check_catalog_writable(catalog_path: Path) -> None:
+    """The catalog is written last (atomic rename in its directory, under `<catalog>.lock`):
+    find out now whether that will work, so a user who may not write it (the service user
+    with /etc/appliance root:appliance 0750) is refused before blobs and records change."""
+    lock = lock_path(catalog_path)
+    parent = catalog_path.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent  # the import creates missing directories below this one
+    ok = _access(parent, os.W_OK | os.X_OK) and (not lock.exists() or _access(lock, os.R_OK))
+    if not ok:
+        raise BundleError(
+            f"cannot write the catalog {catalog_path} (no write access to {parent} for this user); "
+            "run the import as root (sudo appliance bundle import ...) or as the catalog's owner"
+        )
 
 
 def _note(manifest: Manifest, reader: BundleReader) -> str:

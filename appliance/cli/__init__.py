@@ -67,6 +67,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ApplianceError as e:
         sys.stderr.write(f"appliance: error: {e.message}\n")
         return e.exit_code
+    except OSError as e:  # an unforeseen file problem: one line, not a traceback
+        where = f": {e.filename}" if e.filename is not None else ""
+        sys.stderr.write(f"appliance: error: {e.strerror or e}{where}\n")
+        return 1
     except KeyboardInterrupt:
         sys.stderr.write("appliance: interrupted\n")
         return 130

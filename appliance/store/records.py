@@ -72,6 +72,9 @@ def write_record(manifests: Path, rec: ModelRecord) -> None:
     """Atomically (temp file + rename) so a reader never sees half a record."""
     manifests.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=manifests, prefix=".tmp-", suffix=".json")
+    # mkstemp makes 0600; a record written by root (bundle import) must stay readable by the
+    # service user, like the blobs it describes.
+    os.fchmod(fd, 0o644)
     with os.fdopen(fd, "w") as f:
         f.write(rec.to_json())
         f.flush()
