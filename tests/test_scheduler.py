@@ -540,3 +540,63 @@ async def test_unload_requested_during_loading_unloads_once_loaded(tmp_path: Pat
     await unloading
     await loading  # its waiter keeps its place and brings the model back
     assert h.events[:2] == ["load a", "unload a"] and h.runners[0].closed
+
+
+async def test_failed_warmup_closes_the_runner_and_frees_its_memory(tmp_path: Path) -> None:
+    h = make(tmp_path, {"a": 5 * GB})
+    real_loader = h.sched._loader
+
+    def warmup_fails(*args):  # type: ignore[no-untyped-def]
+        r = real_loader(*args)
+
+        def boom() -> None:
+            raise RuntimeError("warm-up decode failed")
+
+        r.warmup = boom
+        return r
+
+    h.sched._loader = warmup_fails
+    with pytest.raises(Exception) as e:
+        await use(h, "a")
+    assert "warm-up decode failed" in str(e.value)
+    assert h.state("a") == "unloaded" and h.runners[0].closed
+    assert h.hw.devices()[0].free == 24 * GB  # llama.cpp's memory is given back
+    h.sched._loader = real_loader
+    await use(h, "a")
+    assert h.state("a") == "loaded"
+
+
+async def test_failed_measurement_closes_the_runner_and_fails_the_waiters(tmp_path: Path) -> None:
+    h = make(tmp_path, {"a": 5 * GB})
+
+    def broken(*args):  # type: ignore[no-untyped-def]
+        raise RuntimeError("device probe failed")
+
+    h.sched._measure = broken  # type: ignore[method-assign]
+    h.gates["a"] = asyncio.Event()
+    req = asyncio.create_task(use(h, "a"))
+    await settle()
+    unloading = asyncio.create_task(h.sched.unload("a"))  # asked for while loading
+    await settle()
+    h.gates["a"].set()
+    await settle()
+    assert req.done() and unloading.done()  # not left "loading" forever
+    await unloading
+    with pytest.raises(Exception) as e:
+        await req
+    assert "device probe failed" in str(e.value)
+    assert h.state("a") == "unloaded" and h.runners[0].closed
+
+
+async def test_failed_footprint_write_is_logged_and_the_model_serves(tmp_path: Path) -> None:
+    class Unwritable(Footprints):
+        def put(self, key: str, nbytes: int) -> None:
+            raise OSError("read-only store")
+
+    h = make(tmp_path, {"a": 5 * GB}, footprints=Unwritable(None))
+    req = asyncio.create_task(use(h, "a"))
+    await settle()
+    assert req.done()
+    await req
+    s = h.sched.status("a")
+    assert s.state == "loaded" and s.memory_measured == 5 * GB and not h.runners[0].closed

@@ -642,40 +642,64 @@ class Scheduler:
         m.state, m.loaded_cfg, m.placement, m.estimate = "loading", cfg, p.placement, p.estimate
         m.charges = dict(p.charges)
         m.mapped = {i: p.estimate.mapped for i in p.charges} if p.placement.device == "cpu" else {}
-        before = self._hw.devices()
-        rss_before = self._rss()
         started = self.clock.monotonic()
         log.info("loading %s on %s (%d layers, estimated %s)", m.id, p.placement.device, p.placement.n_gpu_layers, format_size(p.estimate.total))
-        try:
+        runner: RunnerLike | None = None
+        try:  # whatever fails from here on, the model must not stay "loading" or leak a runner
+            before = self._hw.devices()
+            rss_before = self._rss()
             runner = await self._run_blocking(self._loader, m.id, cfg, paths, p.placement)
             warmup = getattr(runner, "warmup", None)
             if warmup is not None:
                 await self._run_blocking(warmup)
+            measured = self._measure(p.placement, before, self._hw.devices(), rss_before, runner)
         except Exception as e:
-            self._emit("model_loaded", m.id, self.clock.monotonic() - started, False)
-            m.state, m.loaded_cfg, m.placement, m.charges, m.mapped = "unloaded", None, None, {}, {}
-            err = e if isinstance(e, ApplianceError) else EngineError(f"loading model {m.id!r} failed: {e}")
-            for w in m.queue.take_all():
-                self._fail(w, err)
-            self._paths.pop(m.id, None)
+            await self._load_failed(m, runner, started, e)
             raise
-        measured = self._measure(p.placement, before, self._hw.devices(), rss_before, runner)
         if measured:
             m.measured = sum(measured.values())
             m.charges = measured
-            key = footprint_key(
-                self._sha256(m, paths), cfg, device=before[0].kind if before else "cpu",
-                gpu_layers=p.placement.n_gpu_layers if not p.placement.all_layers else self._estimator.layer_count(paths),
-                split=p.placement.split_mode == "layer",
-            )
-            if p.placement.device == "cpu" or p.placement.all_layers:
-                self._footprints.put(key, m.measured)
+            try:
+                self._remember_footprint(m, cfg, paths, p, before)
+            except Exception:  # the model is loaded fine; it is only measured again next time
+                log.exception("could not record the measured footprint of %s", m.id)
         m.runner, m.state, m.loaded_at = runner, "loaded", self.clock.monotonic()
         m.last_used = m.loaded_at
         self._emit("model_loaded", m.id, m.loaded_at - started, True)
         # Not unload_requested: an unload asked for during the load is still owed to its
         # waiter, and happens as soon as the model is idle.
         m.draining = False
+
+    async def _load_failed(self, m: _Model, runner: RunnerLike | None, started: float, e: Exception) -> None:
+        """Undo a load that failed anywhere after it started: free what llama.cpp holds
+        (model, context, VRAM, threads), mark the model unloaded, tell everyone waiting."""
+        if runner is not None:
+            try:
+                await self._run_blocking(runner.close)
+            except Exception:
+                log.exception("closing the runner of failed load %s", m.id)
+        self._emit("model_loaded", m.id, self.clock.monotonic() - started, False)
+        m.state, m.loaded_cfg, m.placement, m.charges, m.mapped = "unloaded", None, None, {}, {}
+        m.draining = m.unload_requested = False
+        err = e if isinstance(e, ApplianceError) else EngineError(f"loading model {m.id!r} failed: {e}")
+        for w in m.queue.take_all():
+            self._fail(w, err)
+        for f in m.state_waiters:  # unload() callers: the model is unloaded now
+            if not f.done():
+                f.set_result(None)
+        m.state_waiters.clear()
+        self._paths.pop(m.id, None)
+
+    def _remember_footprint(self, m: _Model, cfg: ModelConfig, paths: list[Path], p: Plan, before: list[Device]) -> None:
+        if not (p.placement.device == "cpu" or p.placement.all_layers):
+            return
+        assert m.measured is not None
+        key = footprint_key(
+            self._sha256(m, paths), cfg, device=before[0].kind if before else "cpu",
+            gpu_layers=p.placement.n_gpu_layers if not p.placement.all_layers else self._estimator.layer_count(paths),
+            split=p.placement.split_mode == "layer",
+        )
+        self._footprints.put(key, m.measured)
 
     def _measure(
         self, pl: Placement, before: list[Device], after: list[Device], rss_before: int, runner: RunnerLike
