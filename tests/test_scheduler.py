@@ -600,3 +600,44 @@ async def test_failed_footprint_write_is_logged_and_the_model_serves(tmp_path: P
     await req
     s = h.sched.status("a")
     assert s.state == "loaded" and s.memory_measured == 5 * GB and not h.runners[0].closed
+
+
+async def _blob_store(h, files: dict[str, str]) -> None:  # type: ignore[no-untyped-def]
+    """Serve model `a` from a content-addressed blob named by `files["a"]` (a sha256)."""
+    h.sched._store_paths = lambda mid, cfg: [Path(f"/store/blobs/sha256-{files[mid]}")] if files.get(mid) else None
+
+
+async def test_a_changed_model_file_gets_its_own_sha256_and_footprint(tmp_path: Path) -> None:
+    old, new = "1" * 64, "2" * 64
+    h = make(tmp_path, {"a": 5 * GB})
+    files = {"a": old}
+    await _blob_store(h, files)
+    h.est.sizes.update({f"sha256-{old}": 5 * GB, f"sha256-{new}": 8 * GB})
+    await use(h, "a")
+    assert h.sched.status("a").sha256 == old and h.sched.status("a").memory_measured == 5 * GB
+    await h.sched.unload("a")
+    files["a"] = new  # models.toml now names another file
+    h.sched.update_catalog(Catalog({"a": ModelConfig(source="file:///models/other.gguf", parallel=2)}, tmp_path / "models.toml"))
+    s = h.sched.status("a")
+    assert s.sha256 != old  # the old file is no longer what this model loads
+    h.real_sizes["a"] = 8 * GB
+    await use(h, "a")
+    s = h.sched.status("a")
+    assert (s.sha256, s.memory_estimated) == (new, 8 * GB)  # not the old file's measured 5 GB
+
+
+async def test_a_removed_and_re_pulled_file_is_found_without_a_restart(tmp_path: Path) -> None:
+    old, new = "1" * 64, "2" * 64
+    h = make(tmp_path, {"a": 5 * GB})
+    files = {"a": old}
+    await _blob_store(h, files)
+    h.est.sizes[f"sha256-{old}"] = 5 * GB
+    await use(h, "a")
+    await h.sched.unload("a")
+    del h.est.sizes[f"sha256-{old}"]  # `appliance rm a`: its header can no longer be read
+    with pytest.raises(Exception):
+        await use(h, "a")
+    files["a"] = new  # `appliance pull a` brought another blob
+    h.est.sizes[f"sha256-{new}"] = 5 * GB
+    await use(h, "a")
+    assert h.state("a") == "loaded" and h.sched.status("a").sha256 == new

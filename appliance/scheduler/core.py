@@ -318,8 +318,10 @@ class Scheduler:
         for mid, cfg in catalog.models.items():
             if mid in self._models:
                 m = self._models[mid]
-                if m.cfg != cfg:
+                if m.cfg != cfg:  # maybe another file: locate it (and its sha256) afresh
                     self._paths.pop(mid, None)
+                    if m.state == "unloaded":
+                        m.sha256 = None  # a resident model keeps its own until it unloads
                 m.cfg, m.removed = cfg, False
             else:
                 self._models[mid] = _Model(mid, cfg)
@@ -424,6 +426,9 @@ class Scheduler:
                 err = e if isinstance(e, ApplianceError) else EngineError(f"cannot plan model {m.id!r}: {e}")
                 for w in m.queue.take_all():
                     self._fail(w, err)
+                # The file may have been removed and another pulled: look again next time.
+                self._paths.pop(m.id, None)
+                m.sha256 = None
                 continue
             if isinstance(p, Impossible):
                 err = InsufficientMemory(
@@ -589,6 +594,7 @@ class Scheduler:
         if not paths:
             raise ModelNotFound(f"model {m.id!r} is not in the store; run `appliance pull {m.id}`")
         self._paths[m.id] = list(paths)
+        m.sha256 = None  # derived from the paths, which may name another file now
         return self._paths[m.id]
 
     def _sha256(self, m: _Model, paths: list[Path]) -> str:
@@ -689,6 +695,7 @@ class Scheduler:
                 f.set_result(None)
         m.state_waiters.clear()
         self._paths.pop(m.id, None)
+        m.sha256 = None
 
     def _remember_footprint(self, m: _Model, cfg: ModelConfig, paths: list[Path], p: Plan, before: list[Device]) -> None:
         if not (p.placement.device == "cpu" or p.placement.all_layers):
@@ -734,6 +741,8 @@ class Scheduler:
             m.runner, m.state, m.loaded_cfg, m.placement = None, "unloaded", None, None
             m.charges, m.mapped = {}, {}
             m.draining = m.unload_requested = False
+            if m.id not in self._paths:  # its settings changed while resident
+                m.sha256 = None
             for f in m.state_waiters:
                 if not f.done():
                     f.set_result(None)
