@@ -166,3 +166,21 @@ def test_state_and_model_paths(tmp_path: Path, tiny_gguf: Path) -> None:
     assert st.state == "verified" and st.paths == [store.blob_path(sha)]
     rec = store.record("m")
     assert rec and rec.bundle_signer is None and rec.blobs[0].size == tiny_gguf.stat().st_size
+
+
+@pytest.mark.parametrize("name", ["model.bin", "tiny-00001-of-00002.gguf"])
+def test_import_of_a_file_the_catalog_would_refuse_is_a_usage_error_and_stores_nothing(
+    name: str, tmp_path: Path, tiny_gguf: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    store = setup_store(tmp_path, monkeypatch)
+    models = tmp_path / "models.toml"
+    models.write_text("# mine\n")
+    bad = tmp_path / name
+    bad.write_bytes(tiny_gguf.read_bytes())
+    capsys.readouterr()
+    assert main(["import", str(bad), "--name", "tiny"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("appliance: error: ") and err.count("\n") == 1 and "Traceback" not in err
+    assert "source" in err
+    assert not any((store / "blobs").glob("*")) if (store / "blobs").exists() else True  # no orphan blob
+    assert models.read_text() == "# mine\n"

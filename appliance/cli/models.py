@@ -13,7 +13,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
 
-from ..config import Catalog, ModelConfig, Settings, load_settings
+from pydantic import ValidationError
+
+from ..config import Catalog, ModelConfig, Settings, _first_error, load_settings
 from ..errors import ApplianceError, UsageError
 from ..units import format_size
 
@@ -190,11 +192,19 @@ def cmd_import(args: argparse.Namespace) -> int:
         raise UsageError(f"not a file: {path}")
     if settings.catalog.resolve(args.name):
         raise UsageError(f"model {args.name!r} already exists in {settings.catalog.path}; choose another --name")
+    # The entry is checked before any byte is copied (a placeholder checksum stands in for the
+    # real one, so the single-file check applies): a refused entry leaves no orphan blob.
+    source = f"file://{path}"
+    try:
+        ModelConfig.model_validate({"source": source, "sha256": "0" * 64})
+    except ValidationError as e:
+        _, msg = _first_error(e)
+        raise UsageError(f"cannot import {path} as {args.name!r}: {msg}") from None
     store = _store(settings)
     store.check_disk(path.stat().st_size)
     with open(path, "rb") as f:
         sha = store.install_stream(f, None, what=str(path))
-    entry = {"source": f"file://{path}", "sha256": sha}
+    entry = {"source": source, "sha256": sha}
     cfg = ModelConfig.model_validate(entry)
     add_model_entry(settings.catalog, args.name, entry)
     store.new_record(args.name, cfg, [BlobRef(sha, path.stat().st_size, cfg.source)])
