@@ -223,6 +223,29 @@ async def test_context_limits(make_runner) -> None:
     assert finish == {0: "length"} and len(toks[0]) == 14  # exactly up to the configured context
 
 
+async def test_hopeless_string_prompt_is_refused_without_tokenizing(make_runner, monkeypatch) -> None:  # noqa: ANN001
+    """An 8 MiB prompt must not be tokenized on the event loop only to be refused."""
+    r = make_runner(context=64)
+    per_token = r.vocab.max_chars_per_token
+    assert per_token is not None and per_token >= 1  # SPM vocabulary: the bound applies
+    calls: list[int] = []
+    real = r.vocab.tokenize
+    monkeypatch.setattr(r.vocab, "tokenize", lambda text, *a, **kw: calls.append(len(text)) or real(text, *a, **kw))
+    with pytest.raises(ContextLengthExceeded) as e:
+        r.generate(GenerationRequest("x" * (8 << 20), SamplingParams()))
+    assert e.value.code == "context_length_exceeded" and e.value.param == "prompt"
+    with pytest.raises(ContextLengthExceeded):
+        r.generate(GenerationRequest("y" * (64 * per_token + 1), SamplingParams()))
+    assert calls == []  # refused before tokenizing
+    # At the bound, the prompt is tokenized (and refused only by its real token count).
+    with pytest.raises(ContextLengthExceeded):
+        r.generate(GenerationRequest("z " * (64 * per_token // 2), SamplingParams()))
+    assert calls == [64 * per_token]
+    g = r.generate(GenerationRequest("Hello", SamplingParams(max_tokens=2)))
+    await drain(g)
+    assert len(calls) == 2
+
+
 async def test_bad_inputs_are_refused_before_llama_cpp(make_runner) -> None:
     r = make_runner()
     n_vocab = r.vocab.n_vocab

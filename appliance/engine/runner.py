@@ -297,6 +297,7 @@ class Runner:
         p = req.params
         self._validate(p)
         if isinstance(req.prompt, str):
+            self._refuse_hopeless(req.prompt)
             prompt = self.vocab.tokenize(req.prompt, add_special=req.add_special, parse_special=True)
         else:
             prompt = [int(t) for t in req.prompt]
@@ -333,6 +334,19 @@ class Runner:
         job = _Job(gen=gen, prompt=prompt, params=p, max_tokens=max_tokens, samplers=samplers,
                    t_submit=time.monotonic())
         return job
+
+    def _refuse_hopeless(self, text: str) -> None:
+        """Refuse, without tokenizing, a string prompt too long to fit whatever it tokenizes to:
+        tokenizing megabytes runs on the event loop and would stall every stream. Safe: a prompt
+        that fits has fewer than `context` tokens, each covering at most `max_chars_per_token`
+        characters (see Vocab), so it has fewer than context * max_chars_per_token characters."""
+        per_token = self.vocab.max_chars_per_token
+        if per_token is not None and len(text) > self.context * per_token:
+            raise ContextLengthExceeded(
+                f"the prompt has {len(text)} characters, more than this model's context of "
+                f"{self.context} tokens can hold",
+                param="prompt",
+            )
 
     def render_chat(
         self,

@@ -11,6 +11,16 @@ import ctypes
 import llama_cpp as ll
 
 
+def _byte_level_chars() -> frozenset[str]:
+    """The 256 characters byte-level BPE vocabularies write bytes as (GPT-2's mapping)."""
+    keep = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    extra = [256 + i for i in range(256 - len(keep))]
+    return frozenset(map(chr, keep + extra))
+
+
+_BYTE_CHARS = _byte_level_chars()
+
+
 class Vocab:
     def __init__(self, model: ll.llama_model_p) -> None:
         self.model = model
@@ -22,6 +32,31 @@ class Vocab:
         self.eog_ids: list[int] = [t for t in range(self.n_vocab) if ll.llama_vocab_is_eog(self.vocab, t)]
         self._eog = frozenset(self.eog_ids)
         self._pieces: dict[int, bytes] = {}
+        self.max_chars_per_token: int | None = self._max_chars_per_token()
+
+    def _max_chars_per_token(self) -> int | None:
+        """At most how many characters of a prompt one token can stand for, or None when
+        unknown. Lets the engine refuse a prompt that cannot fit before tokenizing it.
+
+        Why this bounds it: SPM and byte-level BPE never drop input (SPM falls back to byte
+        tokens or fails; BPE with all 256 byte tokens always has one), and a token covers at
+        most as many characters as its vocabulary text has bytes (SPM writes a space as one
+        '▁'; BPE writes each input byte as one character; '<0xNN>' covers one byte; a special
+        token parsed from the prompt covers exactly its text). So a prompt of T tokens has at
+        most T * max(len(text bytes)) characters. WPM/UGM vocabularies drop or normalise
+        whitespace (many characters, no token): no bound, hence None."""
+        kind = ll.llama_vocab_type(self.vocab)
+        if kind not in (ll.LLAMA_VOCAB_TYPE_SPM, ll.LLAMA_VOCAB_TYPE_BPE):
+            return None
+        longest, single = 1, set()
+        for t in range(self.n_vocab):
+            text = ll.llama_vocab_get_text(self.vocab, t) or b""
+            longest = max(longest, len(text))
+            if kind == ll.LLAMA_VOCAB_TYPE_BPE and len(text) <= 2:
+                single.add(text.decode("utf-8", errors="replace"))
+        if kind == ll.LLAMA_VOCAB_TYPE_BPE and not _BYTE_CHARS <= single:
+            return None  # llama.cpp drops bytes it has no token for: no bound
+        return longest
 
     # --- metadata ----------------------------------------------------------------------
 
