@@ -82,7 +82,7 @@ def build_scheduler(settings: Settings, store: Any, clock: Clock) -> Any:
             return engine_loader(model_id, cfg, paths, placement)
 
     return Scheduler(settings.config, settings.catalog, store_paths=store.model_paths, loader=loader,
-                     hardware=detect(), clock=clock)
+                     hardware=detect(), clock=clock, config_path=settings.config_path)
 
 
 def _admin_routes_available() -> bool:

@@ -86,6 +86,7 @@ def make(
     layers: int = 10,
     real_sizes: dict[str, int] | None = None,
     footprints: Footprints | None = None,
+    config_path: str | None = None,
 ) -> Harness:
     """A scheduler over models named by `sizes` (bytes each), on fake GPUs of `gpus` bytes."""
     models = models or {}
@@ -135,6 +136,7 @@ def make(
         footprints=footprints if footprints is not None else Footprints(tmp_path / "store" / "footprints.json"),
         rss=lambda: 0,
         run_blocking=run_blocking,
+        config_path=config_path,
     )
     h = Harness(sched, clock, hw, est, real_sizes=dict(real_sizes or {}))
     return h

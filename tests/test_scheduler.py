@@ -641,3 +641,22 @@ async def test_a_removed_and_re_pulled_file_is_found_without_a_restart(tmp_path:
     h.est.sizes[f"sha256-{new}"] = 5 * GB
     await use(h, "a")
     assert h.state("a") == "loaded" and h.sched.status("a").sha256 == new
+
+
+async def test_budget_list_of_the_wrong_length_is_a_config_error_at_start(tmp_path: Path) -> None:
+    conf = str(tmp_path / "etc" / "appliance.toml")
+    h = make(tmp_path, {"a": 1 * GB}, gpus=(24 * GB, 24 * GB), memory={"budget": ["10GB"]}, config_path=conf)
+    with pytest.raises(ConfigError) as e:
+        await h.sched.start()  # no pinned model: nothing would be planned before a request
+    assert e.value.exit_code == 2 and e.value.file == conf and e.value.key == "memory.budget"
+    assert "2 GPU" in e.value.message and h.events == []
+
+
+async def test_gpu_index_past_the_last_gpu_is_a_config_error_at_start(tmp_path: Path) -> None:
+    h = make(tmp_path, {"a": 1 * GB, "b": 1 * GB}, gpus=(24 * GB,), models={"b": {"gpu": 1}})
+    with pytest.raises(ConfigError) as e:
+        await h.sched.start()
+    assert e.value.exit_code == 2 and e.value.key == "b.gpu" and e.value.file == str(tmp_path / "models.toml")
+    assert "GPU 1 does not exist" in e.value.message and h.events == []
+    ok = make(tmp_path, {"a": 1 * GB}, gpus=(24 * GB, 24 * GB), models={"a": {"gpu": 1}}, memory={"budget": ["10GB", "10GB"]})
+    await ok.sched.start()  # a valid index and a list of the right length pass

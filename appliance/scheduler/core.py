@@ -174,8 +174,11 @@ class Scheduler:
         rss: Callable[[], int] | None = None,
         run_blocking: Callable[..., Awaitable[Any]] | None = None,
         events: SchedulerEvents | None = None,
+        config_path: str | Path | None = None,
     ) -> None:
         self.config = config
+        # Named in config errors (memory.budget lives there); None: no file, defaults only.
+        self._config_file = str(config_path) if config_path is not None else "appliance.toml"
         self.catalog = catalog
         self._store_paths = store_paths
         self._loader = loader
@@ -199,7 +202,9 @@ class Scheduler:
     # --- public API -------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Check that the pinned models fit together (else ConfigError), then load them."""
+        """Check the config against this machine's devices and that the pinned models fit
+        together (else ConfigError, exit 2), then load them."""
+        self._check_devices()
         pinned = [m for m in self._models.values() if m.cfg.pinned]
         self._check_pinned_fit(pinned)
         for m in pinned:
@@ -516,7 +521,19 @@ class Scheduler:
     # --- planning -------------------------------------------------------------------------
 
     def _budgets(self, devices: list[Device]) -> list[int | None]:
-        return fixed_budgets(devices, self.config.memory)
+        return fixed_budgets(devices, self.config.memory, self._config_file)
+
+    def _check_devices(self) -> None:
+        """A budget list of the wrong length or a `gpu` index past the last GPU is a config
+        error, found once at start rather than as a failure of every request that loads."""
+        devices = self._hw.devices()
+        self._budgets(devices)
+        if not devices or devices[0].kind == "cpu":
+            return  # RAM only: `gpu` is ignored
+        for m in self._models.values():
+            gpu = m.cfg.gpu
+            if isinstance(gpu, int) and not isinstance(gpu, bool) and gpu >= len(devices):
+                raise self._gpu_error(m)(gpu, len(devices))
 
     def _residents(self, target: _Model, now: float) -> list[Resident]:
         swap = self.config.queue.swap_after
