@@ -13,13 +13,14 @@ import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, Literal, Mapping
+from typing import Annotated, Any, Callable, Literal, Mapping
 
 from pydantic import (
     BaseModel,
     BeforeValidator,
     ConfigDict,
     Field,
+    Strict,
     ValidationError,
     ValidationInfo,
     field_validator,
@@ -37,6 +38,8 @@ SYSTEM_DIR = Path("/etc/appliance")
 Size = Annotated[int, BeforeValidator(parse_size)]
 Duration = Annotated[float, BeforeValidator(parse_duration)]
 KeepAlive = Annotated[float, BeforeValidator(lambda v: parse_duration(v, allow_forever=True))]
+# TOML has no path type: a path is a string in the file (strict mode would want a Path object).
+FilePath = Annotated[Path, Strict(False)]
 
 SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 SHARD_RE = re.compile(r"-(\d{5})-of-(\d{5})\.gguf$")
@@ -56,7 +59,10 @@ def default_store_path() -> Path:
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    """Unknown keys and wrong TOML types are errors: `pinned = "yes"`, `context = "4096"` or
+    `port = 8000.0` would otherwise be coerced silently by pydantic's lax mode."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
 
 # --- appliance.toml ---------------------------------------------------------------------
@@ -65,8 +71,8 @@ class _Strict(BaseModel):
 class ServerConfig(_Strict):
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
-    tls_cert: Path | None = None
-    tls_key: Path | None = None
+    tls_cert: FilePath | None = None
+    tls_key: FilePath | None = None
     max_body_bytes: Size = 8 * 1024**2
     cors_origins: list[str] = []
     metrics_public: bool = False
@@ -81,7 +87,7 @@ class ServerConfig(_Strict):
 
 
 class StoreConfig(_Strict):
-    path: Path = Field(default_factory=default_store_path)
+    path: FilePath = Field(default_factory=default_store_path)
     verify_on_load: bool = False
 
     @field_validator("path", mode="after")
@@ -108,7 +114,7 @@ class QueueConfig(_Strict):
 
 
 class AuthConfig(_Strict):
-    keys_file: Path | None = None
+    keys_file: FilePath | None = None
 
 
 class ApplianceConfig(_Strict):
@@ -274,22 +280,30 @@ def _is_union_tag(part: object) -> bool:
     )
 
 
-ENV_OVERRIDES = {
-    "APPLIANCE_HOST": ("server", "host"),
-    "APPLIANCE_PORT": ("server", "port"),
-    "APPLIANCE_STORE": ("store", "path"),
+def _env_int(var: str, value: str) -> int:
+    """Environment values are strings; the typed config takes only a real int for a port."""
+    try:
+        return int(value.strip())
+    except ValueError:
+        raise ConfigError(f"environment {var}", "server.port", f"not an integer: {value!r}") from None
+
+
+ENV_OVERRIDES: dict[str, tuple[str, str, Callable[[str, str], object]]] = {
+    "APPLIANCE_HOST": ("server", "host", lambda _var, v: v),
+    "APPLIANCE_PORT": ("server", "port", _env_int),
+    "APPLIANCE_STORE": ("store", "path", lambda _var, v: v),
 }
 
 
 def load_config(path: Path | None, env: Mapping[str, str]) -> tuple[ApplianceConfig, dict[str, str]]:
     raw: dict[str, Any] = _read_toml(path) if path else {}
     applied: dict[str, str] = {}
-    for var, (section, key) in ENV_OVERRIDES.items():
+    for var, (section, key, convert) in ENV_OVERRIDES.items():
         if env.get(var):
             sect = raw.setdefault(section, {})
             if not isinstance(sect, dict):
                 break  # the file's own error is reported below
-            sect[key] = env[var]
+            sect[key] = convert(var, env[var])
             applied[f"{section}.{key}"] = var
     try:
         return ApplianceConfig.model_validate(raw), applied

@@ -49,6 +49,10 @@ BAD_MODELS = [
     ('[m]\nsource = "hf://o/r/m.gguf"\nsha256 = "ABC"\n', "m.sha256", "not a sha256"),
     ('[m]\nsource = "hf://o/r/m.gguf"\ngpu_layers = "some"\n', "m.gpu_layers", ""),
     ('m = 3\n', "m", "must be a table"),
+    # wrong TOML types are refused, not coerced (pydantic's lax mode would take these)
+    ('[m]\nsource = "hf://o/r/m.gguf"\npinned = "yes"\n', "m.pinned", "boolean"),
+    ('[m]\nsource = "hf://o/r/m.gguf"\ncontext = "4096"\n', "m.context", "integer"),
+    ('[m]\nsource = "hf://o/r/m.gguf"\nparallel = 2.0\n', "m.parallel", "integer"),
     ('[m]\nsource = \n', "", "invalid TOML"),
 ]
 
@@ -78,6 +82,10 @@ BAD_CONFIG = [
     ('[queue]\nswap_after = "3m"\n', "queue", "swap_after must be shorter than max_wait"),
     ('[server]\ntls_cert = "/c.pem"\n', "server", "together"),
     ('[nope]\nx = 1\n', "nope", "unknown key"),
+    ('[server]\nport = 8000.0\n', "server.port", "integer"),
+    ('[server]\nport = "8000"\n', "server.port", "integer"),
+    ('[server]\nmetrics_public = "yes"\n', "server.metrics_public", "boolean"),
+    ('[store]\nverify_on_load = 1\n', "store.verify_on_load", "boolean"),
 ]
 
 
@@ -116,6 +124,15 @@ def test_env_override_error_names_the_variable(monkeypatch: pytest.MonkeyPatch) 
     with pytest.raises(Exception) as e:
         load_settings()
     assert "environment APPLIANCE_PORT: server.port" in str(e.value)
+
+
+def test_env_port_is_converted_to_an_int(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("APPLIANCE_PORT", "8123")
+    assert load_settings().config.server.port == 8123
+    monkeypatch.setenv("APPLIANCE_PORT", "80.5")
+    with pytest.raises(Exception) as e:
+        load_settings()
+    assert "environment APPLIANCE_PORT: server.port" in str(e.value) and "80.5" in str(e.value)
 
 
 # --- search order --------------------------------------------------------------------------
