@@ -59,39 +59,33 @@ async def completions(request: web.Request) -> web.StreamResponse:
             try:
                 started = [False] * n
                 try:
-                    d = await next_delta(gen)
+                    d = await next_delta(gen)  # before any header: early failures are real HTTP errors
+                    if body.stream and sse is None:
+                        sse = SSEStream(request)
+                        await sse.open()
+                    while d is not None:
+                        i = pi * n + d.index
+                        text = d.text
+                        if echo and not started[d.index]:
+                            text = echo + text
+                        started[d.index] = True
+                        if sse is not None:
+                            lp = completion_logprobs(d.logprobs, len(texts[i])) if want_lp else None
+                            if text or lp:
+                                await sse.send(chunk(i, text, None, lp))
+                            if d.finish_reason:
+                                await sse.send(chunk(i, "", d.finish_reason, None))
+                        texts[i] += text
+                        lps[i].extend(d.logprobs)
+                        if d.finish_reason:
+                            finishes[i] = d.finish_reason
+                        d = await next_delta(gen)
                 except ApplianceError as e:
                     if sse is None:
                         raise
+                    info["error_code"] = e.code
                     await sse.error(e)
                     return sse.response
-                if body.stream and sse is None:
-                    sse = SSEStream(request)
-                    await sse.open()
-                while d is not None:
-                    i = pi * n + d.index
-                    text = d.text
-                    if echo and not started[d.index]:
-                        text = echo + text
-                    started[d.index] = True
-                    if body.stream:
-                        assert sse is not None
-                        lp = completion_logprobs(d.logprobs, len(texts[i])) if want_lp else None
-                        if text or lp:
-                            await sse.send(chunk(i, text, None, lp))
-                        if d.finish_reason:
-                            await sse.send(chunk(i, "", d.finish_reason, None))
-                    texts[i] += text
-                    lps[i].extend(d.logprobs)
-                    if d.finish_reason:
-                        finishes[i] = d.finish_reason
-                    try:
-                        d = await next_delta(gen)
-                    except ApplianceError as e:
-                        if sse is None:
-                            raise
-                        await sse.error(e)
-                        return sse.response
             finally:
                 await close(gen)
             note_usage(info, gen.usage)
