@@ -83,9 +83,7 @@ async def completions(request: web.Request) -> web.StreamResponse:
                 except ApplianceError as e:
                     if sse is None:
                         raise
-                    info["error_code"] = e.code
-                    await sse.error(e)
-                    return sse.response
+                    return await sse.error(e)
             finally:
                 await close(gen)
             note_usage(info, gen.usage)

@@ -9,6 +9,7 @@ from aiohttp import web
 
 from ..errors import ApplianceError
 from .errors import error_payload
+from .state import request_info
 
 
 class SSEStream:
@@ -33,10 +34,13 @@ class SSEStream:
         data = json.dumps(obj, ensure_ascii=False, separators=(",", ":"))
         await self.response.write(b"data: " + data.encode("utf-8") + b"\n\n")
 
-    async def error(self, exc: ApplianceError) -> None:
-        """A failure after streaming began: one error event, then the stream ends."""
+    async def error(self, exc: ApplianceError) -> web.StreamResponse:
+        """A failure after streaming began: recorded for the request's log line (as the error
+        middleware does for plain HTTP errors), one error event, then the stream ends."""
+        request_info(self.request)["error_code"] = exc.code
         await self.send(error_payload(exc))
         await self.response.write_eof()
+        return self.response
 
     async def done(self) -> None:
         await self.response.write(b"data: [DONE]\n\n")
