@@ -80,18 +80,15 @@ class Served:
         self.proc, self.url, self.notify, self.env, self.cwd = proc, url, notify, env, cwd
 
     def get(self, path: str, token: str | None = None) -> tuple[int, dict[str, str], bytes]:
-        req = urllib.request.Request(self.url + path)
-        if token:
-            req.add_header("Authorization", f"Bearer {token}")
-        try:
-            with urllib.request.urlopen(req, timeout=SAFETY_S) as r:
-                return r.status, dict(r.headers), r.read()
-        except urllib.error.HTTPError as e:
-            return e.code, dict(e.headers), e.read()
+        return self._send(urllib.request.Request(self.url + path), token)
 
     def post(self, path: str, body: dict, token: str | None = None) -> tuple[int, dict[str, str], bytes]:
         req = urllib.request.Request(self.url + path, data=json.dumps(body).encode(), method="POST")
         req.add_header("Content-Type", "application/json")
+        return self._send(req, token)
+
+    @staticmethod
+    def _send(req: urllib.request.Request, token: str | None) -> tuple[int, dict[str, str], bytes]:
         if token:
             req.add_header("Authorization", f"Bearer {token}")
         try:
