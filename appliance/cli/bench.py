@@ -1,9 +1,8 @@
-"""`appliance bench`: load-test a running server and compare it with a peer.
+"""`appliance bench`: closed-loop load against running servers, or a side-by-side run that
+starts the appliance and its peers itself (`--compare`).
 
-Streams the same greedy requests at each concurrency level to `--url` and, if given,
-`--peer` (e.g. llama-server with flags pinned to ours, see docs/bench.md), then prints
-aggregate tokens/s, the ratio, and TTFT per level. The measuring is in appliance/benchmark.py;
-this module parses flags and formats. Exit 1 when any request failed (first error printed).
+The measuring is in appliance/bench/; this module parses flags, wires the pieces together and
+prints. Exit 1 when any measured request failed (first error printed), 2 for bad flags.
 """
 
 from __future__ import annotations
@@ -12,40 +11,72 @@ import argparse
 import asyncio
 import json
 import os
+import platform
+import tempfile
+from pathlib import Path
+from typing import Any
 
 from yarl import URL
 
-from ..benchmark import BenchResult, LevelResult, Target, Workload, eog_token_ids, run_bench
 from ..errors import BenchError, UsageError
+
+SCENARIOS = ("schema", "overload", "swap")
 
 
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
     p = sub.add_parser(
-        "bench", help="load-test a running appliance (or any OpenAI-compatible URL), optionally against a peer",
-        description="Streams greedy requests at each concurrency level and reports generated tokens/s and TTFT.",
+        "bench", help="load-test servers over HTTP; --compare starts the appliance and its peers side by side",
+        description="Closed-loop streaming clients at each concurrency level: aggregate tok/s, requests/s, "
+                    "TTFT and inter-token latency p50/p95, errors.",
     )
-    p.add_argument("--url", required=True, help="server under test, e.g. http://127.0.0.1:8000")
-    p.add_argument("--api-key", default=os.environ.get("APPLIANCE_API_KEY"), metavar="KEY",
-                   help="bearer token for --url (default: $APPLIANCE_API_KEY)")
-    p.add_argument("--model", metavar="ID", help="model id at --url (default: the only one it lists)")
-    p.add_argument("--peer", metavar="URL", help="server to compare with, same requests")
-    p.add_argument("--peer-api-key", metavar="KEY", help="bearer token for --peer")
-    p.add_argument("--peer-model", metavar="ID", help="model id at --peer (default: the only one it lists)")
-    p.add_argument("--concurrency", default="1,4,16", metavar="C,C,...", help="streams in flight per level (default: 1,4,16)")
-    p.add_argument("--requests-per-level", type=int, metavar="N",
-                   help="requests per level (default: 2 x concurrency, at least 4)")
-    p.add_argument("--max-tokens", type=int, default=128, metavar="N", help="tokens per request (default: 128)")
-    g = p.add_mutually_exclusive_group()
+    where = p.add_argument_group("servers (either --url, or --compare with --model-file)")
+    where.add_argument("--url", help="a running server under test, e.g. http://127.0.0.1:8000")
+    where.add_argument("--api-key", default=os.environ.get("APPLIANCE_API_KEY"), metavar="KEY",
+                       help="bearer token for --url (default: $APPLIANCE_API_KEY)")
+    where.add_argument("--model", metavar="ID", help="model id at --url (default: the only one it lists)")
+    where.add_argument("--peer", metavar="URL", help="a running server to compare with, same requests")
+    where.add_argument("--peer-api-key", metavar="KEY", help="bearer token for --peer")
+    where.add_argument("--peer-model", metavar="ID", help="model id at --peer (default: the only one it lists)")
+    where.add_argument("--compare", metavar="KIND,...",
+                       help="start the appliance and these peers on --model-file: llama-server, "
+                            "llama-server-np1, llama-cpp-python (comma-separated; may be empty: '')")
+    pinned = p.add_argument_group("settings every started server is pinned to (--compare)")
+    pinned.add_argument("--context", type=int, default=2048, help="tokens per slot (default: 2048)")
+    pinned.add_argument("--parallel", type=int, default=16, help="slots (default: 16)")
+    pinned.add_argument("--gpu-layers", default="all", help='"all" or a number (default: all)')
+    pinned.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="CPU threads (default: all cores)")
+    pinned.add_argument("--max-waiting", type=int, default=16, help="the appliance's queue.max_waiting (default: 16)")
+    pinned.add_argument("--llama-server", metavar="PATH", help="llama-server binary (default: on PATH)")
+    pinned.add_argument("--llama-bench", metavar="PATH", help="llama-bench binary: adds its single-stream decode as the ceiling")
+    pinned.add_argument("--workdir", metavar="DIR", help="configs, store and server logs (default: a new temporary directory)")
+    load = p.add_argument_group("load")
+    load.add_argument("--concurrency", default="1,4,16", metavar="C,C,...", help="clients per level (default: 1,4,16)")
+    load.add_argument("--requests-per-client", type=int, default=2, metavar="N",
+                      help="requests each client sends per run, one after another (default: 2)")
+    load.add_argument("--repeat", type=int, default=1, metavar="R",
+                      help="runs per level and server, the servers taking turns (default: 1)")
+    load.add_argument("--max-tokens", type=int, default=128, metavar="N", help="tokens per request (default: 128)")
+    g = load.add_mutually_exclusive_group()
     g.add_argument("--prompt", metavar="TEXT", help="the same prompt for every request")
     g.add_argument("--prompt-tokens", type=int, metavar="N",
                    help="prompts of about N tokens (default: a short distinct prompt per request)")
-    p.add_argument("--ban-tokens", default="", metavar="ID,ID,...",
-                   help="token ids given a logit_bias of -100 on both servers")
-    p.add_argument("--model-file", metavar="PATH.gguf",
-                   help="ban this GGUF's end-of-generation tokens (fixed lengths on random-weight models)")
-    p.add_argument("--endpoint", choices=["completions", "chat"], default="completions",
-                   help="/v1/completions or /v1/chat/completions (default: completions)")
-    p.add_argument("--json", action="store_true", help="print the results as JSON instead of a table")
+    load.add_argument("--ban-tokens", default="", metavar="ID,ID,...",
+                      help="token ids given a logit_bias of -100 on every server")
+    load.add_argument("--model-file", metavar="PATH.gguf",
+                      help="the model; its end-of-generation tokens are banned (fixed lengths on random-weight models)")
+    load.add_argument("--endpoint", choices=["completions", "chat"], default="completions",
+                      help="/v1/completions or /v1/chat/completions (default: completions)")
+    extra = p.add_argument_group("scenarios, against the first server")
+    extra.add_argument("--scenarios", default="", metavar="NAME,...",
+                       help="schema (one json_schema stream among plain ones), overload (clients against "
+                            "max_waiting), swap (unload, then first token; needs an admin key)")
+    extra.add_argument("--schema-concurrency", type=int, default=16, metavar="C", help="streams in the schema mix (default: 16)")
+    extra.add_argument("--overload-clients", type=int, default=64, metavar="C", help="clients in the overload run (default: 64)")
+    extra.add_argument("--swap-trials", type=int, default=3, metavar="N", help="unload/request rounds (default: 3)")
+    out = p.add_argument_group("output")
+    out.add_argument("--json", action="store_true", help="print the results as JSON instead of a table")
+    out.add_argument("--json-out", metavar="FILE", help="also write the JSON (per request) to FILE")
+    out.add_argument("--plot", metavar="FILE.png", help="write tok/s and TTFT vs concurrency per server (needs matplotlib)")
     p.set_defaults(func=bench)
 
 
@@ -59,6 +90,14 @@ def _int_list(flag: str, text: str, minimum: int) -> list[int]:
     return values
 
 
+def _names(flag: str, text: str | None, allowed: tuple[str, ...]) -> list[str]:
+    names = [x.strip() for x in (text or "").split(",") if x.strip()]
+    bad = [n for n in names if n not in allowed]
+    if bad:
+        raise UsageError(f"{flag} {bad[0]!r}: expected one of {', '.join(allowed)}")
+    return names
+
+
 def _url(flag: str, text: str) -> str:
     """An absolute http(s) URL, else a usage error (aiohttp's own message for 'host:port' is cryptic)."""
     u = URL(text)
@@ -67,11 +106,16 @@ def _url(flag: str, text: str) -> str:
     return text
 
 
-def _workload(args: argparse.Namespace) -> Workload:
-    if args.max_tokens < 1:
-        raise UsageError("--max-tokens must be at least 1")
-    if args.prompt_tokens is not None and args.prompt_tokens < 1:
-        raise UsageError("--prompt-tokens must be at least 1")
+def _positive(args: argparse.Namespace, *names: str) -> None:
+    for name in names:
+        v = getattr(args, name)
+        if v is not None and v < 1:
+            raise UsageError(f"--{name.replace('_', '-')} must be at least 1")
+
+
+def _workload(args: argparse.Namespace) -> Any:
+    from ..bench.load import Workload, eog_token_ids
+
     if args.prompt is not None and not args.prompt:
         raise UsageError("--prompt must not be empty")
     banned = set(_int_list("--ban-tokens", args.ban_tokens, 0))
@@ -81,91 +125,175 @@ def _workload(args: argparse.Namespace) -> Workload:
                     prompt_tokens=args.prompt_tokens, banned=tuple(sorted(banned)))
 
 
-def _ms(v: float | None) -> str:
-    return "-" if v is None else f"{v * 1000:.0f}"
+def _settings(args: argparse.Namespace) -> Any:
+    from ..bench.servers import Settings
 
-
-def _rate(v: float | None) -> str:
-    return "-" if v is None else f"{v:.1f}"
-
-
-class _Table:
-    """Rows printed as each level finishes (a long run shows progress)."""
-
-    def __init__(self, peer: bool) -> None:
-        self.peer = peer
-        if peer:
-            self.cols = [("conc", 4), ("ours tok/s", 10), ("peer tok/s", 10), ("ratio", 5),
-                         ("TTFT p50 ms ours/peer", 21), ("TTFT p95 ms ours/peer", 21),
-                         ("stream tok/s ours/peer", 22), ("errors", 6)]
-        else:
-            self.cols = [("conc", 4), ("tok/s", 10), ("TTFT p50 ms", 11), ("TTFT p95 ms", 11),
-                         ("stream tok/s", 12), ("errors", 6)]
-
-    def header(self) -> str:
-        return " | ".join(name.rjust(w) for name, w in self.cols)
-
-    def row(self, level: dict[str, LevelResult]) -> str:
-        o = level["ours"]
-        if self.peer:
-            q = level["peer"]
-            ratio = f"{o.tokens_per_s / q.tokens_per_s:.2f}" if q.tokens_per_s > 0 else "-"
-            cells = [str(o.concurrency), _rate(o.tokens_per_s), _rate(q.tokens_per_s), ratio,
-                     f"{_ms(o.ttft_p50_s)}/{_ms(q.ttft_p50_s)}", f"{_ms(o.ttft_p95_s)}/{_ms(q.ttft_p95_s)}",
-                     f"{_rate(o.decode_tokens_per_s_mean)}/{_rate(q.decode_tokens_per_s_mean)}",
-                     f"{o.errors}/{q.errors}"]
-        else:
-            cells = [str(o.concurrency), _rate(o.tokens_per_s), _ms(o.ttft_p50_s), _ms(o.ttft_p95_s),
-                     _rate(o.decode_tokens_per_s_mean), str(o.errors)]
-        return " | ".join(c.rjust(w) for c, (_, w) in zip(cells, self.cols))
+    if not args.model_file:
+        raise UsageError("--compare needs --model-file (the GGUF every server loads)")
+    if args.gpu_layers == "all":
+        layers = None
+    else:
+        try:
+            layers = int(args.gpu_layers)
+        except ValueError:
+            raise UsageError(f'--gpu-layers {args.gpu_layers!r}: expected "all" or a number') from None
+    return Settings(model=Path(args.model_file).resolve(), context=args.context, parallel=args.parallel,
+                    gpu_layers=layers, threads=args.threads, max_waiting=args.max_waiting)
 
 
 def bench(args: argparse.Namespace) -> int:
     levels = _int_list("--concurrency", args.concurrency, 1)
     if not levels:
         raise UsageError("--concurrency: give at least one level")
-    if args.requests_per_level is not None and args.requests_per_level < 1:
-        raise UsageError("--requests-per-level must be at least 1")
+    _positive(args, "requests_per_client", "repeat", "max_tokens", "prompt_tokens", "context", "parallel",
+              "threads", "max_waiting", "schema_concurrency", "overload_clients", "swap_trials")
+    scenarios = _names("--scenarios", args.scenarios, SCENARIOS)
+    if args.compare is None and not args.url:
+        raise UsageError("give --url (a running server) or --compare (start the servers; with --model-file)")
+    if args.compare is not None and (args.url or args.peer):
+        raise UsageError("--compare starts its own servers: drop --url/--peer")
+    kinds = _names("--compare", args.compare, ("llama-server", "llama-server-np1", "llama-cpp-python"))
+    settings = _settings(args) if args.compare is not None else None
+    if args.llama_bench and settings is None:
+        raise UsageError("--llama-bench needs --compare and --model-file")
     workload = _workload(args)
-    targets = [Target("ours", _url("--url", args.url), args.api_key, args.model)]
-    if args.peer:
-        targets.append(Target("peer", _url("--peer", args.peer), args.peer_api_key, args.peer_model))
+    return asyncio.run(_main(args, levels, workload, settings, kinds, scenarios))
 
-    table = _Table(peer=bool(args.peer))
-    printed_header = False
 
-    def on_level(level: dict[str, LevelResult], models: dict[str, str]) -> None:
-        nonlocal printed_header
-        if args.json:
+class _Printer:
+    """Rows as each level finishes (a long run shows progress); nothing with --json."""
+
+    def __init__(self, quiet: bool) -> None:
+        self.quiet = quiet
+        self.started = False
+
+    def __call__(self, level: dict[str, Any], models: dict[str, str]) -> None:
+        from ..bench import report
+
+        if self.quiet:
             return
-        if not printed_header:
+        if not self.started:
             print("models: " + "; ".join(f"{k} {v}" for k, v in models.items()), flush=True)
-            print(table.header(), flush=True)
-            printed_header = True
-        print(table.row(level), flush=True)
+            print(report.header(), flush=True)
+            self.started = True
+        for line in report.rows(level):
+            print(line, flush=True)
 
-    if not args.json:
-        print(_preamble(targets, workload, levels, args.requests_per_level), flush=True)
-    result = asyncio.run(run_bench(targets, workload, levels, args.requests_per_level, on_level=on_level))
+    def line(self, text: str) -> None:
+        if not self.quiet:
+            print(text, flush=True)
+
+
+async def _main(args: argparse.Namespace, levels: list[int], workload: Any, settings: Any,
+                kinds: list[str], scenarios: list[str]) -> int:
+    from ..bench import load, report, servers
+
+    printer = _Printer(args.json)
+    printer.line(_preamble(workload, levels, args))
+    if settings is None:
+        targets = [load.Target("ours", _url("--url", args.url), args.api_key, args.model)]
+        if args.peer:
+            targets.append(load.Target("peer", _url("--peer", args.peer), args.peer_api_key, args.peer_model))
+        result = await load.run_bench(targets, workload, levels, args.requests_per_client, args.repeat, on_level=printer)
+        result.extra.update(await _scenarios(args, result, scenarios, None, printer))
+    else:
+        workdir = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="appliance-bench-"))
+        specs = [servers.spec_for(k, settings, workdir, args.llama_server) for k in ["appliance", *kinds]]
+        printer.line(f"work directory (configs, store, logs): {workdir}")
+        async with servers.running(specs, workdir / "logs"):
+            result = await load.run_bench([s.target() for s in specs], workload, levels,
+                                          args.requests_per_client, args.repeat, on_level=printer)
+            result.extra.update(await _scenarios(args, result, scenarios, settings, printer))
+        if args.llama_bench:
+            from ..bench import ceiling
+
+            result.extra["ceiling"] = await ceiling.run(args.llama_bench, settings, workload.max_tokens,
+                                                        workdir / "logs" / "llama-bench.log")
+        if "swap" in scenarios:
+            from ..bench.scenarios import bare_load, swap_verdict
+
+            swap = result.extra["hot_swap"]
+            swap["bare"] = await bare_load(settings)
+            swap["verdict"] = swap_verdict(swap, swap["bare"])
+        result.extra["settings_pinned"] = settings.describe()
+    result.extra["machine"] = _machine()
+    for line in report.scenarios(result.extra):
+        printer.line(line)
+    doc = result.to_dict()
+    if args.json_out:
+        Path(args.json_out).write_text(json.dumps(doc, indent=2) + "\n")
     if args.json:
-        print(json.dumps(result.to_dict(), indent=2))
+        print(json.dumps(result.to_dict(per_request=False), indent=2))
+    if args.plot:
+        from ..bench.plot import write_png
+
+        printer.line(f"plot: {write_png(result, Path(args.plot))}")
     return _verdict(result)
 
 
-def _preamble(targets: list[Target], w: Workload, levels: list[int], n: int | None) -> str:
-    per = str(n) if n else "2 x concurrency (at least 4)"
+async def _scenarios(args: argparse.Namespace, result: Any, names: list[str], settings: Any,
+                     printer: _Printer) -> dict[str, Any]:
+    from ..bench import scenarios
+    from ..bench.load import client_session
+
+    first = result.targets[0]
+    model = result.models[first.name]
+    out: dict[str, Any] = {}
+    async with client_session() as session:
+        if "schema" in names:
+            printer.line(f"scenario: json_schema mix at {args.schema_concurrency} streams ...")
+            out["schema_mix"] = await scenarios.schema_mix(session, first, model, result.workload,
+                                                           args.schema_concurrency, args.requests_per_client)
+        if "overload" in names:
+            printer.line(f"scenario: overload, {args.overload_clients} clients ...")
+            out["overload"] = await scenarios.overload(session, first, model, result.workload,
+                                                       args.overload_clients, args.requests_per_client)
+        if "swap" in names:
+            printer.line(f"scenario: hot swap, {args.swap_trials} unload/request rounds ...")
+            out["hot_swap"] = await scenarios.hot_swap(session, first, model, result.workload, args.swap_trials)
+    return out
+
+
+def _machine() -> dict[str, Any]:
+    """Where the figures came from: CPU, cores, GPU (when NVML sees one), llama-cpp-python."""
+    info: dict[str, Any] = {"platform": platform.platform(), "cpus": os.cpu_count()}
+    try:
+        with open("/proc/cpuinfo") as f:
+            info["cpu"] = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), None)
+    except OSError:
+        pass
+    try:
+        from importlib.metadata import version
+
+        info["llama_cpp_python"] = version("llama-cpp-python")
+    except Exception:  # noqa: BLE001  (informational only)
+        pass
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        info["gpus"] = [pynvml.nvmlDeviceGetName(pynvml.nvmlDeviceGetHandleByIndex(i))
+                        for i in range(pynvml.nvmlDeviceGetCount())]
+    except Exception:  # noqa: BLE001  (no NVIDIA driver: a CPU or Metal machine)
+        info["gpus"] = []
+    return info
+
+
+def _preamble(w: Any, levels: list[int], args: argparse.Namespace) -> str:
     banned = ",".join(map(str, w.banned)) if w.banned else "none"
     prompt = "fixed" if w.prompt is not None else (f"~{w.prompt_tokens} tokens" if w.prompt_tokens else "short")
-    servers = "; ".join(f"{t.name} {t.base}" for t in targets)
-    return (f"{servers}\n/v1/{'chat/completions' if w.endpoint == 'chat' else 'completions'}, stream, "
-            f"temperature 0, max_tokens {w.max_tokens}, prompt {prompt}, banned tokens {banned}, "
-            f"levels {','.join(map(str, levels))}, requests per level {per}")
+    return (f"/v1/{'chat/completions' if w.endpoint == 'chat' else 'completions'}, stream, temperature 0, "
+            f"max_tokens {w.max_tokens}, prompt {prompt}, banned tokens {banned}, levels "
+            f"{','.join(map(str, levels))}, {args.requests_per_client} requests per client, {args.repeat} run(s) per level")
 
 
-def _verdict(result: BenchResult) -> int:
+def _verdict(result: Any) -> int:
     first = result.first_error
     if first is not None:
         name, message = first
         url = next(t.base for t in result.targets if t.name == name)
         raise BenchError(f"{name} {url}: {message}")
+    over = result.extra.get("overload")
+    if over and over["server_errors_5xx"]:
+        raise BenchError(f"overload: {over['server_errors_5xx']} requests got a 5xx: {over['first_other_error']}")
     return 0

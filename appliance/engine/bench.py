@@ -57,20 +57,11 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     streams = [int(s) for s in args.streams.split(",") if s]
 
-    import llama_cpp.llama_cpp as llcpp
     from llama_cpp import Llama
 
-    from .cpufeatures import extra_buffers_safe
+    from .cpufeatures import match_in_llama_cpp_python
 
-    if not extra_buffers_safe():  # same model params for Llama as for our runner (see cpufeatures)
-        default_params = llcpp.llama_model_default_params
-
-        def _params():  # type: ignore[no-untyped-def]
-            p = default_params()
-            p.use_extra_bufts = False
-            return p
-
-        llcpp.llama_model_default_params = _params
+    match_in_llama_cpp_python()  # same model params for Llama as for our runner (see cpufeatures)
 
     cfg = ModelConfig(source=f"file://{args.model.absolute()}", context=args.context, parallel=max(streams))
     runner = Runner([args.model], cfg, model_id="bench", n_threads=args.threads)

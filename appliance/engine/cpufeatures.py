@@ -32,3 +32,23 @@ def has_amx() -> bool:
 def extra_buffers_safe() -> bool:
     """Whether to let llama.cpp use its extra CPU buffer types (weight repacking, AMX)."""
     return not has_amx()
+
+
+def match_in_llama_cpp_python() -> None:
+    """Make llama-cpp-python's own `Llama` (and so its server) load models with the same
+    buffer types as our runner, so side-by-side figures compare like with like."""
+    if extra_buffers_safe():
+        return
+    import llama_cpp.llama_cpp as llcpp
+
+    default_params = llcpp.llama_model_default_params
+    if getattr(default_params, "_appliance_patched", False):
+        return
+
+    def params():  # type: ignore[no-untyped-def]
+        p = default_params()
+        p.use_extra_bufts = False
+        return p
+
+    params._appliance_patched = True  # type: ignore[attr-defined]
+    llcpp.llama_model_default_params = params

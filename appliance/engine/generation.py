@@ -1,7 +1,8 @@
 """The asyncio side of one request: deltas arrive from the runner's thread into a queue.
 
-The runner's thread never blocks on a consumer: it hands batches of deltas to the event
-loop with `call_soon_threadsafe`. The consumer going away (breaking out of `async for`,
+The runner's thread never blocks on a consumer: it hands each step's deltas, for every
+stream at once, to the event loop with one `call_soon_threadsafe` (`post_many`): one wake-up
+of the loop per step rather than one per stream. The consumer going away (breaking out of `async for`,
 `aclose()`, task cancellation, garbage collection) cancels the request; the runner frees
 its slots at its next step.
 """
@@ -35,14 +36,8 @@ class Generation:
 
     # --- called from the runner's thread ---------------------------------------------------
 
-    def _post(self, items: list[object]) -> None:
-        """Thread-safe: queue deltas (and possibly an exception or the end) for the consumer."""
-        try:
-            self._loop.call_soon_threadsafe(self._put, items)
-        except RuntimeError:  # the event loop is closed: nobody is listening any more
-            pass
-
     def _put(self, items: list[object]) -> None:
+        """On the loop: queue deltas (and possibly an exception or the end) for the consumer."""
         for it in items:
             if isinstance(it, Usage):
                 self.usage = it  # set before the end marker is seen
@@ -115,3 +110,21 @@ class Generation:
                 self._cancel()
             except Exception:
                 pass
+
+
+def _put_many(batch: list[tuple[Generation, list[object]]]) -> None:
+    for gen, items in batch:
+        gen._put(items)
+
+
+def post_many(batch: list[tuple[Generation, list[object]]]) -> None:
+    """Thread-safe: deliver several streams' items with one wake-up per event loop (a
+    `call_soon_threadsafe` writes to the loop's self-pipe: a syscall each)."""
+    by_loop: dict[asyncio.AbstractEventLoop, list[tuple[Generation, list[object]]]] = {}
+    for gen, items in batch:
+        by_loop.setdefault(gen._loop, []).append((gen, items))
+    for loop, pairs in by_loop.items():
+        try:
+            loop.call_soon_threadsafe(_put_many, pairs)
+        except RuntimeError:  # the event loop is closed: nobody is listening any more
+            pass

@@ -32,7 +32,7 @@ from . import llamalog
 from .batch import Batch
 from .chat import ChatPrompt, render_chat
 from .cpufeatures import extra_buffers_safe
-from .generation import _END, Generation
+from .generation import _END, Generation, post_many
 from .sampling import SlotSampler, make_grammar, random_seed, row_logprobs
 from .textout import TextStream
 from .types import Delta, EmbeddingResult, GenerationRequest, SamplingParams, TokenLogprob, TopLogprob, Usage
@@ -85,6 +85,7 @@ class _Job:
     t_first: float | None = None
     t_last: float | None = None
     out: list[object] = field(default_factory=list)  # items for the consumer, sent once per step
+    queued: bool = False  # in the runner's outbox for this step's delivery
 
 
 @dataclass(eq=False)
@@ -210,6 +211,7 @@ class Runner:
         self._slots = [_Slot(seq=i) for i in range(self.parallel)]
         self._pending: deque[_Job] = deque()
         self._tasks: deque[_Task] = deque()
+        self._outbox: list[_Job] = []  # jobs with items to deliver at the end of this step
         self._cond = threading.Condition()
         self._thread = threading.Thread(target=self._run, name=f"runner-{model_id or 'model'}", daemon=True)
         self._thread.start()
@@ -551,6 +553,7 @@ class Runner:
             self._admit()
         parts = self._plan()
         if not parts:
+            self._flush()  # cancelled jobs' ends
             return
         self.in_call_since = time.monotonic()
         b = self._fill(parts)
@@ -793,16 +796,28 @@ class Runner:
         for job in jobs:
             if job is not None:
                 self._fail_job(job, exc)
+        self._flush()
 
     def _send(self, job: _Job) -> None:
-        if job.out:
-            items, job.out = job.out, []
-            job.gen._post(items)
+        """Queue the job's items for the next flush (one delivery per step for all jobs)."""
+        if job.out and not job.queued:
+            job.queued = True
+            self._outbox.append(job)
 
     def _flush(self) -> None:
         for s in self._slots:
-            if s.job is not None and s.job.out:
+            if s.job is not None:
                 self._send(s.job)
+        if not self._outbox:
+            return
+        batch: list[tuple[Generation, list[object]]] = []
+        for job in self._outbox:
+            job.queued = False
+            if job.out:
+                batch.append((job.gen, job.out))
+                job.out = []
+        self._outbox.clear()
+        post_many(batch)
 
     # --- shutdown ----------------------------------------------------------------------------------
 
