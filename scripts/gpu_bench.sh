@@ -46,7 +46,7 @@ fi
 
 if has bench; then
   stamp bench
-  nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$RESULTS/gpu.txt"
+  nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader > "$RESULTS/gpu.txt" 2>&1 || true
   set -o pipefail
   $PY -m appliance bench --compare llama-server,llama-server-np1,llama-cpp-python --model-file "$MODEL" \
     --llama-server "$WORK/build/bin/llama-server" --llama-bench "$WORK/build/bin/llama-bench" \
