@@ -157,9 +157,11 @@ def spec_for(kind: str, s: Settings, workdir: Path, llama_server: str | None) ->
             import fastapi  # noqa: F401  (the `server` extra's first requirement)
             import sse_starlette  # noqa: F401
             import uvicorn  # noqa: F401
-        except ImportError:
-            raise UsageError("--compare llama-cpp-python: its server is not installed "
-                             "(pip install 'llama-cpp-python[server]')") from None
+            import starlette_context  # noqa: F401
+            import pydantic_settings  # noqa: F401
+        except ImportError as e:
+            raise UsageError(f"--compare llama-cpp-python: its server is not installed ({e}; "
+                             "pip install 'llama-cpp-python[server]')") from None
         return Spec(kind, llama_cpp_python_argv(s, port), port, "/v1/models")
     raise UsageError(f"--compare {kind!r}: expected one of {', '.join(KINDS[1:])}")
 

@@ -19,6 +19,7 @@ import os
 import threading
 import time
 from collections import deque
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -65,6 +66,7 @@ class _Choice:
     text: TextStream
     generated: int = 0
     pending: int | None = None  # sampled, not yet decoded
+    deferred: "Future[int] | None" = None  # a grammar resample running off the decode thread
 
 
 @dataclass(eq=False)
@@ -143,6 +145,7 @@ class Runner:
         n_threads: int | None = None,
         n_batch: int = DEFAULT_N_BATCH,
         extra_buffers: bool | None = None,
+        resample_pool: Executor | None = None,
     ) -> None:
         llamalog.install()
         ll.llama_backend_init()
@@ -212,6 +215,8 @@ class Runner:
         self._pending: deque[_Job] = deque()
         self._tasks: deque[_Task] = deque()
         self._outbox: list[_Job] = []  # jobs with items to deliver at the end of this step
+        self._resampler = resample_pool  # grammar resamples (made on first use unless given)
+        self._own_resampler = resample_pool is None
         self._cond = threading.Condition()
         self._thread = threading.Thread(target=self._run, name=f"runner-{model_id or 'model'}", daemon=True)
         self._thread.start()
@@ -551,6 +556,7 @@ class Runner:
         with self._cond:
             self._drop_cancelled()
             self._admit()
+        self._collect_resamples()
         parts = self._plan()
         if not parts:
             self._flush()  # cancelled jobs' ends
@@ -699,10 +705,60 @@ class Runner:
         job, ch = s.job, s.choice
         assert job is not None and ch is not None
         try:
-            tok = ch.sampler.sample(self.ctx, idx)
+            if job.params.logprobs:  # logprobs read the context's row after the pick: stay here
+                tok = ch.sampler.sample(self.ctx, idx)
+            else:
+                first = ch.sampler.first_pass(self.ctx, idx)
+                if first is None:  # refused by the grammar: resample while the others decode
+                    ch.deferred = ch.sampler.start_resample(self._resample_pool())
+                    ch.deferred.add_done_callback(self._wake)
+                    return
+                tok = first
         except EngineError as e:
             self._fail_job(job, e)
             return
+        self._emit(s, tok, idx)
+
+    def _resample_pool(self) -> Executor:
+        if self._resampler is None:
+            self._resampler = ThreadPoolExecutor(max_workers=2, thread_name_prefix=f"grammar-{self.model_id}")
+        return self._resampler
+
+    def _collect_resamples(self) -> None:
+        """Emit the tokens of finished grammar resamples, so those slots rejoin this step's batch.
+        When nothing else could be decoded meanwhile, wait for one (or for new work)."""
+        waiting = [s for s in self._slots if s.choice is not None and s.choice.deferred is not None]
+        if not waiting:
+            return
+        if not any(s.reading or (s.choice is not None and s.choice.pending is not None) for s in self._slots):
+            with self._cond:
+                while not (self._closed or self._pending or self._tasks or self._any_cancelled()
+                           or any(s.choice is None or s.choice.deferred is None or s.choice.deferred.done()
+                                  for s in waiting)):
+                    self._cond.wait()
+        for s in waiting:
+            ch, job = s.choice, s.job
+            if ch is None or job is None or ch.deferred is None or not ch.deferred.done():
+                continue  # still running, or its job failed meanwhile (n > 1)
+            fut, ch.deferred = ch.deferred, None
+            try:
+                tok = fut.result()
+            except EngineError as e:
+                self._fail_job(job, e)
+                continue
+            self._emit(s, tok, -1)
+
+    def _any_cancelled(self) -> bool:
+        return any(s.job is not None and s.job.cancelled for s in self._slots)
+
+    def _wake(self, _: object = None) -> None:
+        with self._cond:
+            self._cond.notify_all()
+
+    def _emit(self, s: _Slot, tok: int, idx: int) -> None:
+        """Deliver a picked token: text, stops, length; `idx` is its row for logprobs (or -1)."""
+        job, ch = s.job, s.choice
+        assert job is not None and ch is not None
         now = time.monotonic()
         if job.t_first is None:
             job.t_first = now
@@ -836,6 +892,8 @@ class Runner:
             self._tasks.clear()
         for t in tasks:  # let waiters (warmup, embed) see the error instead of hanging
             t.fail(EngineError("the model was unloaded"))
+        if self._resampler is not None and self._own_resampler:
+            self._resampler.shutdown(wait=True)  # samplers are freed above, after their resample
         if self.ctx:
             ll.llama_free(self.ctx)
             self.ctx = None

@@ -6,6 +6,10 @@ llama.cpp's common_sampler: sample unconstrained, check only the chosen token ag
 grammar, and resample with the grammar over the whole vocabulary only on rejection. The
 final token is accepted into the grammar exactly once (a second accept aborts the process)
 and only after the grammar has said yes to it (accepting a rejected token aborts too).
+
+The resample itself still walks the whole vocabulary (tens of ms). It only needs a copy of the
+logits row and this sampler's own objects, so the runner can run it on a worker thread
+(`start_resample`; ctypes releases the GIL) while the batch goes on without this one stream.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import ctypes
 import math
 import re
 import secrets
+from concurrent.futures import Executor, Future
 from dataclasses import dataclass
 
 import llama_cpp as ll
@@ -59,6 +64,8 @@ class SlotSampler:
         self.seed = seed
         self.grammar = grammar
         self._buf: np.ndarray | None = None
+        self._saved: np.ndarray | None = None  # raw logits row a refused first pass left for resample
+        self._inflight: "Future[int] | None" = None
         cp = ll.llama_sampler_chain_default_params()
         cp.no_perf = True
         self.chain = ll.llama_sampler_chain_init(cp)
@@ -88,30 +95,55 @@ class SlotSampler:
 
     def sample(self, ctx: ll.llama_context_p, idx: int) -> int:
         """Pick the next token from output row `idx` and accept it (chain and grammar, once)."""
+        tok = self.first_pass(ctx, idx)
+        return tok if tok is not None else self.resample()
+
+    def first_pass(self, ctx: ll.llama_context_p, idx: int) -> int | None:
+        """The cheap pick (accepted), or None when the grammar refuses it: then the raw row is
+        kept for `resample`, which must follow before this sampler is used again."""
         if self.grammar is None:
             return ll.llama_sampler_sample(self.chain, ctx, idx)  # applies and accepts
-        arr = self._candidates(ctx, idx)
+        row = np.ctypeslib.as_array(ll.llama_get_logits_ith(ctx, idx), shape=(self.n_vocab,))
+        arr = self._candidates(row)
         ll.llama_sampler_apply(self.chain, ctypes.byref(arr))
         tok = arr.data[arr.selected].id
+        if self._grammar_allows(tok):
+            self._accept(tok)
+            return tok
+        self._saved = row.copy()  # the context's row is overwritten by the next decode
+        return None
+
+    def resample(self) -> int:
+        """The grammar over the whole vocabulary of the kept row, then the chain; accepted.
+        Touches only this sampler's objects, so it may run off the decode thread."""
+        assert self._saved is not None, "resample without a refused first pass"
+        arr = self._candidates(self._saved)
+        self._saved = None
+        ll.llama_sampler_apply(self.grammar, ctypes.byref(arr))
+        ll.llama_sampler_apply(self.chain, ctypes.byref(arr))
+        if arr.selected < 0:
+            raise EngineError("the grammar allows no token here")
+        tok = arr.data[arr.selected].id
         if not self._grammar_allows(tok):
-            arr = self._candidates(ctx, idx)
-            ll.llama_sampler_apply(self.grammar, ctypes.byref(arr))
-            ll.llama_sampler_apply(self.chain, ctypes.byref(arr))
-            if arr.selected < 0:
-                raise EngineError("the grammar allows no token here")
-            tok = arr.data[arr.selected].id
-            if not self._grammar_allows(tok):
-                raise EngineError("the grammar allows no token the sampler would pick")
-        ll.llama_sampler_accept(self.grammar, tok)
-        ll.llama_sampler_accept(self.chain, tok)
+            raise EngineError("the grammar allows no token the sampler would pick")
+        self._accept(tok)
         return tok
 
-    def _candidates(self, ctx: ll.llama_context_p, idx: int) -> ll.llama_token_data_array:
+    def start_resample(self, pool: Executor) -> "Future[int]":
+        """`resample` on `pool`; `free` waits for it, so the objects it uses outlive it."""
+        self._inflight = pool.submit(self.resample)
+        return self._inflight
+
+    def _accept(self, tok: int) -> None:
+        ll.llama_sampler_accept(self.grammar, tok)
+        ll.llama_sampler_accept(self.chain, tok)
+
+    def _candidates(self, row: np.ndarray) -> ll.llama_token_data_array:
         if self._buf is None:
             self._buf = np.zeros(self.n_vocab, dtype=_TOKEN_DATA)
         buf = self._buf
         buf["id"] = np.arange(self.n_vocab, dtype=np.int32)
-        buf["logit"] = np.ctypeslib.as_array(ll.llama_get_logits_ith(ctx, idx), shape=(self.n_vocab,))
+        buf["logit"] = row
         buf["p"] = 0.0
         data = buf.ctypes.data_as(ctypes.POINTER(ll.llama_token_data))
         return ll.llama_token_data_array(data=data, size=self.n_vocab, selected=-1, sorted=False)
@@ -123,6 +155,9 @@ class SlotSampler:
         return arr.data[0].logit != -math.inf
 
     def free(self) -> None:
+        if self._inflight is not None:
+            self._inflight.exception()  # wait: a resample may still be using the objects below
+            self._inflight = None
         if self.chain:
             ll.llama_sampler_free(self.chain)
             self.chain = None
