@@ -21,6 +21,7 @@ def _once(ll: Any, path: bytes, a: argparse.Namespace) -> dict[str, float]:
     t0 = time.perf_counter()
     mp = ll.llama_model_default_params()
     mp.n_gpu_layers = a.gpu_layers
+    mp.use_extra_bufts = a.extra_buffers  # as the appliance and the pinned llama-server load
     model = ll.llama_model_load_from_file(path, mp)
     if not model:
         raise SystemExit(f"llama.cpp could not load {path.decode()}")
@@ -60,6 +61,9 @@ def main(argv: list[str] | None = None) -> None:
     import llama_cpp as ll
 
     from ..engine import llamalog
+    from ..engine.cpufeatures import extra_buffers_safe
+
+    a.extra_buffers = extra_buffers_safe()
 
     llamalog.install()
     ll.llama_backend_init()

@@ -174,7 +174,7 @@ class Runner:
             self.model = ll.llama_model_load_from_file(str(paths[0]).encode(), mp)
             if not self.model:
                 raise EngineError(f"llama.cpp could not load {paths[0]}")
-            self.vocab = Vocab(self.model)
+            self.vocab = Vocab(self.model, Vocab.file_key(paths[0]))
             self.arch = self.vocab.meta("general.architecture") or ""
             cp = ll.llama_context_default_params()
             cp.n_ctx = self.context * self.parallel

@@ -7,6 +7,8 @@ runner's thread decodes.
 from __future__ import annotations
 
 import ctypes
+from collections import OrderedDict
+from pathlib import Path
 
 import llama_cpp as ll
 
@@ -20,19 +22,38 @@ def _byte_level_chars() -> frozenset[str]:
 
 _BYTE_CHARS = _byte_level_chars()
 
+# Whole-vocabulary scans cost ~2 us per token through ctypes (0.5 s on Gemma's 262k tokens),
+# which a hot swap would pay on every load: they are kept per model file (path, size, mtime).
+_SCANS: OrderedDict[tuple[object, ...], tuple[list[int], int | None]] = OrderedDict()
+_SCANS_KEPT = 32
+
 
 class Vocab:
-    def __init__(self, model: ll.llama_model_p) -> None:
+    def __init__(self, model: ll.llama_model_p, file_key: tuple[object, ...] | None = None) -> None:
         self.model = model
         self.vocab = ll.llama_model_get_vocab(model)
         self.n_vocab: int = ll.llama_vocab_n_tokens(self.vocab)
         self.bos: int = ll.llama_vocab_bos(self.vocab)
         self.eos: int = ll.llama_vocab_eos(self.vocab)
         self.add_bos: bool = bool(ll.llama_vocab_get_add_bos(self.vocab))
-        self.eog_ids: list[int] = [t for t in range(self.n_vocab) if ll.llama_vocab_is_eog(self.vocab, t)]
+        scan = _SCANS.get(file_key) if file_key is not None else None
+        if scan is None:
+            scan = ([t for t in range(self.n_vocab) if ll.llama_vocab_is_eog(self.vocab, t)],
+                    self._max_chars_per_token())
+            if file_key is not None:
+                _SCANS[file_key] = scan
+                while len(_SCANS) > _SCANS_KEPT:
+                    _SCANS.popitem(last=False)
+        self.eog_ids: list[int] = list(scan[0])
+        self.max_chars_per_token: int | None = scan[1]
         self._eog = frozenset(self.eog_ids)
         self._pieces: dict[int, bytes] = {}
-        self.max_chars_per_token: int | None = self._max_chars_per_token()
+
+    @staticmethod
+    def file_key(path: Path) -> tuple[object, ...]:
+        """Identifies a model file's contents for the scan cache: a changed file is scanned again."""
+        st = path.stat()
+        return (str(path.resolve()), st.st_size, st.st_mtime_ns, st.st_ino)
 
     def _max_chars_per_token(self) -> int | None:
         """At most how many characters of a prompt one token can stand for, or None when
