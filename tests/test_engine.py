@@ -417,3 +417,27 @@ async def test_close_is_idempotent_and_fails_late_callers(make_runner) -> None:
     r.close()
     with pytest.raises(EngineError):
         r.generate(GenerationRequest("x"))
+
+
+async def test_vocabulary_scans_are_kept_per_model_file(make_runner, tiny_gguf: Path, tmp_path: Path,
+                                                        monkeypatch) -> None:  # noqa: ANN001
+    """A hot swap must not rescan the vocabulary through ctypes; a changed file is rescanned."""
+    import os
+    import shutil
+
+    import llama_cpp
+
+    calls: list[int] = []
+    real = llama_cpp.llama_vocab_is_eog
+    monkeypatch.setattr(llama_cpp, "llama_vocab_is_eog", lambda v, t: calls.append(t) or real(v, t))
+    copy = tmp_path / "copy.gguf"
+    shutil.copy(tiny_gguf, copy)
+    a = make_runner(copy)
+    assert len(calls) == a.vocab.n_vocab and a.vocab.eog_ids
+    b = make_runner(copy)
+    assert len(calls) == a.vocab.n_vocab  # the second load of the same file: no scan
+    assert (b.vocab.eog_ids, b.vocab.max_chars_per_token) == (a.vocab.eog_ids, a.vocab.max_chars_per_token)
+    st = copy.stat()
+    os.utime(copy, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))
+    make_runner(copy)
+    assert len(calls) == 2 * a.vocab.n_vocab
