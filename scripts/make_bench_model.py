@@ -51,17 +51,22 @@ def write(path: Path, shape: Shape, vocab: Path, seed: int = 0) -> Path:
     pool = rng.integers(0, 256, size=largest + (1 << 20), dtype=np.uint8)
 
     def blocks(qtype: gguf.GGMLQuantizationType, rows: int, cols: int) -> np.ndarray:
-        """rows x (cols/256) blocks of random bytes with a sane f16 scale in each."""
+        """rows x (cols/256) blocks of random quants with fixed scales (zero-mean weights)."""
         size = gguf.GGML_QUANT_SIZES[qtype][1]
         n = rows * cols // 256
         off = int(rng.integers(0, len(pool) - n * size + 1))
         b = pool[off:off + n * size].reshape(n, size).copy()
-        scale = np.frombuffer(np.float16(0.002).tobytes(), dtype=np.uint8)
-        if qtype == Q4:  # d, dmin first
-            b[:, 0:2] = scale
-            b[:, 2:4] = np.frombuffer(np.float16(0.001).tobytes(), dtype=np.uint8)
-        else:  # Q6_K: d last
-            b[:, -2:] = scale
+        f16 = lambda x: np.frombuffer(np.float16(x).tobytes(), dtype=np.uint8)  # noqa: E731
+        if qtype == Q4:
+            # d, dmin, then 12 bytes of packed 6-bit scales/mins: all 0x11 makes each
+            # sub-block's min equal its scale (17 or 1), and dmin = 7.5 d centres the 4-bit
+            # quants: w = scale * d * (q - 7.5). Zero-mean weights keep activations small;
+            # uncentred ones grow past f16's range on the GPU and every logit turns NaN.
+            b[:, 0:2] = f16(0.002)
+            b[:, 2:4] = f16(0.015)
+            b[:, 4:16] = 0x11
+        else:  # Q6_K: w = d * scale * (q - 32), already centred; d last
+            b[:, -2:] = f16(0.0001)
         return b.reshape(rows, cols // 256 * size)
 
     def more_bits(i: int) -> bool:

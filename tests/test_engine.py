@@ -8,6 +8,7 @@ they need output that does not repeat itself.
 from __future__ import annotations
 
 import asyncio
+import math
 import json
 import threading
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
@@ -441,3 +442,31 @@ async def test_vocabulary_scans_are_kept_per_model_file(make_runner, tiny_gguf: 
     os.utime(copy, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))
     make_runner(copy)
     assert len(calls) == 2 * a.vocab.n_vocab
+
+
+def test_numpy_greedy_matches_llama_cpp_greedy_with_logit_bias() -> None:
+    """The fast greedy path must pick what the llama.cpp chain (logit bias + greedy) picks."""
+    import ctypes
+
+    import llama_cpp as ll
+    import numpy as np
+
+    from appliance.engine.sampling import SlotSampler
+
+    rng = np.random.default_rng(7)
+    n = 5000
+    cases = [{}, {3: -100.0}, {10: 50.0, 20: -5.0}, {1: -math.inf, 2: -math.inf}]
+    for bias in cases:
+        smp = SlotSampler(None, n, SamplingParams(temperature=0, logit_bias=bias), 0, [])
+        try:
+            for k in range(40):
+                row = rng.normal(size=n).astype(np.float32)
+                if k % 4 == 1 and bias:  # the raw maximum is a biased token
+                    row[next(iter(bias))] = 100.0
+                if k % 4 == 2:  # ties: the lowest id wins
+                    row[[50, 60]] = 200.0
+                arr = smp._candidates(row)
+                ll.llama_sampler_apply(smp.chain, ctypes.byref(arr))
+                assert smp.greedy(row) == arr.data[arr.selected].id, (bias, k)
+        finally:
+            smp.free()

@@ -99,8 +99,10 @@ async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     except Exception:
         log.exception("unhandled error in %s %s", request.method, request.path)
         err = ApplianceError("internal error; the server log has details (request id in x-request-id)")
+        request_info(request)["error_code"] = err.code
+        return error_response(err)
     request_info(request)["error_code"] = err.code
-    if err.status >= 500 and err.code != "internal_error":
+    if err.status >= 500:  # the engine's own failures too: the log must say what went wrong
         log.warning("%s: %s", err.code, err.message)
     return error_response(err)
 
