@@ -10,6 +10,7 @@
 #   bash scripts/gpu_bench.sh SRC_DIR VOCAB.gguf [CUDA_ARCH]
 #     SRC_DIR: an unpacked llama-cpp-python sdist; VOCAB: llama.cpp's models/ggml-vocab-llama-bpe.gguf
 #
+# PEERS (default llama-server,llama-server-np1,llama-cpp-python) picks the peers of --compare.
 # PHASES (default "build model bench profile") picks phases; WORK (default /tmp/gpubench) holds
 # everything, results go to $RESULTS (default $WORK/out). Each phase logs to $RESULTS/<phase>.log.
 set -euo pipefail
@@ -51,7 +52,7 @@ if has bench; then
   stamp bench
   nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader > "$RESULTS/gpu.txt" 2>&1 || true
   set -o pipefail
-  $PY -m appliance bench --compare llama-server,llama-server-np1,llama-cpp-python --model-file "$MODEL" \
+  $PY -m appliance bench --compare "${PEERS:-llama-server,llama-server-np1,llama-cpp-python}" --model-file "$MODEL" \
     --llama-server "$WORK/build/bin/llama-server" --llama-bench "$WORK/build/bin/llama-bench" \
     --context "$CTX" --parallel "$NP" --concurrency "$CONC" --max-tokens "$TOKENS" --repeat "${REPEAT:-2}" \
     --scenarios schema,overload,swap --workdir "$WORK/run" \
@@ -76,6 +77,13 @@ if has profile; then
       --requests-per-client "$n" --max-tokens "$TOKENS" --model-file "$MODEL" 2>&1 | tee -a "$RESULTS/profile.log"
     wait $SPY || true
   done
+  # one json_schema stream among 16: where the cost to the plain streams goes
+  py-spy record --pid "$APID" --rate 500 --native --threads --format raw --duration 15 \
+    -o "$RESULTS/profile-schema.txt" > /dev/null 2>&1 &
+  SPY=$!
+  $PY -m appliance bench --url "$URL" --api-key "$KEY" --model bench --concurrency 16 --requests-per-client 1 \
+    --max-tokens "$TOKENS" --model-file "$MODEL" --scenarios schema --schema-concurrency 16 2>&1 | tee -a "$RESULTS/profile.log"
+  wait $SPY || true
   kill $APID; wait $APID || true
 fi
 stamp done
