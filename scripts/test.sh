@@ -5,5 +5,5 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 python3 -m venv .venv
 .venv/bin/python -m pip install --quiet --upgrade pip
-.venv/bin/python -m pip install --quiet -e '.[dev,demo]'
+.venv/bin/python -m pip install --quiet -e '.[dev,demo,bench]'
 exec .venv/bin/python -m pytest -q "$@"

@@ -118,6 +118,7 @@ class RequestResult:
     error: str | None = None
     retry_after_s: float | None = None  # a 429's or 503's Retry-After
     schema: bool = False  # a json_schema request (the mixed scenario)
+    finish_reason: str | None = None  # "stop", "length" (max_tokens), ...; None when none was streamed
     chunk_times: list[float] = field(default_factory=list)  # seconds since the request was sent
     text: str = ""  # kept for json_schema requests only (checked to parse)
 
@@ -145,7 +146,7 @@ class RequestResult:
     def to_dict(self) -> dict[str, Any]:
         return {"ttft_s": self.ttft_s, "latency_s": self.latency_s, "tokens": self.tokens,
                 "usage_reported": self.usage_reported, "status": self.status, "error": self.error,
-                "schema": self.schema}
+                "finish_reason": self.finish_reason, "schema": self.schema}
 
 
 def percentile(values: Sequence[float], q: float) -> float | None:
@@ -320,6 +321,8 @@ async def run_request(
                     res.error = err.get("message", str(err)) if isinstance(err, dict) else str(err)
                     return res
                 for choice in event.get("choices") or []:
+                    if choice.get("finish_reason"):
+                        res.finish_reason = choice["finish_reason"]
                     piece = _content(choice)
                     if piece:
                         chunks += 1

@@ -7,19 +7,27 @@ it, and it is imported only when a plot is asked for.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from ..errors import UsageError
 from .load import BenchResult
 
 
-def write_png(result: BenchResult, path: Path, title: str = "") -> Path:
+def pyplot() -> Any:
+    """matplotlib.pyplot on the Agg backend, or a usage error saying how to install it (the CLI
+    calls this before a run, so a missing matplotlib is not found after minutes of load)."""
     try:
         import matplotlib
 
         matplotlib.use("Agg")  # no display on a server
         import matplotlib.pyplot as plt
     except ImportError:
-        raise UsageError("--plot needs matplotlib: pip install 'appliance[bench]'") from None
+        raise UsageError("--plot needs matplotlib, which is not installed: pip install 'appliance[bench]'") from None
+    return plt
+
+
+def write_png(result: BenchResult, path: Path, title: str = "") -> Path:
+    plt = pyplot()
     conc = [next(iter(level.values())).concurrency for level in result.levels]
     fig, (ax_tps, ax_ttft) = plt.subplots(1, 2, figsize=(11, 4.2))
     for t in result.targets:

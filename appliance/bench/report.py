@@ -48,7 +48,8 @@ def scenarios(extra: dict[str, Any]) -> list[str]:
             f"json_schema mix at {m['concurrency']}: plain streams {m['plain_tokens_per_s_in_mixed']:.1f} tok/s "
             f"beside 1 schema stream vs {m['expected_plain_tokens_per_s']:.1f} expected from all-plain "
             f"({m['all_plain']['tokens_per_s']:.1f} x {m['concurrency'] - 1}/{m['concurrency']}): cost {_pct(m['cost'])}; "
-            f"schema requests {m['schema_requests']}, valid JSON {m['schema_valid_json']}, errors {m['schema_errors']}")
+            f"schema requests {m['schema_requests']}, valid JSON {m['schema_valid_json']}, "
+            f"cut at max_tokens {m['schema_truncated']}, errors {m['schema_errors']}")
     if "hot_swap" in extra:
         h = extra["hot_swap"]
         v = h.get("verdict")

@@ -24,15 +24,19 @@ from .servers import Settings
 
 
 async def schema_mix(session: aiohttp.ClientSession, target: Target, model: str, w: Workload,
-                     concurrency: int = 16, per_client: int = 2, repeat: int = 2) -> dict[str, Any]:
+                     concurrency: int = 16, per_client: int = 2, repeat: int = 2,
+                     schema: dict[str, Any] | None = None) -> dict[str, Any]:
     """All-plain and mixed levels, alternated `repeat` times. The cost is measured on the plain
-    streams: their aggregate tok/s in the mixed run against (n-1)/n of the all-plain aggregate."""
+    streams: their aggregate tok/s in the mixed run against (n-1)/n of the all-plain aggregate.
+    `schema`: the schema stream's (default: load.DEFAULT_SCHEMA). Answers cut at max_tokens are
+    counted apart (schema_truncated): only an answer that finished has to parse."""
     plain, mixed = LevelResult(concurrency), LevelResult(concurrency)
     for r in range(repeat):
         runs = [(plain, 0), (mixed, 1)] if r % 2 == 0 else [(mixed, 1), (plain, 0)]
         for into, schema_clients in runs:
             into.add(await run_level(session, target, model, w, concurrency, per_client,
-                                     first_index=10_000 * (r + 1), schema_clients=schema_clients))
+                                     first_index=10_000 * (r + 1), schema_clients=schema_clients,
+                                     schema=schema))
     schema_reqs = [x for x in mixed.requests if x.schema]
     plain_in_mixed = [x for x in mixed.requests if not x.schema and not x.error]
     mixed_plain_tps = sum(x.tokens for x in plain_in_mixed) / mixed.wall_s if mixed.wall_s else 0.0
@@ -47,6 +51,7 @@ async def schema_mix(session: aiohttp.ClientSession, target: Target, model: str,
         "schema_requests": len(schema_reqs),
         "schema_errors": sum(1 for x in schema_reqs if x.error),
         "schema_valid_json": sum(1 for x in schema_reqs if not x.error and x.valid_json),
+        "schema_truncated": sum(1 for x in schema_reqs if not x.error and x.finish_reason == "length"),
         "schema_tokens_per_s": (sum(x.tokens for x in schema_reqs if not x.error) / mixed.wall_s) if mixed.wall_s else 0.0,
     }
 

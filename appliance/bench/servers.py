@@ -146,6 +146,8 @@ def spec_for(kind: str, s: Settings, workdir: Path, llama_server: str | None) ->
         argv = [sys.executable, "-m", "appliance", "serve", "--config", str(cfg), "--models", str(models)]
         return Spec(kind, argv, port, "/ready", api_key=token)
     if kind in ("llama-server", "llama-server-np1"):
+        if llama_server is not None and not Path(llama_server).is_file():
+            raise UsageError(f"--llama-server {llama_server}: no such file")
         binary = llama_server or shutil.which("llama-server")
         if not binary or not Path(binary).is_file():
             raise UsageError(f"--compare {kind}: llama-server not found (give --llama-server PATH; "

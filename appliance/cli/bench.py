@@ -12,6 +12,8 @@ import asyncio
 import json
 import os
 import platform
+import shutil
+import signal
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -71,6 +73,8 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
                        help="schema (one json_schema stream among plain ones), overload (clients against "
                             "max_waiting), swap (unload, then first token; needs an admin key)")
     extra.add_argument("--schema-concurrency", type=int, default=16, metavar="C", help="streams in the schema mix (default: 16)")
+    extra.add_argument("--schema-file", metavar="FILE.json",
+                       help="the JSON schema of the schema mix's stream (default: a title and a list of strings)")
     extra.add_argument("--overload-clients", type=int, default=64, metavar="C", help="clients in the overload run (default: 64)")
     extra.add_argument("--swap-trials", type=int, default=3, metavar="N", help="unload/request rounds (default: 3)")
     out = p.add_argument_group("output")
@@ -141,7 +145,39 @@ def _settings(args: argparse.Namespace) -> Any:
                     gpu_layers=layers, threads=args.threads, max_waiting=args.max_waiting)
 
 
+def _schema(path: str | None) -> dict[str, Any] | None:
+    if path is None:
+        return None
+    try:
+        schema = json.loads(Path(path).read_text())
+    except OSError as e:
+        raise UsageError(f"--schema-file {path}: {e.strerror or e}") from None
+    except ValueError as e:
+        raise UsageError(f"--schema-file {path}: not JSON ({e})") from None
+    if not isinstance(schema, dict):
+        raise UsageError(f"--schema-file {path}: expected a JSON object (a JSON schema)")
+    return schema
+
+
+def _specs(args: argparse.Namespace, settings: Any, kinds: list[str]) -> tuple[Path, list[Any]]:
+    """The work directory and every server's spec, the appliance first. The peers are checked
+    first (a missing llama-server or server extra is a usage error), so a bad flag writes
+    nothing; a temporary work directory is removed again when one is refused."""
+    from ..bench import servers
+
+    workdir = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="appliance-bench-"))
+    try:
+        peers = [servers.spec_for(k, settings, workdir, args.llama_server) for k in kinds]
+        return workdir, [servers.spec_for("appliance", settings, workdir, None), *peers]
+    except BaseException:
+        if not args.workdir:
+            shutil.rmtree(workdir, ignore_errors=True)
+        raise
+
+
 def bench(args: argparse.Namespace) -> int:
+    """Every flag is checked before anything is printed or started (a usage error is one line
+    on stderr and nothing on stdout)."""
     levels = _int_list("--concurrency", args.concurrency, 1)
     if not levels:
         raise UsageError("--concurrency: give at least one level")
@@ -152,12 +188,27 @@ def bench(args: argparse.Namespace) -> int:
         raise UsageError("give --url (a running server) or --compare (start the servers; with --model-file)")
     if args.compare is not None and (args.url or args.peer):
         raise UsageError("--compare starts its own servers: drop --url/--peer")
+    if args.url:
+        _url("--url", args.url)
+    if args.peer:
+        _url("--peer", args.peer)
     kinds = _names("--compare", args.compare, ("llama-server", "llama-server-np1", "llama-cpp-python"))
     settings = _settings(args) if args.compare is not None else None
     if args.llama_bench and settings is None:
         raise UsageError("--llama-bench needs --compare and --model-file")
+    if args.llama_bench and not Path(args.llama_bench).is_file():
+        raise UsageError(f"--llama-bench {args.llama_bench}: no such file")
+    schema = _schema(args.schema_file)
+    if args.plot:
+        from ..bench.plot import pyplot
+
+        pyplot()  # matplotlib is optional: say so now, not after the run
     workload = _workload(args)
-    return asyncio.run(_main(args, levels, workload, settings, kinds, scenarios))
+    workdir, specs = _specs(args, settings, kinds) if settings is not None else (None, [])
+    try:
+        return asyncio.run(_main(args, levels, workload, settings, specs, workdir, scenarios, schema))
+    except asyncio.CancelledError:  # SIGTERM or SIGHUP: the servers were stopped on the way out
+        raise KeyboardInterrupt from None
 
 
 class _Printer:
@@ -184,26 +235,31 @@ class _Printer:
             print(text, flush=True)
 
 
-async def _main(args: argparse.Namespace, levels: list[int], workload: Any, settings: Any,
-                kinds: list[str], scenarios: list[str]) -> int:
+async def _main(args: argparse.Namespace, levels: list[int], workload: Any, settings: Any, specs: list[Any],
+                workdir: Path | None, scenarios: list[str], schema: dict[str, Any] | None) -> int:
     from ..bench import load, report, servers
 
+    # SIGTERM (a CI timeout, `kill`) or SIGHUP cancels the run like Ctrl-C does, so the servers
+    # started below are stopped: they run in their own sessions and would outlive this process.
+    loop, task = asyncio.get_running_loop(), asyncio.current_task()
+    assert task is not None
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        loop.add_signal_handler(sig, task.cancel)
     printer = _Printer(args.json)
     printer.line(_preamble(workload, levels, args))
     if settings is None:
-        targets = [load.Target("ours", _url("--url", args.url), args.api_key, args.model)]
+        targets = [load.Target("ours", args.url, args.api_key, args.model)]
         if args.peer:
-            targets.append(load.Target("peer", _url("--peer", args.peer), args.peer_api_key, args.peer_model))
+            targets.append(load.Target("peer", args.peer, args.peer_api_key, args.peer_model))
         result = await load.run_bench(targets, workload, levels, args.requests_per_client, args.repeat, on_level=printer)
-        result.extra.update(await _scenarios(args, result, scenarios, None, printer))
+        result.extra.update(await _scenarios(args, result, scenarios, schema, printer))
     else:
-        workdir = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="appliance-bench-"))
-        specs = [servers.spec_for(k, settings, workdir, args.llama_server) for k in ["appliance", *kinds]]
+        assert workdir is not None
         printer.line(f"work directory (configs, store, logs): {workdir}")
         async with servers.running(specs, workdir / "logs"):
             result = await load.run_bench([s.target() for s in specs], workload, levels,
                                           args.requests_per_client, args.repeat, on_level=printer)
-            result.extra.update(await _scenarios(args, result, scenarios, settings, printer))
+            result.extra.update(await _scenarios(args, result, scenarios, schema, printer))
         if args.llama_bench:
             from ..bench import ceiling
 
@@ -231,7 +287,7 @@ async def _main(args: argparse.Namespace, levels: list[int], workload: Any, sett
     return _verdict(result)
 
 
-async def _scenarios(args: argparse.Namespace, result: Any, names: list[str], settings: Any,
+async def _scenarios(args: argparse.Namespace, result: Any, names: list[str], schema: dict[str, Any] | None,
                      printer: _Printer) -> dict[str, Any]:
     from ..bench import scenarios
     from ..bench.load import client_session
@@ -243,7 +299,8 @@ async def _scenarios(args: argparse.Namespace, result: Any, names: list[str], se
         if "schema" in names:
             printer.line(f"scenario: json_schema mix at {args.schema_concurrency} streams ...")
             out["schema_mix"] = await scenarios.schema_mix(session, first, model, result.workload,
-                                                           args.schema_concurrency, args.requests_per_client)
+                                                           args.schema_concurrency, args.requests_per_client,
+                                                           schema=schema)
         if "overload" in names:
             printer.line(f"scenario: overload, {args.overload_clients} clients ...")
             out["overload"] = await scenarios.overload(session, first, model, result.workload,
