@@ -10,7 +10,8 @@
 #   bash scripts/gpu_bench.sh SRC_DIR VOCAB.gguf [CUDA_ARCH]
 #     SRC_DIR: an unpacked llama-cpp-python sdist; VOCAB: llama.cpp's models/ggml-vocab-llama-bpe.gguf
 #
-# PEERS (default llama-server,llama-server-np1,llama-cpp-python) picks the peers of --compare.
+# PEERS (default llama-server,llama-server-np1,llama-cpp-python; empty: the appliance alone) and
+# SCEN (default schema,overload,swap) pick the peers and scenarios.
 # PHASES (default "build model bench profile") picks phases; WORK (default /tmp/gpubench) holds
 # everything, results go to $RESULTS (default $WORK/out). Each phase logs to $RESULTS/<phase>.log.
 set -euo pipefail
@@ -52,10 +53,10 @@ if has bench; then
   stamp bench
   nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader > "$RESULTS/gpu.txt" 2>&1 || true
   set -o pipefail
-  $PY -m appliance bench --compare "${PEERS:-llama-server,llama-server-np1,llama-cpp-python}" --model-file "$MODEL" \
+  $PY -m appliance bench --compare "${PEERS-llama-server,llama-server-np1,llama-cpp-python}" --model-file "$MODEL" \
     --llama-server "$WORK/build/bin/llama-server" --llama-bench "$WORK/build/bin/llama-bench" \
     --context "$CTX" --parallel "$NP" --concurrency "$CONC" --max-tokens "$TOKENS" --repeat "${REPEAT:-2}" \
-    --scenarios schema,overload,swap --workdir "$WORK/run" \
+    --scenarios "${SCEN:-schema,overload,swap}" --workdir "$WORK/run" \
     --json-out "$RESULTS/gpu.json" --plot "$RESULTS/gpu.png" 2>&1 | tee "$RESULTS/bench.log"
 fi
 
