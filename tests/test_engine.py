@@ -34,11 +34,12 @@ def _cfg(path: Path, **kw: object) -> ModelConfig:
 def make_runner(tiny_gguf: Path) -> Iterator:
     made: list[Runner] = []
 
-    def make(path: Path | None = None, resample_pool: Executor | None = None, **kw: object) -> Runner:
+    def make(path: Path | None = None, resample_pool: Executor | None = None, arrival_wait_s: float = 0.02,
+             **kw: object) -> Runner:
         kw.setdefault("context", 256)
         kw.setdefault("parallel", 4)
         r = Runner([path or tiny_gguf], _cfg(path or tiny_gguf, **kw), model_id="tiny", n_threads=1,
-                   resample_pool=resample_pool)
+                   resample_pool=resample_pool, arrival_wait_s=arrival_wait_s)
         made.append(r)
         return r
 
@@ -470,3 +471,19 @@ def test_numpy_greedy_matches_llama_cpp_greedy_with_logit_bias() -> None:
                 assert smp.greedy(row) == arr.data[arr.selected].id, (bias, k)
         finally:
             smp.free()
+
+
+async def test_requests_arriving_together_share_the_first_step(make_runner) -> None:
+    """An idle runner woken by a request lets the event loop finish its turn first, so the
+    requests that clients sent together (handled in the same loop turn) start in one step,
+    not one after another."""
+    r = make_runner(arrival_wait_s=60)  # generous: only the loop's turn may end the wait
+    params = SamplingParams(max_tokens=1, temperature=0, ignore_eos=True)
+    gens = []
+    for i in range(3):
+        gens.append(r.generate(GenerationRequest(f"Request {i}", params)))
+        r.tokenize("parsing the next request " * 2000)  # the loop is busy meanwhile (no await)
+    for g in gens:
+        _, toks, finish, _ = await drain(g)
+        assert finish == {0: "length"} and len(toks[0]) == 1
+    assert r.stats.steps == 1  # all three prompts read (and their tokens sampled) in one step

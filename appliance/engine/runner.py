@@ -42,6 +42,7 @@ from .vocab import Vocab
 log = logging.getLogger(__name__)
 
 DEFAULT_N_BATCH = 512
+ARRIVAL_WAIT_S = 0.02  # at most this long for the event loop before an idle runner's first step
 MAX_TOP_LOGPROBS = 20
 _KV_TYPES = {"f16": ll.GGML_TYPE_F16, "q8_0": ll.GGML_TYPE_Q8_0, "q4_0": ll.GGML_TYPE_Q4_0}
 _SPLIT = {"none": ll.LLAMA_SPLIT_MODE_NONE, "layer": ll.LLAMA_SPLIT_MODE_LAYER}
@@ -146,6 +147,7 @@ class Runner:
         n_batch: int = DEFAULT_N_BATCH,
         extra_buffers: bool | None = None,
         resample_pool: Executor | None = None,
+        arrival_wait_s: float = ARRIVAL_WAIT_S,
     ) -> None:
         llamalog.install()
         ll.llama_backend_init()
@@ -217,6 +219,7 @@ class Runner:
         self._outbox: list[_Job] = []  # jobs with items to deliver at the end of this step
         self._resampler = resample_pool  # grammar resamples (made on first use unless given)
         self._own_resampler = resample_pool is None
+        self._arrival_wait_s = arrival_wait_s
         self._cond = threading.Condition()
         self._thread = threading.Thread(target=self._run, name=f"runner-{model_id or 'model'}", daemon=True)
         self._thread.start()
@@ -555,6 +558,10 @@ class Runner:
     def _step(self) -> None:
         with self._cond:
             self._drop_cancelled()
+            loop = self._pending[0].gen._loop if self._pending and not self.busy_slots else None
+        if loop is not None:
+            self._let_arrivals_queue(loop)
+        with self._cond:
             self._admit()
         self._collect_resamples()
         parts = self._plan()
@@ -572,6 +579,18 @@ class Runner:
         self.stats.steps += 1
         self.last_progress = time.monotonic()
         self._flush()
+
+    def _let_arrivals_queue(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Idle, woken by a request: let the event loop finish what it is running before the
+        first step. Requests that arrive together (clients released by the same step) are
+        handled in the same loop iterations; without this the first one starts a prompt step
+        alone and the others wait a whole step for theirs. One loop round trip, bounded."""
+        done = threading.Event()
+        try:
+            loop.call_soon_threadsafe(done.set)
+        except RuntimeError:  # the loop is closed
+            return
+        done.wait(self._arrival_wait_s)
 
     def _drop_cancelled(self) -> None:
         for s in self._slots:
