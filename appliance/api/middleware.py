@@ -85,6 +85,7 @@ async def add_request_headers(request: web.Request, response: web.StreamResponse
 @web.middleware
 async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Every failure leaves as OpenAI's error shape (mapping in api/errors.py)."""
+    logged = False  # an unhandled exception is logged with its traceback where it is caught
     try:
         return await handler(request)
     except ApplianceError as e:
@@ -99,10 +100,9 @@ async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     except Exception:
         log.exception("unhandled error in %s %s", request.method, request.path)
         err = ApplianceError("internal error; the server log has details (request id in x-request-id)")
-        request_info(request)["error_code"] = err.code
-        return error_response(err)
+        logged = True
     request_info(request)["error_code"] = err.code
-    if err.status >= 500:  # the engine's own failures too: the log must say what went wrong
+    if err.status >= 500 and not logged:  # the engine's own failures too: the log must say what went wrong
         log.warning("%s: %s", err.code, err.message)
     return error_response(err)
 
