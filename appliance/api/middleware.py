@@ -171,9 +171,16 @@ async def body_limit(request: web.Request, handler: Handler) -> web.StreamRespon
     return await handler(request)
 
 
+def is_page_path(path: str) -> bool:
+    """The web console's page and static files: open, they hold no secret (the key is
+    typed into the page, whose own requests carry it like any client's)."""
+    return path == "/" or path.startswith("/console/static/")
+
+
 def required_scope(path: str, metrics_public: bool) -> str | None:
-    """None for open probes, 'admin' for /admin and /metrics, 'inference' for the rest."""
-    if path in OPEN_PATHS or (path == "/metrics" and metrics_public):
+    """None for open probes and the console's page, 'admin' for /admin and /metrics,
+    'inference' for the rest."""
+    if path in OPEN_PATHS or is_page_path(path) or (path == "/metrics" and metrics_public):
         return None
     if path == "/metrics" or path == "/admin" or path.startswith("/admin/"):
         return ADMIN
