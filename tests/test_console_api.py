@@ -131,7 +131,8 @@ async def test_status_shows_load_slots_traffic_and_unload_countdown(env) -> None
         ram = doc["devices"][0]
         assert ram["models"] == tiny["memory"]  # the resident model is charged to RAM
         assert doc["usage"]["app"]["requests"] == 1 and doc["usage"]["app"]["completion_tokens"] > 0
-        assert doc["traffic"]["requests"] >= 2  # the load and the chat; the console's own not
+        assert doc["traffic"]["requests"] == 2  # the load and the chat; the console's own not
+        assert doc["server"]["in_flight"] == 0  # nor is this status request
 
 
 async def test_event_stream_sends_status_and_ends_when_the_key_is_revoked(env) -> None:  # noqa: ANN001
@@ -140,6 +141,7 @@ async def test_event_stream_sends_status_and_ends_when_the_key_is_revoked(env) -
         stream = _events(d.url, keys["user"])
         event, doc = await anext(stream)
         assert event == "status" and [m["id"] for m in doc["models"]] == ["tiny"]
+        assert doc["server"]["in_flight"] == 0  # the stream itself is not counted
         revoke_key(settings.keys_path, "app")
         async for event, doc in stream:
             if event == "error":

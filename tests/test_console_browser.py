@@ -4,8 +4,8 @@ a chat streams and its stop button cancels the request on the server, admin acti
 in the list, a wrong key shows an error, and the layout fits a phone.
 
 scripts/test.sh installs Chromium (apt, when root) and Playwright; without a browser these
-tests are skipped, saying why. `CONSOLE_SCREENSHOT=docs/img/console.png` also writes the
-screenshot used in the docs.
+tests are skipped, saying why. `CONSOLE_SCREENSHOTS=docs/img` also writes the screenshots
+used in the docs.
 """
 
 from __future__ import annotations
@@ -215,10 +215,12 @@ async def test_fits_a_phone_screen(env, browser) -> None:  # noqa: ANN001
         assert problems == []
 
 
-@pytest.mark.skipif(not os.environ.get("CONSOLE_SCREENSHOT"), reason="set CONSOLE_SCREENSHOT=PATH to write it")
-async def test_screenshot(env, browser) -> None:  # noqa: ANN001
-    """The docs' picture: one model loaded after a little traffic, one pulled, one missing."""
+@pytest.mark.skipif(not os.environ.get("CONSOLE_SCREENSHOTS"), reason="set CONSOLE_SCREENSHOTS=DIR to write them")
+async def test_screenshots(env, browser) -> None:  # noqa: ANN001
+    """The docs' pictures (console.png, console-chat.png, console-phone.png in the folder
+    named by CONSOLE_SCREENSHOTS): a model loaded after a little traffic, one missing."""
     settings, store, keys = env
+    out = Path(os.environ["CONSOLE_SCREENSHOTS"])
     async with serving(settings, store=store) as d:
         async with aiohttp.ClientSession() as s:
             for i in range(3):
@@ -226,6 +228,17 @@ async def test_screenshot(env, browser) -> None:  # noqa: ANN001
                 async with s.post(d.url + "/v1/chat/completions", json=body,
                                   headers={"Authorization": f"Bearer {keys['user']}"}) as r:
                     assert r.status == 200
-        page, _ = await open_console(browser, d.url, keys["admin"], viewport={"width": 1180, "height": 760})
+        page, _ = await open_console(browser, d.url, keys["admin"], viewport={"width": 1180, "height": 640})
         await expect(row(page, "tiny").get_by_test_id("state")).to_have_text("loaded")
-        await page.screenshot(path=os.environ["CONSOLE_SCREENSHOT"], full_page=True)
+        await page.screenshot(path=out / "console.png", full_page=True)
+        await page.get_by_role("tab", name="Chat").click()
+        await page.fill("#c-system", "You are a terse assistant.")
+        await page.fill("#c-max-tokens", "40")
+        await page.fill("#c-input", "Say hello to the office")
+        await page.click("#c-send")
+        await expect(page.locator("#c-stats")).to_contain_text("finished")
+        await page.screenshot(path=out / "console-chat.png")
+        phone, _ = await open_console(browser, d.url, keys["admin"], viewport={"width": 390, "height": 844},
+                                      device_scale_factor=1, is_mobile=True)
+        await expect(row(phone, "tiny").get_by_test_id("state")).to_have_text("loaded")
+        await phone.screenshot(path=out / "console-phone.png", full_page=True)

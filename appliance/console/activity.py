@@ -37,8 +37,8 @@ class Activity:
         self._keys: dict[str, KeyUsage] = {}
 
     def on_request(self, record: RequestRecord) -> None:
-        """The on_request hook. The console's own status stream is not traffic."""
-        if record.path.startswith("/console/"):
+        """The on_request hook. The console's own page and status stream are not traffic."""
+        if record.path == "/" or record.path.startswith("/console/"):
             return
         now = self.clock.monotonic()
         self._recent.append((now, record))

@@ -85,14 +85,16 @@ def add_console_routes(app: web.Application, console: Console) -> None:
     app.router.add_post("/admin/pulls", start_pull)
 
 
-def _status(request: web.Request) -> dict[str, Any]:
-    state = request.app[STATE_KEY]
-    return build_status(request.app[CONSOLE_KEY], api_key(request), ready=state.ready,
-                        draining=state.draining, in_flight=state.in_flight)
+def _status(request: web.Request, *, asking: int) -> dict[str, Any]:
+    """`asking`: requests of the console's own in flight besides its open streams (this
+    one), left out of the in-flight count like the streams."""
+    state, c = request.app[STATE_KEY], request.app[CONSOLE_KEY]
+    return build_status(c, api_key(request), ready=state.ready, draining=state.draining,
+                        in_flight=max(0, state.in_flight - c.streams - asking))
 
 
 async def status(request: web.Request) -> web.Response:
-    return web.json_response(_status(request), headers={"Cache-Control": "no-store"})
+    return web.json_response(_status(request, asking=1), headers={"Cache-Control": "no-store"})
 
 
 def _still_valid(c: Console, key: ApiKey | None) -> bool:
@@ -114,15 +116,20 @@ async def events(request: web.Request) -> web.StreamResponse:
     })
     await resp.prepare(request)
     state = request.app[STATE_KEY]
-    while not state.draining:
-        if not _still_valid(c, key):
-            err = InvalidAPIKey("the API key was revoked")
-            await resp.write(b"event: error\ndata: " + json.dumps(error_payload(err)).encode() + b"\n\n")
-            break
-        seen = c.changes.version
-        await resp.write(b"event: status\ndata: " + json.dumps(_status(request)).encode() + b"\n\n")
-        await asyncio.sleep(MIN_GAP)  # coalesce bursts of changes
-        await c.changes.wait(seen, TICK - MIN_GAP)
+    c.streams += 1
+    try:
+        while not state.draining:
+            if not _still_valid(c, key):
+                err = InvalidAPIKey("the API key was revoked")
+                await resp.write(b"event: error\ndata: " + json.dumps(error_payload(err)).encode() + b"\n\n")
+                break
+            seen = c.changes.version
+            doc = _status(request, asking=0)
+            await resp.write(b"event: status\ndata: " + json.dumps(doc).encode() + b"\n\n")
+            await asyncio.sleep(MIN_GAP)  # coalesce bursts of changes
+            await c.changes.wait(seen, TICK - MIN_GAP)
+    finally:
+        c.streams -= 1
     await resp.write_eof()
     return resp
 

@@ -56,6 +56,7 @@ class Console:
     store: Any = None
     pulls: Pulls | None = None
     changes: Changes = field(default_factory=Changes)
+    streams: int = 0  # open status streams: requests in flight, but not traffic to show
     started: float = field(default_factory=time.time)
 
 

@@ -120,7 +120,7 @@ async function connect() {
     $("#server-state").className = "badge bad";
     $("#key-who").textContent = "";
     if (e instanceof ApiError && e.status === 401) {
-      showError((state.key ? "" : "This appliance needs an API key. ") + e.message);
+      showError(state.key ? e.message : "This appliance needs an API key: type it above and press Connect.");
       if (state.key) forgetKey(false);
     } else {
       showError("Cannot reach the appliance: " + e.message);
@@ -221,25 +221,29 @@ function pullFor(doc, id) {
   return (doc.pulls || []).find((p) => p.model === id) || null;
 }
 
+// A table cell: one wrapper inside, so a phone's card layout keeps the label on the left
+// and all of the value on the right.
+function td(label, ...children) {
+  return h("td", { "data-label": label }, h("div", { class: "cell" }, ...children));
+}
+
 function renderModels(doc) {
   const body = $("#models tbody");
   const now = Date.now();
   body.replaceChildren(...doc.models.map((m) => {
     const pull = pullFor(doc, m.id);
     const pulling = pull && pull.state === "running";
-    const stateCell = h("td", { "data-label": "State" },
-      h("span", { class: "state " + m.state, "data-testid": "state" }, pulling ? "pulling" : m.state));
+    const stateParts = [h("span", { class: "state " + m.state, "data-testid": "state" }, pulling ? "pulling" : m.state)];
     if (pulling) {
-      const p = h("progress", { max: pull.total || 1, value: pull.done });
-      stateCell.append(" ", p, " ", h("span", { class: "muted" },
-        pull.total ? Math.floor((100 * pull.done) / pull.total) + "%" : bytes(pull.done)));
+      stateParts.push(" ", h("progress", { max: pull.total || 1, value: pull.done }), " ",
+        h("span", { class: "muted" }, pull.total ? Math.floor((100 * pull.done) / pull.total) + "%" : bytes(pull.done)));
     } else if (pull && pull.state === "failed") {
-      stateCell.append(h("div", { class: "bad-text" }, "pull failed: " + pull.error));
+      stateParts.push(h("div", { class: "bad-text" }, "pull failed: " + pull.error));
     }
     const r = m.recent || {};
-    const unload = h("td", { "data-label": "Unload in" }, m.pinned ? "pinned" : "–");
+    const unload = td("Unload in", m.pinned ? "pinned" : "–");
     if (m.unload_in_s !== null) unload.dataset.unloadAt = String(now + m.unload_in_s * 1000);
-    const actions = h("td", { class: "admin-only actions", "data-label": "" });
+    const actions = h("td", { class: "admin-only actions" });
     actions.hidden = !doc.key.admin;
     if (doc.key.admin) {
       const act = (label, fn, cls) => h("button", { type: "button", class: cls || "small", onclick: fn }, label);
@@ -248,16 +252,16 @@ function renderModels(doc) {
       else actions.append(act("Unload", () => modelAction(m.id, "unload"), "small secondary"));
     }
     return h("tr", { "data-model": m.id },
-      h("td", { "data-label": "Model" }, h("strong", {}, m.id),
+      td("Model", h("strong", {}, m.id),
         m.aliases.length ? h("div", { class: "muted" }, m.aliases.join(", ")) : null,
         m.embedding ? h("span", { class: "tag" }, "embedding") : null),
-      stateCell,
-      h("td", { "data-label": "Memory" }, m.memory ? bytes(m.memory) + (m.memory_measured ? "" : " est.") : "–",
+      td("State", ...stateParts),
+      td("Memory", m.memory ? bytes(m.memory) + (m.memory_measured ? "" : " est.") : "–",
         m.device ? h("div", { class: "muted" }, m.device) : null),
-      h("td", { "data-label": "Slots" }, m.slots_busy + " / " + m.slots_total),
-      h("td", { "data-label": "Queue" }, String(m.queue_depth)),
-      h("td", { "data-label": "tok/s" }, r.tokens_per_s ? r.tokens_per_s.toFixed(1) : "–"),
-      h("td", { "data-label": "TTFT" }, r.ttft_s !== undefined && r.ttft_s !== null ? secs(r.ttft_s) : "–"),
+      td("Slots", m.slots_busy + " / " + m.slots_total),
+      td("Queue", String(m.queue_depth)),
+      td("tok/s", r.tokens_per_s ? r.tokens_per_s.toFixed(1) : "–"),
+      td("TTFT", r.ttft_s !== undefined && r.ttft_s !== null ? secs(r.ttft_s) : "–"),
       unload,
       actions);
   }));
@@ -266,27 +270,25 @@ function renderModels(doc) {
 
 // The "unload in" countdown moves between status events without asking the server.
 function tickCountdowns() {
-  for (const td of document.querySelectorAll("[data-unload-at]")) {
-    td.textContent = secs(Math.max(0, (Number(td.dataset.unloadAt) - Date.now()) / 1000));
+  for (const cell of document.querySelectorAll("[data-unload-at]")) {
+    cell.firstChild.textContent = secs(Math.max(0, (Number(cell.dataset.unloadAt) - Date.now()) / 1000));
   }
 }
 
 function renderUsage(usage) {
   $("#usage tbody").replaceChildren(...Object.entries(usage).map(([name, u]) =>
-    h("tr", {}, h("td", { "data-label": "Key" }, name), h("td", { "data-label": "Requests" }, String(u.requests)),
-      h("td", { "data-label": "Errors" }, String(u.errors)),
-      h("td", { "data-label": "Prompt tokens" }, String(u.prompt_tokens)),
-      h("td", { "data-label": "Completion tokens" }, String(u.completion_tokens)))));
+    h("tr", {}, td("Key", name), td("Requests", String(u.requests)), td("Errors", String(u.errors)),
+      td("Prompt tokens", String(u.prompt_tokens)), td("Completion tokens", String(u.completion_tokens)))));
 }
 
 function renderKeys(keys) {
   $("#keys tbody").replaceChildren(...keys.map((k) =>
     h("tr", { "data-key": k.name },
-      h("td", { "data-label": "Name" }, h("strong", {}, k.name)),
-      h("td", { "data-label": "Scope" }, k.scopes.join(", ")),
-      h("td", { "data-label": "Models" }, k.models.length ? k.models.join(", ") : "all"),
-      h("td", { "data-label": "rpm" }, k.rpm ? String(k.rpm) : "∞"),
-      h("td", { "data-label": "Created" }, k.created ? k.created.replace("T", " ").replace("+00:00", " UTC") : "–"),
+      td("Name", h("strong", {}, k.name)),
+      td("Scope", k.scopes.join(", ")),
+      td("Models", k.models.length ? k.models.join(", ") : "all"),
+      td("rpm", k.rpm ? String(k.rpm) : "∞"),
+      td("Created", k.created ? k.created.replace("T", " ").replace("+00:00", " UTC") : "–"),
       h("td", { class: "actions" }, h("button", { type: "button", class: "small danger", onclick: () => revokeKey(k.name) }, "Revoke")))));
 }
 
