@@ -11,6 +11,7 @@ used in the docs.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import shutil
 from pathlib import Path
@@ -159,6 +160,31 @@ async def test_chat_streams_a_reply_and_stop_cancels_it_on_the_server(env, brows
         stopped = await finished.get()
         assert stopped.status == 499 and stopped.completion_tokens < LONG
         await expect(page.locator("#c-send")).to_be_enabled()
+        assert problems == []
+
+
+WEATHER = {"type": "function", "function": {"name": "get_weather", "parameters": {
+    "type": "object", "properties": {"unit": {"enum": ["c", "f"]}}, "required": ["unit"]}}}
+
+
+async def test_tool_calls_are_shown_as_such(env, browser) -> None:  # noqa: ANN001
+    settings, store, keys = env
+    async with serving(settings, store=store) as d:
+        page, problems = await open_console(browser, d.url, keys["user"])
+        await page.get_by_role("tab", name="Chat").click()
+        await page.fill("#c-temperature", "0")
+        await page.locator("summary", has_text="Tools").click()
+        await page.fill("#c-tools", json.dumps([WEATHER]))
+        await page.select_option("#c-tool-choice", "required")  # the grammar forces the call
+        await page.fill("#c-input", "Weather?")
+        await page.click("#c-send")
+        await expect(page.locator("#c-stats")).to_contain_text("finished: tool_calls")
+        calls = page.get_by_test_id("tool-call")  # the grammar allows several calls at once
+        await expect(calls.first).to_contain_text("get_weather")
+        for call in await calls.all():
+            assert await call.locator("strong").text_content() == "get_weather"
+            assert json.loads(await call.locator("pre").text_content())["unit"] in ("c", "f")
+        assert await page.locator('.msg[data-role="assistant"] .body').last.text_content() == ""
         assert problems == []
 
 

@@ -360,7 +360,10 @@ function chatRequest() {
     max_tokens: numberParam("#c-max-tokens"), seed: numberParam("#c-seed") };
   if ($("#c-json").checked) req.response_format = { type: "json_object" };
   const tools = $("#c-tools").value.trim();
-  if (tools) req.tools = JSON.parse(tools); // a syntax error is reported before sending
+  if (tools) {
+    req.tools = JSON.parse(tools); // a syntax error is reported before sending
+    req.tool_choice = $("#c-tool-choice").value;
+  }
   return req;
 }
 
