@@ -151,6 +151,18 @@ async def test_event_stream_sends_status_and_ends_when_the_key_is_revoked(env) -
             pytest.fail("the stream ended without an error event")
 
 
+async def test_event_stream_ends_when_the_daemon_drains(env) -> None:  # noqa: ANN001
+    """An open console must not hold the drain up for drain_timeout."""
+    settings, store, keys = env
+    async with serving(settings, store=store) as d:
+        stream = _events(d.url, keys["admin"])
+        await anext(stream)
+        assert d.state.in_flight == 1
+        d.state.draining = True
+        async for _ in stream:
+            pass  # ends: the loop saw the drain (else this test hangs until pytest's timeout)
+
+
 async def test_keys_created_and_revoked_through_the_api(env) -> None:  # noqa: ANN001
     settings, store, keys = env
     async with serving(settings, store=store) as d:

@@ -20,7 +20,8 @@ from ..hardware import GpuStats, Hardware
 from .activity import Activity
 from .devices import DeviceReadings
 from .pulls import Pulls
-from .routes import CONSOLE_KEY, add_console_routes, is_page_path
+from ..api.middleware import is_page_path
+from .routes import CONSOLE_KEY, add_console_routes
 from .status import Console
 
 __all__ = ["CONSOLE_KEY", "Console", "add_console", "is_page_path"]

@@ -22,10 +22,9 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ..api.context import api_key
 from ..api.errors import error_payload
-from ..api.middleware import is_page_path  # noqa: F401  (re-exported: the open paths)
 from ..api.schemas import parse_body, read_json
 from ..api.state import STATE_KEY
-from ..auth import INFERENCE, ApiKey, create_key, revoke_key
+from ..auth import ApiKey, create_key, revoke_key
 from ..errors import InvalidAPIKey, InvalidRequest, ModelNotFound, NotFound, UsageError
 from .status import Console, build_status
 
@@ -140,7 +139,7 @@ async def events(request: web.Request) -> web.StreamResponse:
 class NewKey(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: str
-    scope: Literal["inference", "admin"] = INFERENCE
+    scope: Literal["inference", "admin"] = "inference"
     models: list[str] = []
     rpm: int = Field(0, ge=0)
 

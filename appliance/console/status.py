@@ -124,7 +124,7 @@ def build_status(c: Console, key: ApiKey | None, *, ready: bool, draining: bool,
     doc: dict[str, Any] = {
         "time": time.time(),
         "server": {"ready": ready, "draining": draining, "in_flight": in_flight,
-                   "uptime_s": time.time() - c.started, "loads": c.scheduler is not None},
+                   "uptime_s": time.time() - c.started},
         "key": {"name": key.name if key else None, "admin": admin},
         "models": model_rows(c, key, draining),
         "devices": device_rows(c.devices, c.config.memory, snapshot),
