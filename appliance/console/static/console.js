@@ -142,7 +142,12 @@ async function openStream() {
     await readSSE(r, (event, data) => {
       const obj = JSON.parse(data);
       if (event === "status") render(obj);
-      else if (event === "error") { showError(obj.error.message); ctl.abort(); }
+      else if (event === "error") {
+        showError(obj.error.message);
+        $("#server-state").textContent = "not connected";
+        $("#server-state").className = "badge bad";
+        ctl.abort();
+      }
     });
   } catch (e) {
     if (ctl.signal.aborted && state.stream !== ctl) return; // replaced by a newer connection
