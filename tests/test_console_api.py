@@ -240,3 +240,18 @@ def test_activity_window_moves_with_the_clock() -> None:
     clock.advance(61)
     assert a.summary()["requests"] == 0 and a.summary()["models"] == {}
     assert a.keys()["k"]["requests"] == 2 and a.keys()["k"]["errors"] == 1  # since start
+
+
+async def test_a_client_gone_mid_stream_is_499_not_an_internal_error(caplog: pytest.LogCaptureFixture) -> None:
+    """The stop button closes the connection; when a write notices before aiohttp cancels
+    the handler, that is the client leaving, not a server failure to log with a traceback."""
+    from aiohttp.test_utils import make_mocked_request
+
+    from appliance.api.middleware import errors
+
+    async def handler(request: Any) -> Any:
+        raise ConnectionResetError("Cannot write to closing transport")
+
+    resp = await errors(make_mocked_request("POST", "/v1/chat/completions"), handler)
+    assert resp.status == 499
+    assert not [r for r in caplog.records if r.levelname in ("ERROR", "WARNING")]
