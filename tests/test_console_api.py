@@ -255,3 +255,31 @@ async def test_a_client_gone_mid_stream_is_499_not_an_internal_error(caplog: pyt
     resp = await errors(make_mocked_request("POST", "/v1/chat/completions"), handler)
     assert resp.status == 499
     assert not [r for r in caplog.records if r.levelname in ("ERROR", "WARNING")]
+
+
+def test_device_rows_charge_models_and_show_budgets_and_sensors() -> None:
+    """Two fake 24 GiB GPUs (a GPU's memory is the one thing faked), a fixed budget on each,
+    NVML sensors on one; a resident model is charged to its device only."""
+    from types import SimpleNamespace
+
+    from appliance.config import MemoryConfig
+    from appliance.console.devices import DeviceReadings, device_rows
+    from appliance.hardware import FakeHardware, GpuStats
+
+    gib = 1024**3
+    hw = FakeHardware.gpus(24 * gib, 24 * gib)
+    hw.set_free(0, 14 * gib)
+    sensors = [GpuStats(0, "Fake GPU 0", 24 * gib, 14 * gib, 10 * gib, 61.0, 250.0, 87.0)]
+    readings = DeviceReadings(hw, lambda: sensors, FakeClock())
+    model = SimpleNamespace(state="loaded", device="cuda:0", memory_measured=6 * gib, memory_estimated=7 * gib)
+    idle = SimpleNamespace(state="unloaded", device=None, memory_measured=None, memory_estimated=3 * gib)
+    fixed = device_rows(readings, MemoryConfig(budget=20 * gib), [model, idle])
+    assert [(r["label"], r["models"], r["budget"], r["budget_auto"]) for r in fixed] == [
+        ("cuda:0", 6 * gib, 20 * gib, False), ("cuda:1", 0, 20 * gib, False)]
+    assert (fixed[0]["utilisation_pct"], fixed[0]["temperature_c"]) == (87.0, 61.0)
+    assert fixed[1]["utilisation_pct"] is None
+    auto = device_rows(readings, MemoryConfig(budget="auto", reserve=gib), [model])
+    assert auto[0]["budget"] == 14 * gib + 6 * gib - gib  # free + ours - reserve
+    reads = hw.reads
+    device_rows(readings, MemoryConfig(), [])
+    assert hw.reads == reads  # within a second: the cached reading
