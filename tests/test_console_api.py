@@ -85,6 +85,10 @@ async def test_page_is_open_with_a_strict_csp_and_only_known_files(env) -> None:
         assert st == 404 and err["error"]["code"] == "not_found"
         st, _, err = await _get(d.url + "/console/static/..%2f__init__.py")
         assert st == 404
+        d.state.ready = False  # starting: the page loads (and says so), the API waits
+        assert (await _get(d.url + "/"))[0] == 200
+        st, _, err = await _get(d.url + "/console/api/status")
+        assert st == 503 and err["error"]["code"] == "not_ready"
 
 
 async def test_status_depends_on_the_key(env) -> None:  # noqa: ANN001

@@ -81,8 +81,9 @@ async def open_console(browser: Any, url: str, key: str | None, **ctx: Any) -> t
     problems: list[str] = []
 
     def on_console(m: Any) -> None:
-        # Chromium logs every 4xx; the page's first, keyless try (open mode?) is expected.
-        if m.type == "error" and "status of 401" not in m.text:
+        # Chromium logs every 4xx/5xx; the page's first, keyless try (open mode?) and its
+        # tries while the daemon starts are expected.
+        if m.type == "error" and "status of 401" not in m.text and "status of 503" not in m.text:
             problems.append(m.text)
 
     page.on("console", on_console)
@@ -127,6 +128,20 @@ async def test_wrong_key_shows_an_error(env, browser) -> None:  # noqa: ANN001
         await expect(page.locator("#server-state")).to_have_text("not connected")
         await expect(page.locator("tr[data-model]")).to_have_count(0)
         assert await page.evaluate("sessionStorage.getItem('appliance.key')") is None  # not kept
+
+
+async def test_page_waits_for_a_starting_daemon(env, browser) -> None:  # noqa: ANN001
+    """While pinned models load, the API answers 503 not_ready; the page still loads, says
+    so, and connects by itself once the daemon serves."""
+    settings, store, keys = env
+    async with serving(settings, store=store) as d:
+        d.state.ready = False
+        page, _ = await open_console(browser, d.url, keys["user"])
+        await expect(page.locator("#error")).to_contain_text("starting")
+        d.state.ready = True
+        await expect(page.locator("#server-state")).to_have_text("serving")
+        await expect(page.locator("#error")).to_be_hidden()
+        await expect(row(page, "tiny").get_by_test_id("state")).to_have_text("verified")
 
 
 async def test_chat_streams_a_reply_and_stop_cancels_it_on_the_server(env, browser) -> None:  # noqa: ANN001

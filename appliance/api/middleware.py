@@ -154,9 +154,10 @@ def cors(origins: list[str]) -> Callable:
 @web.middleware
 async def draining(request: web.Request, handler: Handler) -> web.StreamResponse:
     """While draining, new requests get 503 draining (and Connection: close); while starting
-    (the listener opens before pinned models load), 503 not_ready with Retry-After. Probes pass."""
+    (the listener opens before pinned models load), 503 not_ready with Retry-After. Probes
+    and the console's page pass (the page then shows the state and retries)."""
     state = request.app[STATE_KEY]
-    if request.path not in OPEN_PATHS:
+    if request.path not in OPEN_PATHS and not is_page_path(request.path):
         if state.draining:
             raise Draining("the server is shutting down; retry on another instance or later")
         if not state.ready:

@@ -111,6 +111,7 @@ async function connect() {
   state.stream = null;
   try {
     const doc = await api("GET", "/console/api/status");
+    state.retry = 1000;
     showError("");
     render(doc);
     openStream();
@@ -123,7 +124,11 @@ async function connect() {
       showError(state.key ? e.message : "This appliance needs an API key: type it above and press Connect.");
       if (state.key) forgetKey(false);
     } else {
-      showError("Cannot reach the appliance: " + e.message);
+      // starting (pinned models loading), draining, or unreachable: say so and try again
+      showError("Cannot reach the appliance: " + e.message + " (retrying)");
+      const wait = state.retry;
+      state.retry = Math.min(state.retry * 2, 30000);
+      setTimeout(() => { if (!state.stream) connect(); }, wait);
     }
   }
 }
