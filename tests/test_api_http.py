@@ -12,6 +12,7 @@ import openai
 import pytest
 from multidict import CIMultiDict
 
+from appliance.api.middleware import is_page_path
 from appliance.auth import create_key, revoke_key
 from appliance.clock import FakeClock
 from appliance.daemon import Daemon
@@ -89,6 +90,8 @@ async def test_every_route_refuses_without_a_key(settings, keys) -> None:  # noq
             st, _, body = await _req(d, method, path, json={"model": "alpha"} if method == "POST" else None)
             if path in ("/health", "/ready"):
                 assert st == 200, path
+            elif is_page_path(path):  # the console's page and files: open, no secrets
+                assert st in (200, 404) and method == "GET", path
             else:
                 assert st == 401, (method, path, st, body)
                 assert _err(body)["code"] == "invalid_api_key"

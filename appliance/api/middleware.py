@@ -97,6 +97,10 @@ async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         err = mapped
     except asyncio.CancelledError:
         raise
+    except ConnectionResetError:
+        # The client hung up mid-stream and a write noticed before aiohttp cancelled the
+        # handler (a chat's stop button): nothing to answer, logged as 499 like a cancel.
+        return web.Response(status=499)
     except Exception:
         log.exception("unhandled error in %s %s", request.method, request.path)
         err = ApplianceError("internal error; the server log has details (request id in x-request-id)")
@@ -150,9 +154,10 @@ def cors(origins: list[str]) -> Callable:
 @web.middleware
 async def draining(request: web.Request, handler: Handler) -> web.StreamResponse:
     """While draining, new requests get 503 draining (and Connection: close); while starting
-    (the listener opens before pinned models load), 503 not_ready with Retry-After. Probes pass."""
+    (the listener opens before pinned models load), 503 not_ready with Retry-After. Probes
+    and the console's page pass (the page then shows the state and retries)."""
     state = request.app[STATE_KEY]
-    if request.path not in OPEN_PATHS:
+    if request.path not in OPEN_PATHS and not is_page_path(request.path):
         if state.draining:
             raise Draining("the server is shutting down; retry on another instance or later")
         if not state.ready:
@@ -171,9 +176,16 @@ async def body_limit(request: web.Request, handler: Handler) -> web.StreamRespon
     return await handler(request)
 
 
+def is_page_path(path: str) -> bool:
+    """The web console's page and static files: open, they hold no secret (the key is
+    typed into the page, whose own requests carry it like any client's)."""
+    return path == "/" or path.startswith("/console/static/")
+
+
 def required_scope(path: str, metrics_public: bool) -> str | None:
-    """None for open probes, 'admin' for /admin and /metrics, 'inference' for the rest."""
-    if path in OPEN_PATHS or (path == "/metrics" and metrics_public):
+    """None for open probes and the console's page, 'admin' for /admin and /metrics,
+    'inference' for the rest."""
+    if path in OPEN_PATHS or is_page_path(path) or (path == "/metrics" and metrics_public):
         return None
     if path == "/metrics" or path == "/admin" or path.startswith("/admin/"):
         return ADMIN
