@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from typing import Any, Iterable
 
+from pydantic_core import ErrorDetails
+
 _TAG_WORDS = frozenset({"str", "int", "float", "bool", "none", "list", "dict"})
 
 
@@ -31,6 +33,6 @@ def error_path(loc: Iterable[Any], prefix: Iterable[str] = ()) -> str:
     return out
 
 
-def error_text(err: Any) -> str:
+def error_text(err: ErrorDetails) -> str:
     """pydantic's message without the 'Value error, ' it puts before a validator's own words."""
-    return str(err.get("msg", "invalid value")).removeprefix("Value error, ")
+    return err["msg"].removeprefix("Value error, ")

@@ -4,22 +4,22 @@ middle of a download, two pulls racing for the lock."""
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import signal
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 import pytest
 
-from appliance.cli import main
 from appliance.config import ModelConfig
 from appliance.errors import InsufficientDisk
 from appliance.store import Store, pull_model
+from cli_support import Ran, run_cli
 from fakehub import FakeHub
 
 REPO = "owner/repo"
@@ -60,30 +60,13 @@ def catalog(tmp_path: Path, body: str) -> Path:
     return p
 
 
-@dataclass
-class Ran:
-    returncode: int
-    stdout: str
-    stderr: str
-
-
 Cli = Callable[..., Ran]
 
 
 @pytest.fixture
 def cli(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> Cli:
-    """`appliance ARGS` with `env` set, run through main() in this process."""
-
-    def run(env: dict[str, str], *args: str) -> Ran:
-        capsys.readouterr()
-        with monkeypatch.context() as m:
-            for k, v in env.items():
-                m.setenv(k, v)
-            code = main(list(args))
-        out = capsys.readouterr()
-        return Ran(code, out.out, out.err)
-
-    return run
+    """cli(env, *args): `appliance ARGS` in this process with `env` set."""
+    return functools.partial(run_cli, monkeypatch, capsys)
 
 
 def store_is_empty(store: Path) -> bool:

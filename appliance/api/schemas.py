@@ -11,6 +11,7 @@ from typing import Annotated, Any, Literal, TypeVar
 
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_core import ErrorDetails
 
 from ..errors import InvalidJSON, InvalidRequest
 from ..validation import error_path, error_text
@@ -246,8 +247,9 @@ class _ParamError(ValueError):
 
 T = TypeVar("T", bound=BaseModel)
 
-def _message(err: dict[str, Any], param: str) -> str:
-    if err.get("type") == "missing":
+
+def _message(err: ErrorDetails, param: str) -> str:
+    if err["type"] == "missing":
         return f"missing required parameter: {param!r}"
     return f"invalid value for {param!r}: {error_text(err)}" if param else error_text(err)
 
