@@ -1,9 +1,12 @@
 """The `appliance` command run in this process through its main(): the same parsing, output
 and exit codes as `python -m appliance`, without starting an interpreter (about a second each
-here). Tests that need a real process (kill -9, signals, racing for a lock) spawn one."""
+here). Tests that need a real process (kill -9, signals, racing for a lock, piped stdin)
+spawn one."""
 
 from __future__ import annotations
 
+import contextlib
+import io
 from dataclasses import dataclass
 from typing import Mapping
 
@@ -19,13 +22,20 @@ class Ran:
     stderr: str
 
 
-def run_cli(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
-            env: Mapping[str, str], *args: str) -> Ran:
+def run_cli(*args: str) -> Ran:
+    """`appliance ARGS`, its output captured."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            rc = main(list(args))
+        except SystemExit as e:  # argparse usage errors
+            rc = int(e.code or 0)
+    return Ran(rc, out.getvalue(), err.getvalue())
+
+
+def run_cli_env(monkeypatch: pytest.MonkeyPatch, env: Mapping[str, str], *args: str) -> Ran:
     """`appliance ARGS` with the variables in `env` set for the call only."""
-    capsys.readouterr()
     with monkeypatch.context() as m:
         for k, v in env.items():
             m.setenv(k, v)
-        code = main(list(args))
-    out = capsys.readouterr()
-    return Ran(code, out.out, out.err)
+        return run_cli(*args)

@@ -19,7 +19,7 @@ import pytest
 from appliance.config import ModelConfig
 from appliance.errors import InsufficientDisk
 from appliance.store import Store, pull_model
-from cli_support import Ran, run_cli
+from cli_support import Ran, run_cli_env
 from fakehub import FakeHub
 
 REPO = "owner/repo"
@@ -64,9 +64,9 @@ Cli = Callable[..., Ran]
 
 
 @pytest.fixture
-def cli(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> Cli:
+def cli(monkeypatch: pytest.MonkeyPatch) -> Cli:
     """cli(env, *args): `appliance ARGS` in this process with `env` set."""
-    return functools.partial(run_cli, monkeypatch, capsys)
+    return functools.partial(run_cli_env, monkeypatch)
 
 
 def store_is_empty(store: Path) -> bool:

@@ -22,7 +22,7 @@ import pytest
 
 from appliance.config import load_settings
 from appliance.service import adminclient
-from cli_support import Ran, run_cli
+from cli_support import Ran, run_cli_env
 
 ROOT = Path(__file__).resolve().parent.parent
 SAFETY_S = 60  # never reached when things work
@@ -112,8 +112,7 @@ def write_catalog(path: Path, models: dict[str, Path]) -> None:
 
 
 @pytest.fixture
-def served(tmp_path: Path, tiny_models: dict[str, Path], monkeypatch: pytest.MonkeyPatch,
-           capsys: pytest.CaptureFixture[str]) -> Iterator[Served]:
+def served(tmp_path: Path, tiny_models: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> Iterator[Served]:
     write_catalog(tmp_path / "models.toml", {"tiny": tiny_models["a"]})
     # A generous drain: a drain ends as soon as the last request finishes, and on a loaded
     # machine a 3000-token stream took over 90 s here (the 30 s default would cancel it).
@@ -124,7 +123,7 @@ def served(tmp_path: Path, tiny_models: dict[str, Path], monkeypatch: pytest.Mon
         NOTIFY_SOCKET=str(tmp_path / "notify.sock"), WATCHDOG_USEC="2000000",
     )
     notify = Notifications(tmp_path / "notify.sock")
-    cli = functools.partial(run_cli, monkeypatch, capsys, {"APPLIANCE_STORE": str(tmp_path / "store")})
+    cli = functools.partial(run_cli_env, monkeypatch, {"APPLIANCE_STORE": str(tmp_path / "store")})
     pull = cli("pull", "tiny")  # the cwd is tmp_path (isolated_env), as the daemon's
     assert pull.returncode == 0, pull.stderr
     proc = subprocess.Popen(
