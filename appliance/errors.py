@@ -176,6 +176,11 @@ class InsufficientMemory(ApplianceError):
     status, type, code = 503, "server_error", "insufficient_memory"
 
 
+class BudgetExceeded(ApplianceError):
+    """Resident models are charged more than a device's fixed budget: a scheduling bug,
+    found by the invariant check after every decision (scheduler/memory.py)."""
+
+
 class EngineError(ApplianceError):
     """llama.cpp failed for one request (e.g. KV exhaustion); others go on."""
 

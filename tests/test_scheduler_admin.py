@@ -9,7 +9,7 @@ from aiohttp import web
 
 from appliance.api.admin import PULL_KEY, add_admin_routes
 from appliance.api.middleware import errors
-from schedharness import GB, Holder, make
+from schedharness import GB, Holder, make, settle
 
 
 async def client_for(aiohttp_client: Any, sched: Any, pull: Any = None) -> Any:
@@ -22,6 +22,8 @@ async def client_for(aiohttp_client: Any, sched: Any, pull: Any = None) -> Any:
 
 async def test_list_load_unload(aiohttp_client: Any, tmp_path: Path) -> None:
     h = make(tmp_path, {"a": 8 * GB, "b": 20 * GB}, models={"a": {"pinned": False}})
+    await h.sched.start()  # headers are read in the background: estimates once they are in
+    await settle()
     c = await client_for(aiohttp_client, h.sched)
     r = await c.get("/admin/models")
     assert r.status == 200
