@@ -697,6 +697,7 @@ class Scheduler:
                 await self._run_blocking(runner.close)
         finally:
             m.finish_unload()
+            log.info("unloaded %s", m.id)
             if m.id not in self._paths:  # its settings changed while resident
                 m.sha256 = None
             if m.removed and m.idle and self._models.get(m.id) is m:
