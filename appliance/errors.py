@@ -85,6 +85,19 @@ class DownloadError(StoreError):
     """The source could not be fetched (network, hub, missing file)."""
 
 
+class DownloadInterrupted(DownloadError):
+    """The connection dropped mid-body; the partial file is kept for a resume."""
+
+    def __init__(self, message: str, *, fetched: int = 0) -> None:
+        super().__init__(message)
+        self.fetched = fetched
+
+
+class NotGGUF(StoreError):
+    """The file is not a GGUF model (wrong magic, unsupported version, or cut short):
+    refused before it enters the store."""
+
+
 class OfflineError(DownloadError):
     """HF_HUB_OFFLINE is set and the file is not available locally."""
 

@@ -20,7 +20,8 @@ from appliance.scheduler import Footprints, Scheduler
 from appliance.scheduler.loader import engine_loader
 from appliance.store import ggufinfo
 from appliance.store.ggufinfo import read_gguf_info
-from appliance.store.ggufmeta import ArrayLen, NotGGUF, read_meta
+from appliance.errors import NotGGUF
+from appliance.store.ggufmeta import ArrayLen, read_meta
 from ggufmaker import VOCAB, make_big_vocab_gguf
 
 

@@ -19,7 +19,7 @@ from typing import Any
 
 import gguf
 
-from ..errors import StoreError
+from ..errors import NotGGUF
 
 MAX_ARRAY = 4096  # longer arrays (token lists, scores, merges) keep only their length
 _SCALAR = {
@@ -30,10 +30,6 @@ _SCALAR = {
     gguf.GGUFValueType.UINT64: "Q", gguf.GGUFValueType.INT64: "q",
     gguf.GGUFValueType.FLOAT64: "d",
 }
-
-
-class NotGGUF(StoreError):
-    """The file is not a GGUF model (wrong magic, unsupported version, or cut short)."""
 
 
 @dataclass(frozen=True)
@@ -159,3 +155,16 @@ def _tensor(name: str, dims: tuple[int, ...], ttype: int, path: str) -> TensorIn
     except (ValueError, KeyError):
         raise NotGGUF(f"{path}: tensor {name!r} has unknown ggml type {ttype}") from None
     return TensorInfo(name, dims, ttype, n, n // block * size)
+
+
+def check_gguf(path: str | os.PathLike[str], what: str | None = None) -> None:
+    """Refuse a file that is not a readable GGUF (NotGGUF naming `what`), before it enters
+    the store: otherwise it would list as verified and fail at its first load."""
+    try:
+        read_meta(path)
+    except NotGGUF as e:
+        if what is None or what == os.fspath(path):
+            raise
+        raise NotGGUF(e.message.replace(os.fspath(path), what, 1)) from None
+    except OSError as e:
+        raise NotGGUF(f"{what or os.fspath(path)}: cannot read: {e.strerror}") from None
