@@ -97,6 +97,9 @@ async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         err = mapped
     except asyncio.CancelledError:
         raise
+    except ConnectionResetError:  # aiohttp's ClientConnectionResetError: the client hung up
+        request_info(request)["error_code"] = "client_closed"
+        return web.Response(status=499)  # logged and counted as such; nobody reads it
     except Exception:
         log.exception("unhandled error in %s %s", request.method, request.path)
         err = ApplianceError("internal error; the server log has details (request id in x-request-id)")

@@ -1,0 +1,83 @@
+"""A client that hangs up mid-stream (issue 14): logged and counted as 499, not 500
+internal_error, and its slot is freed. Real daemon in process, real socket, real llama.cpp."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import socket
+import struct
+from pathlib import Path
+
+import pytest
+
+from appliance.api.state import RequestRecord
+from test_api_support import pull_all, serving, write_config
+
+
+async def test_client_reset_mid_stream_is_a_499(tmp_path: Path, tiny_gguf: Path, caplog: pytest.LogCaptureFixture) -> None:
+    settings = write_config(tmp_path, {"m": {"source": f"file://{tiny_gguf}", "context": 4096, "parallel": 1}})
+    store = pull_all(settings)
+    records: list[RequestRecord] = []
+    done = asyncio.Event()
+
+    def hook(r: RequestRecord) -> None:
+        records.append(r)
+        if r.path == "/v1/completions":
+            done.set()
+
+    async with serving(settings, store=store) as d:
+        d.on_request(hook)
+        host, port = d.url.removeprefix("http://").split(":")
+        body = json.dumps({"model": "m", "prompt": "hi", "max_tokens": 3000, "stream": True,
+                           "logit_bias": {"2": -100}, "temperature": 0}).encode()
+        loop = asyncio.get_running_loop()
+        s = socket.create_connection((host, int(port)))
+        s.setblocking(False)
+        await loop.sock_sendall(s, b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                                   b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+        got = b""
+        while b"data: " not in got:
+            got += await loop.sock_recv(s, 4096)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # close with RST
+        s.close()
+        with caplog.at_level(logging.WARNING):
+            await asyncio.wait_for(done.wait(), 120)
+    (rec,) = [r for r in records if r.path == "/v1/completions"]
+    assert rec.status == 499, rec
+    assert not [r for r in caplog.records if "internal_error" in r.getMessage() or "unhandled error" in r.getMessage()]
+
+
+async def test_write_to_a_reset_connection_is_a_499_not_an_internal_error(
+    aiohttp_client: object, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The race the test above rarely hits: the reset arrives while the handler writes (aiohttp
+    raises ClientConnectionResetError from the write). Real aiohttp app and middlewares."""
+    import aiohttp
+    from aiohttp import web
+
+    from appliance.api.middleware import errors, request_context
+    from appliance.api.state import STATE_KEY, AppState
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse()
+        await resp.prepare(request)
+        await resp.write(b"data: x\n\n")
+        raise aiohttp.ClientConnectionResetError("Cannot write to closing transport")
+
+    app = web.Application(middlewares=[request_context, errors])
+    state = AppState()
+    records: list[RequestRecord] = []
+    state.on_request.append(records.append)
+    app[STATE_KEY] = state
+    app.router.add_get("/s", handler)
+    client = await aiohttp_client(app)  # type: ignore[operator]
+    with caplog.at_level(logging.WARNING):
+        try:
+            async with client.get("/s") as r:
+                await r.read()
+        except aiohttp.ClientError:
+            pass  # the server may cut the half-sent body
+    assert [r.status for r in records] == [499]
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING and "appliance" in r.name]
