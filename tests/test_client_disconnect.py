@@ -81,3 +81,35 @@ async def test_write_to_a_reset_connection_is_a_499_not_an_internal_error(
             pass  # the server may cut the half-sent body
     assert [r.status for r in records] == [499]
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING and "appliance" in r.name]
+
+
+async def test_stream_still_running_at_the_drain_timeout_gets_an_error_event_and_a_proper_end(
+    tmp_path: Path, tiny_gguf: Path
+) -> None:
+    from appliance.clock import FakeClock
+    from appliance.service.drain import drain
+    from appliance.service.notify import Notifier
+
+    settings = write_config(tmp_path, {"m": {"source": f"file://{tiny_gguf}", "context": 4096, "parallel": 1}})
+    store = pull_all(settings)
+    async with serving(settings, store=store) as d:
+        host, port = d.url.removeprefix("http://").split(":")
+        body = json.dumps({"model": "m", "prompt": "hi", "max_tokens": 3000, "stream": True,
+                           "logit_bias": {"2": -100}, "temperature": 0}).encode()
+        reader, writer = await asyncio.open_connection(host, int(port))
+        writer.write(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+        got = b""
+        while b"data: " not in got:
+            got += await reader.read(4096)
+        # a drain whose timeout has passed at once (fake clock): the stream is still running
+        assert await drain(d.state, Notifier({}), FakeClock(), 0.0) is False
+        while not got.endswith(b"0\r\n\r\n"):  # the chunked body's proper end
+            chunk = await asyncio.wait_for(reader.read(65536), 60)
+            assert chunk, "connection closed before the body ended"
+            got += chunk
+        writer.close()
+    events = [ln for ln in got.split(b"\r\n") if ln.startswith(b"data: ")]
+    last = json.loads(events[-1].removeprefix(b"data: "))
+    assert last["error"]["code"] == "draining" and "drain_timeout" in last["error"]["message"]
+    assert b"[DONE]" not in got
