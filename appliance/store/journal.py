@@ -84,7 +84,7 @@ def catalog_sources(path: Path) -> dict[str, str]:
 
     with open(path, "rb") as f:
         doc = tomllib.load(f)
-    return {k: v.get("source") for k, v in doc.items() if isinstance(v, dict)}
+    return {k: str(v.get("source")) for k, v in doc.items() if isinstance(v, dict)}
 
 
 def committed(data: dict[str, Any], catalog_sources: Callable[[Path], dict[str, str]]) -> bool:
