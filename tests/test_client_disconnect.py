@@ -113,3 +113,33 @@ async def test_stream_still_running_at_the_drain_timeout_gets_an_error_event_and
     last = json.loads(events[-1].removeprefix(b"data: "))
     assert last["error"]["code"] == "draining" and "drain_timeout" in last["error"]["message"]
     assert b"[DONE]" not in got
+
+
+async def test_chat_template_rendering_runs_off_the_event_loop(
+    tmp_path: Path, tiny_gguf: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Rendering (Jinja, tool formats, JSON schema -> grammar) is CPU work: never on the loop."""
+    import aiohttp
+
+    from appliance.engine import chat as engine_chat
+
+    on_loop: list[bool] = []
+    real = engine_chat.render_chat
+
+    def spy(*a, **k):  # type: ignore[no-untyped-def]
+        try:
+            asyncio.get_running_loop()
+            on_loop.append(True)
+        except RuntimeError:
+            on_loop.append(False)
+        return real(*a, **k)
+
+    monkeypatch.setattr(engine_chat, "render_chat", spy)
+    settings = write_config(tmp_path, {"m": {"source": f"file://{tiny_gguf}", "context": 256, "parallel": 1}})
+    store = pull_all(settings)
+    async with serving(settings, store=store) as d, aiohttp.ClientSession(d.url) as http:
+        body = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2,
+                "response_format": {"type": "json_object"}}
+        async with http.post("/v1/chat/completions", json=body) as r:
+            assert r.status == 200, await r.text()
+    assert on_loop == [False]

@@ -9,6 +9,8 @@ integer index, id and name only in each call's first delta.
 
 from __future__ import annotations
 
+import asyncio
+
 import json
 import secrets
 import time
@@ -55,7 +57,8 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     cid, created = "chatcmpl-" + secrets.token_hex(12), int(time.time())
 
     async with request.app[CTX_KEY].backend.lease(mid, key_name(request), slots=body.n) as runner:
-        prompt: ChatPrompt = render(runner, body)
+        # Jinja rendering and JSON-schema -> grammar conversion are CPU work: off the loop.
+        prompt: ChatPrompt = await asyncio.to_thread(render, runner, body)
         params = sampling_params(
             body,
             max_tokens=body.token_limit,
