@@ -17,7 +17,7 @@ from typing import Any
 
 from aiohttp import web
 
-from ..engine.types import GenerationRequest
+from ..engine.types import GenerationRequest, TokenLogprob
 from ..errors import ApplianceError
 from .chat_render import ChatPrompt, render
 from .context import CTX_KEY, check_n, key_name, resolve_model
@@ -34,7 +34,7 @@ class _Choice:
 
     index: int
     text: str = ""
-    logprobs: list = field(default_factory=list)
+    logprobs: list[TokenLogprob] = field(default_factory=list)
     finish: str | None = None
     started: bool = False
 
@@ -73,7 +73,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
             sse: SSEStream | None = None
 
             def chunk(index: int, delta: dict[str, Any], finish: str | None = None,
-                      logprobs: list | None = None) -> dict[str, Any]:
+                      logprobs: list[dict[str, Any]] | None = None) -> dict[str, Any]:
                 c: dict[str, Any] = {
                     "id": cid, "object": "chat.completion.chunk", "created": created, "model": mid,
                     "choices": [{"index": index, "delta": delta, "logprobs": None if logprobs is None else {"content": logprobs},

@@ -8,8 +8,9 @@ from typing import Any
 
 from aiohttp import web
 
-from ..engine.types import GenerationRequest
-from ..errors import ApplianceError, InvalidRequest
+from ..engine.protocol import ServingRunner
+from ..engine.types import GenerationRequest, TokenLogprob
+from ..errors import ApplianceError
 from .context import CTX_KEY, check_n, key_name, resolve_model
 from .generation import close, completion_logprobs, next_delta, note_usage, sampling_params, usage_dict
 from .schemas import CompletionRequest, parse_body, read_json
@@ -17,13 +18,8 @@ from .sse import SSEStream
 from .state import REQUEST_ID, request_info
 
 
-def _echo_text(runner: Any, prompt: str | list[int]) -> str:
-    if isinstance(prompt, str):
-        return prompt
-    detok = getattr(runner, "detokenize", None)
-    if detok is None:
-        raise InvalidRequest("echo with token-array prompts is not supported", param="echo")
-    return detok(prompt)
+def _echo_text(runner: ServingRunner, prompt: str | list[int]) -> str:
+    return prompt if isinstance(prompt, str) else runner.detokenize(prompt)
 
 
 async def completions(request: web.Request) -> web.StreamResponse:
@@ -39,7 +35,7 @@ async def completions(request: web.Request) -> web.StreamResponse:
     prompts = body.prompts
     n = body.n
 
-    def chunk(index: int, text: str, finish: str | None, lp: dict | None) -> dict[str, Any]:
+    def chunk(index: int, text: str, finish: str | None, lp: dict[str, Any] | None) -> dict[str, Any]:
         c: dict[str, Any] = {
             "id": cid, "object": "text_completion", "created": created, "model": mid,
             "choices": [{"index": index, "text": text, "logprobs": lp, "finish_reason": finish}],
@@ -51,7 +47,7 @@ async def completions(request: web.Request) -> web.StreamResponse:
     async with request.app[CTX_KEY].backend.lease(mid, key_name(request), slots=n) as runner:
         sse: SSEStream | None = None
         texts = [""] * (n * len(prompts))
-        lps: list[list] = [[] for _ in texts]
+        lps: list[list[TokenLogprob]] = [[] for _ in texts]
         finishes: list[str] = ["stop"] * len(texts)
         for pi, prompt in enumerate(prompts):
             echo = _echo_text(runner, prompt) if body.echo else ""

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..engine.generation import Generation
 from ..engine.types import Delta, SamplingParams, TokenLogprob, Usage
 from ..errors import ApplianceError, EngineError
 from .schemas import _Sampling
@@ -35,11 +36,11 @@ def sampling_params(body: _Sampling, **extra: Any) -> SamplingParams:
 def checked(d: Delta) -> Delta:
     """A delta that reports an engine failure becomes an EngineError."""
     if d.finish_reason == "error":
-        raise EngineError(d.error or "generation failed in the engine")
+        raise EngineError("generation failed in the engine")
     return d
 
 
-async def next_delta(gen: Any) -> Delta | None:
+async def next_delta(gen: Generation) -> Delta | None:
     """The next delta or None at the end; engine failures raise ApplianceError."""
     try:
         d = await gen.__anext__()
@@ -52,10 +53,8 @@ async def next_delta(gen: Any) -> Delta | None:
     return checked(d)
 
 
-async def close(gen: Any) -> None:
-    aclose = getattr(gen, "aclose", None)
-    if aclose is not None:
-        await aclose()
+async def close(gen: Generation) -> None:
+    await gen.aclose()
 
 
 def chat_logprobs(items: list[TokenLogprob]) -> list[dict[str, Any]]:

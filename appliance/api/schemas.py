@@ -7,7 +7,7 @@ Unknown fields are ignored (clients send vendor extras); every violation becomes
 from __future__ import annotations
 
 import json
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, Mapping, TypeVar
 
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -212,8 +212,8 @@ class CompletionRequest(_Sampling):
         if isinstance(p, str):
             return [p]
         if p and isinstance(p[0], int):
-            return [list(p)]  # type: ignore[arg-type]
-        return list(p)  # type: ignore[arg-type]
+            return [list(p)]
+        return list(p)  # type: ignore[arg-type]  # the int case is handled above
 
 
 class EmbeddingRequest(_Body):
@@ -228,8 +228,8 @@ class EmbeddingRequest(_Body):
         if isinstance(i, str):
             return [i]
         if i and isinstance(i[0], int):
-            return [list(i)]  # type: ignore[arg-type]
-        return list(i)  # type: ignore[arg-type]
+            return [list(i)]
+        return list(i)  # type: ignore[arg-type]  # the int case is handled above
 
 
 # --- parsing -----------------------------------------------------------------------------
@@ -268,7 +268,7 @@ def param_of(loc: tuple[Any, ...]) -> str:
     return out
 
 
-def _message(err: dict[str, Any], param: str) -> str:
+def _message(err: Mapping[str, Any], param: str) -> str:
     msg = str(err.get("msg", "invalid value")).removeprefix("Value error, ")
     if err.get("type") == "missing":
         return f"missing required parameter: {param!r}"

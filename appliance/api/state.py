@@ -65,7 +65,7 @@ INFO = _rkey("appliance_info", dict)
 API_KEY = _rkey("appliance_api_key", object)
 
 
-def request_info(request: web.Request) -> dict:
+def request_info(request: web.Request) -> dict[str, Any]:
     """Per-request facts handlers fill in for the log line and the on_request hooks."""
     info = request.get(INFO)
     if info is None:

@@ -61,7 +61,8 @@ def main(argv: list[str] | None = None) -> None:
     llamalog.install()
     ll.llama_backend_init()
     model = Path(a.model).resolve()
-    cfg = ModelConfig.model_construct(context=a.context, parallel=a.parallel)  # catalog defaults otherwise
+    # unvalidated (the source is not read): catalog defaults but for context and parallel
+    cfg = ModelConfig.model_construct(source=f"file://{model}", context=a.context, parallel=a.parallel)
     # as the appliance (and the pinned llama-server) load it
     mp = model_params(n_gpu_layers=a.gpu_layers, extra_buffers=extra_buffers_safe())
     cp = context_params(cfg, threads=a.threads, n_batch=a.batch)

@@ -20,7 +20,7 @@ the functions that build llama.cpp's structs import it when called.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Literal, cast
 
 from ..config import ModelConfig
 
@@ -75,7 +75,7 @@ def context_params(cfg: ModelConfig, *, threads: int, n_batch: int = N_BATCH,
         cp.n_outputs_max_per_seq = 0
         cp.embeddings = True
         cp.pooling_type = ll.LLAMA_POOLING_TYPE_UNSPECIFIED if declares_pooling else ll.LLAMA_POOLING_TYPE_MEAN
-    return cp
+    return cast("ll.llama_context_params", cp)
 
 
 def model_params(*, n_gpu_layers: int, main_gpu: int = 0, split_mode: str = "none",
@@ -91,7 +91,7 @@ def model_params(*, n_gpu_layers: int, main_gpu: int = 0, split_mode: str = "non
     mp.main_gpu = main_gpu
     mp.split_mode = ll.LLAMA_SPLIT_MODE_NONE if split_mode == "none" else ll.LLAMA_SPLIT_MODE_LAYER
     mp.use_extra_bufts = extra_buffers
-    return mp
+    return cast("ll.llama_model_params", mp)
 
 
 def _kv_type(name: str) -> int:

@@ -131,6 +131,8 @@ class Runner:
         self.n_embd = ll.llama_model_n_embd(self.model)
         self.model_bytes = int(ll.llama_model_size(self.model))
         self.context_bytes = self.buffers.total("KV", "RS", "compute", "output")
+        # the decode thread's handle: valid until close() frees it, after the thread stopped
+        self._ctx: ll.llama_context_p = self.ctx
         self.mem = ll.llama_get_memory(self.ctx)
         self._batch = Batch(self.n_batch)
         self._table = SlotTable(self.parallel, self._trim)
@@ -279,7 +281,7 @@ class Runner:
             raise InvalidRequest(f"model {self.model_id!r} is not an embedding model", param="model")
         token_lists = embedding_inputs(self.vocab, inputs, self.context)
         vectors = await self._call(lambda: embed_batches(
-            self.ctx, self._batch, token_lists, max_seqs=self.parallel, n_embd=self.n_embd,
+            self._ctx, self._batch, token_lists, max_seqs=self.parallel, n_embd=self.n_embd,
             decode=self._decode_prompts))
         return EmbeddingResult(vectors=vectors, prompt_tokens=sum(map(len, token_lists)))
 
@@ -333,16 +335,24 @@ class Runner:
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[_T] = loop.create_future()
 
+        def ok(res: _T) -> None:  # on the loop
+            if not fut.done():
+                fut.set_result(res)
+
+        def err(e: BaseException) -> None:  # on the loop
+            if not fut.done():
+                fut.set_exception(e)
+
         def task() -> None:
             try:
                 res = fn()
             except BaseException as e:  # noqa: BLE001 - handed to the awaiting caller
-                loop.call_soon_threadsafe(lambda: fut.done() or fut.set_exception(e))
+                loop.call_soon_threadsafe(err, e)
             else:
-                loop.call_soon_threadsafe(lambda: fut.done() or fut.set_result(res))
+                loop.call_soon_threadsafe(ok, res)
 
         def fail(e: BaseException) -> None:
-            loop.call_soon_threadsafe(lambda: fut.done() or fut.set_exception(e))
+            loop.call_soon_threadsafe(err, e)
 
         self._submit(_Task(task, fail))
         return await fut
@@ -392,7 +402,7 @@ class Runner:
             self._flush()  # cancelled jobs' ends
             return
         self.in_call_since = time.monotonic()
-        ret = ll.llama_decode(self.ctx, self._fill(plan).struct())
+        ret = ll.llama_decode(self._ctx, self._fill(plan).struct())
         if ret == 0:
             self._after(plan)
         else:
@@ -447,7 +457,7 @@ class Runner:
     def _decode_or_raise(self, b: Batch) -> None:
         self.in_call_since = time.monotonic()
         try:
-            ret = ll.llama_decode(self.ctx, b.struct())
+            ret = ll.llama_decode(self._ctx, b.struct())
         finally:
             self.in_call_since = None
         if ret != 0:
@@ -466,7 +476,7 @@ class Runner:
         for seqs in by_job.values():
             job = self._slots[seqs[0]].job
             alone = plan.only(seqs)
-            r = ll.llama_decode(self.ctx, self._fill(alone).struct())
+            r = ll.llama_decode(self._ctx, self._fill(alone).struct())
             if r == 0:
                 self._after(alone)
                 continue
@@ -514,9 +524,9 @@ class Runner:
         assert job is not None and ch is not None
         try:
             if job.params.logprobs:  # logprobs read the context's row after the pick: stay here
-                tok = ch.sampler.sample(self.ctx, idx)
+                tok = ch.sampler.sample(self._ctx, idx)
             else:
-                first = ch.sampler.first_pass(self.ctx, idx)
+                first = ch.sampler.first_pass(self._ctx, idx)
                 if first is None:  # refused by the grammar: resample while the others decode
                     ch.deferred = ch.sampler.start_resample(self._resample_pool())
                     ch.deferred.add_done_callback(self._wake)
@@ -576,7 +586,7 @@ class Runner:
             ch.pending = tok
 
     def _row_logprobs(self, idx: int, tok: int, top_n: int) -> RowLogprobs:
-        return row_logprobs(self.ctx, idx, self.vocab.n_vocab, tok, top_n)
+        return row_logprobs(self._ctx, idx, self.vocab.n_vocab, tok, top_n)
 
     # --- releasing -------------------------------------------------------------------------------
 
