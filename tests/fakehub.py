@@ -71,7 +71,8 @@ class FakeHub:
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        # shutdown() waits up to one poll interval (0.5 s by default) on every test's exit
+        self._thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
 
     def add(self, repo: str, path: str, data: bytes, **kw: str) -> HubFile:
         f = self.files[(repo, path)] = HubFile(data, **kw)

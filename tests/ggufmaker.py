@@ -12,11 +12,21 @@ seed-dependent next token, so models of different seeds continue a prompt differ
 Its rows for control, unknown and byte tokens are zero: greedy decoding emits only normal
 text tokens (never EOS by chance, never half a UTF-8 character) unless a grammar or logit
 bias asks for them.
+
+Writing one takes seconds (the vocab is parsed, 32000 rows drawn), so each is built once per
+content hash (this file, the vocab, shape, seed, library versions) into a cache directory
+($APPLIANCE_TEST_CACHE, default ~/.cache/appliance-tests) and copied to where a test wants
+it. Two pytest processes may build the same one at once: each writes a temp name and renames.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import hashlib
+import os
+import secrets
+import shutil
+from dataclasses import asdict, dataclass
+from importlib.metadata import version
 from pathlib import Path
 
 import gguf
@@ -24,6 +34,8 @@ import numpy as np
 
 DATA = Path(__file__).parent / "data"
 VOCAB = DATA / "ggml-vocab-llama-spm.gguf"
+# Read at import, before the tests' isolated_env points HOME elsewhere.
+CACHE = Path(os.environ.get("APPLIANCE_TEST_CACHE") or Path.home() / ".cache" / "appliance-tests") / "ggufs"
 
 
 @dataclass(frozen=True)
@@ -53,9 +65,39 @@ def _copy_tokenizer(w: gguf.GGUFWriter, vocab: Path) -> np.ndarray:
 
 
 def make_gguf(path: Path, shape: Shape = Shape(), seed: int = 0) -> Path:
-    """Write a random-weight llama GGUF of `shape` to `path` (F32 weights, untied output)."""
-    rng = np.random.default_rng(seed)
+    """A random-weight llama GGUF of `shape` at `path` (F32 weights, untied output): a copy of
+    the cached build, so a test may change or delete its file."""
     path.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(cached_gguf(shape, seed), path)
+    return path
+
+
+def cache_key(shape: Shape, seed: int) -> str:
+    """Everything the file's bytes depend on."""
+    h = hashlib.sha256()
+    for part in (Path(__file__).read_bytes(), VOCAB.read_bytes(), repr(sorted(asdict(shape).items())).encode(),
+                 str(seed).encode(), version("gguf").encode(), np.__version__.encode()):
+        h.update(hashlib.sha256(part).digest())
+    return h.hexdigest()
+
+
+def cached_gguf(shape: Shape, seed: int = 0) -> Path:
+    """The cached build for these inputs, written (temp name, rename) if missing."""
+    out = CACHE / f"{shape.name}-{cache_key(shape, seed)[:24]}.gguf"
+    if out.is_file():
+        return out
+    CACHE.mkdir(parents=True, exist_ok=True)
+    tmp = CACHE / f".{out.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp"
+    try:
+        _write_gguf(tmp, shape, seed)
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return out
+
+
+def _write_gguf(path: Path, shape: Shape, seed: int) -> None:
+    rng = np.random.default_rng(seed)
     w = gguf.GGUFWriter(str(path), "llama")
     w.add_name(shape.name)
     w.add_context_length(shape.n_ctx_train)
@@ -99,4 +141,3 @@ def make_gguf(path: Path, shape: Shape = Shape(), seed: int = 0) -> Path:
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
     w.close()
-    return path

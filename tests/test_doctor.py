@@ -88,10 +88,17 @@ def test_port_in_use(setup: Path, capsys: pytest.CaptureFixture[str]) -> None:
 
 
 def test_cli_entry(setup: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    """Wired into the `appliance` command with the real probes; exit 1 exactly when a check failed."""
+    """Wired into the `appliance` command with the real probes: every area is checked, and a
+    failed check (the port, taken here, so this does not depend on the machine) exits 1."""
     import json
 
-    rc = main(["doctor", "--json"])
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        (setup / "appliance.toml").write_text(f"[server]\nport = {port}\n")
+        rc = main(["doctor", "--json"])
     findings = [json.loads(ln) for ln in capsys.readouterr().out.splitlines()]
     assert {"llama.cpp", "config", "store", "memory", "port", "daemon"} <= {f["area"] for f in findings}
-    assert rc == (1 if any(f["level"] == "fail" for f in findings) else 0)
+    assert [f["level"] for f in findings if f["area"] == "port"] == ["fail"]
+    assert rc == 1

@@ -2,8 +2,9 @@
 
 Middlewares, outermost first: request context (id, log line, hooks) -> errors (one
 mapping) -> CORS preflight -> draining -> body limit -> auth (+ rate limit). Routes:
-probes, /v1 (OpenAI), /admin (scheduler's, admin scope by path). The daemon owns the
-AppRunner/TCPSite (handler_cancellation=True) so the drain can keep the listener open.
+probes, /v1 (OpenAI), /admin (scheduler's, admin scope by path), the web console at /
+(appliance/console). The daemon owns the AppRunner/TCPSite (handler_cancellation=True) so
+the drain can keep the listener open.
 """
 
 from __future__ import annotations
@@ -64,4 +65,8 @@ def create_app(
     app.router.add_post("/v1/completions", completions)
     app.router.add_post("/v1/embeddings", embeddings)
     add_admin_routes(app, backend)
+    from ..console import add_console
+
+    add_console(app, settings, catalog=catalog or (lambda: settings.catalog), keyring=keyring,
+                state=app[STATE_KEY], scheduler=backend, store=store)
     return app

@@ -12,7 +12,7 @@ from aiohttp import web
 from ..errors import InvalidRequest
 from .context import CTX_KEY, key_name, resolve_model
 from .schemas import EmbeddingRequest, parse_body, read_json
-from .state import request_info
+from .state import request_facts
 
 
 def encode_base64(vector: list[float]) -> str:
@@ -44,7 +44,7 @@ async def embeddings(request: web.Request) -> web.Response:
         }
         for i, v in enumerate(result.vectors)
     ]
-    request_info(request)["prompt_tokens"] = result.prompt_tokens
+    request_facts(request).prompt_tokens = result.prompt_tokens
     return web.json_response(
         {
             "object": "list",

@@ -9,7 +9,7 @@ from aiohttp import web
 
 from ..errors import ApplianceError
 from .errors import error_payload
-from .state import request_info
+from .state import request_facts
 
 
 class SSEStream:
@@ -37,7 +37,7 @@ class SSEStream:
     async def error(self, exc: ApplianceError) -> web.StreamResponse:
         """A failure after streaming began: recorded for the request's log line (as the error
         middleware does for plain HTTP errors), one error event, then the stream ends."""
-        request_info(self.request)["error_code"] = exc.code
+        request_facts(self.request).error_code = exc.code
         await self.send(error_payload(exc))
         await self.response.write_eof()
         return self.response

@@ -28,6 +28,9 @@ from .records import BlobRef
 
 SHA_RE = re.compile(r"^[0-9a-f]{64}$")
 Echo = Callable[[str], None]
+# (file name, bytes done, bytes in all or None): progress for a caller without a terminal
+# (the web console's pull), given as `progress=` instead of True/False.
+ProgressFn = Callable[[str, int, "int | None"], None]
 
 
 @dataclass
@@ -55,7 +58,27 @@ def split_hf(source: str) -> tuple[str, str]:
     return "/".join(parts[:2]), "/".join(parts[2:])
 
 
-def _bar(total: int | None, desc: str, initial: int = 0, enabled: bool = True) -> tqdm:
+class _Report:
+    """A progress bar's stand-in that reports to a function instead of drawing."""
+
+    def __init__(self, report: ProgressFn, total: int | None, desc: str, initial: int) -> None:
+        self.report, self.total, self.desc, self.done = report, total, desc, initial
+        report(desc, initial, total)
+
+    def update(self, n: int = 1) -> None:
+        self.done += n
+        self.report(self.desc, self.done, self.total)
+
+    def __enter__(self) -> "_Report":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+def _bar(total: int | None, desc: str, initial: int = 0, enabled: bool | ProgressFn = True) -> tqdm | _Report:
+    if callable(enabled):
+        return _Report(enabled, total, desc, initial)
     return tqdm(
         total=total, initial=initial, desc=desc, unit="B", unit_scale=True, unit_divisor=1024,
         file=sys.stderr, disable=None if enabled else True, leave=False,
@@ -68,10 +91,11 @@ def pull_model(
     cfg: ModelConfig,
     *,
     wait: bool = True,
-    progress: bool = True,
+    progress: bool | ProgressFn = True,
     echo: Echo = lambda s: None,
 ) -> PullResult:
-    """Make every shard of `model_id` present and verified; write its record."""
+    """Make every shard of `model_id` present and verified; write its record. `progress`:
+    bars on stderr (True), nothing (False), or a function told each file's progress."""
     result = PullResult(model_id)
     waiting = lambda: echo(f"{model_id}: waiting for another pull of this model to finish")  # noqa: E731
     with store.lock(model_id, wait=wait, on_wait=waiting):
@@ -95,7 +119,7 @@ def pull_model(
 
 
 def _fetch_shard(
-    store: Store, src: str, revision: str, pin: str | None, progress: bool, result: PullResult
+    store: Store, src: str, revision: str, pin: str | None, progress: bool | ProgressFn, result: PullResult
 ) -> tuple[str, int, str, str | None]:
     name = src.rsplit("/", 1)[-1]
     if pin and store.has_blob(pin):
@@ -117,7 +141,7 @@ def _fetch_shard(
     return _download_hf(store, src, revision, pin, progress, result)
 
 
-def _copy_file(store: Store, path: Path, pin: str | None, progress: bool) -> tuple[str, int]:
+def _copy_file(store: Store, path: Path, pin: str | None, progress: bool | ProgressFn) -> tuple[str, int]:
     try:
         size = path.stat().st_size
         f = open(path, "rb")
@@ -130,7 +154,7 @@ def _copy_file(store: Store, path: Path, pin: str | None, progress: bool) -> tup
 
 
 def _download_hf(
-    store: Store, src: str, revision: str, pin: str | None, progress: bool, result: PullResult
+    store: Store, src: str, revision: str, pin: str | None, progress: bool | ProgressFn, result: PullResult
 ) -> tuple[str, int, str, str | None]:
     from huggingface_hub import get_hf_file_metadata, hf_hub_url
     from huggingface_hub.errors import HfHubHTTPError
@@ -166,7 +190,7 @@ def _download_hf(
 
 
 def _resumable_get(
-    store: Store, session, url: str, headers: dict[str, str], part: Path, size: int, progress: bool, name: str
+    store: Store, session, url: str, headers: dict[str, str], part: Path, size: int, progress: bool | ProgressFn, name: str
 ) -> tuple[str, int]:
     """Append to `part` from where it ends (Range), hashing prefix and new bytes. -> (sha256, fetched)."""
     import fcntl
