@@ -9,9 +9,11 @@ import logging
 import re
 import secrets
 import time
+from dataclasses import dataclass
 from typing import Awaitable, Callable
 
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 
 from ..auth import ADMIN, INFERENCE, Keyring, RateLimiter
 from ..errors import ApplianceError, Draining, InsufficientScope, NotReady, RequestTooLarge
@@ -108,7 +110,15 @@ async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     return error_response(err)
 
 
-def cors(origins: list[str]) -> Callable:
+@dataclass(frozen=True)
+class Cors:
+    """The CORS middleware and the response hook that marks allowed origins' responses."""
+
+    middleware: Middleware
+    on_prepare: Callable[[web.Request, web.StreamResponse], Awaitable[None]]
+
+
+def cors(origins: list[str]) -> Cors:
     """Answer preflights for allowed origins and mark their responses (small on purpose:
     the whole API is header-authenticated, so no cookies and no credentials mode)."""
     allow_any = "*" in origins
@@ -144,8 +154,7 @@ def cors(origins: list[str]) -> Callable:
             if not allow_any:
                 response.headers.add("Vary", "Origin")
 
-    cors_middleware.on_prepare = on_prepare  # type: ignore[attr-defined]
-    return cors_middleware
+    return Cors(cors_middleware, on_prepare)
 
 
 @web.middleware
@@ -189,7 +198,7 @@ def required_scope(path: str, metrics_public: bool) -> str | None:
     return INFERENCE
 
 
-def auth(keyring: Keyring, limiter: RateLimiter, *, open_without_keys: bool, metrics_public: bool) -> Callable:
+def auth(keyring: Keyring, limiter: RateLimiter, *, open_without_keys: bool, metrics_public: bool) -> Middleware:
     """Bearer-token auth, scope check and per-key rate limit.
 
     `open_without_keys`: with no keys at all, let everything through (the solo developer on
