@@ -3,11 +3,13 @@
 #
 #   sudo scripts/install.sh                      # build for this machine, install, enable, start
 #   sudo scripts/install.sh --wheelhouse DIR     # offline: install from prebuilt wheels
+#   sudo scripts/install.sh --worker             # an RPC worker for a head node (docs/cluster.md)
 #   sudo scripts/install.sh --uninstall [--purge]
 #   scripts/install.sh --root /tmp/scratch --skip-pip   # lay out the files only (tests)
 #
 # Backend: Linux with an NVIDIA driver (nvidia-smi) -> llama-cpp-python built with CUDA
 # (needs nvcc); Apple Silicon -> Metal (the default build); otherwise CPU. --cpu forces CPU.
+# Every build has llama.cpp's RPC backend (-DGGML_RPC=ON): head nodes and workers alike.
 # Idempotent: a second run changes nothing and keeps existing config, keys and models.
 #
 # Offline wheelhouse, built on a machine with the same OS/Python/CUDA (portable CPU code):
@@ -23,6 +25,7 @@ UNINSTALL=0
 PURGE=0
 FORCE_CPU=0
 START=1
+WORKER=0
 CUDA_ARCH=""
 PYTHON="${PYTHON:-python3}"
 SERVICE_USER=appliance
@@ -37,6 +40,8 @@ Options:
   --cpu              build llama-cpp-python for the CPU even if a GPU is present
   --cuda-arch N      CMAKE_CUDA_ARCHITECTURES (86 for RTX 30xx, 89 for 40xx, 90 for H100)
   --no-start         enable the service but do not start it now
+  --worker           install the RPC worker (appliance-worker.service, bound to 127.0.0.1;
+                     set WORKER_ARGS in /etc/appliance/worker.env) instead of the daemon
   --uninstall        remove the service and the venv; keep config, keys and models
   --purge            with --uninstall: also remove config, keys, models, caches and the user
 EOF
@@ -55,6 +60,7 @@ while [ $# -gt 0 ]; do
         --cpu) FORCE_CPU=1; shift ;;
         --cuda-arch) CUDA_ARCH="${2:?--cuda-arch needs a number}"; shift 2 ;;
         --no-start) START=0; shift ;;
+        --worker) WORKER=1; shift ;;
         --uninstall) UNINSTALL=1; shift ;;
         --purge) PURGE=1; shift ;;
         -h|--help) usage; exit 0 ;;
@@ -84,6 +90,8 @@ fi
 UNIT="$ROOT/etc/systemd/system/appliance.service"
 SYSUSERS="$ROOT/usr/lib/sysusers.d/appliance.conf"
 PLIST="$ROOT/Library/LaunchDaemons/com.appliance.daemon.plist"
+WORKER_UNIT="$ROOT/etc/systemd/system/appliance-worker.service"
+WORKER_PLIST="$ROOT/Library/LaunchDaemons/com.appliance.worker.plist"
 BIN_LINK="$ROOT/usr/local/bin/appliance"
 
 # Copy SRC to DEST with MODE only when the content differs (idempotent, keeps mtimes).
@@ -115,12 +123,13 @@ has_systemd() { live && command -v systemctl >/dev/null && [ -d /run/systemd/sys
 if [ "$UNINSTALL" = 1 ]; then
     if [ "$OS" = Darwin ]; then
         live && launchctl bootout system/com.appliance.daemon 2>/dev/null || true
-        rm -f "$PLIST"
+        live && launchctl bootout system/com.appliance.worker 2>/dev/null || true
+        rm -f "$PLIST" "$WORKER_PLIST"
     else
         if has_systemd; then
-            systemctl disable --now appliance.service 2>/dev/null || true
+            systemctl disable --now appliance.service appliance-worker.service 2>/dev/null || true
         fi
-        rm -f "$UNIT"
+        rm -f "$UNIT" "$WORKER_UNIT"
         has_systemd && systemctl daemon-reload || true
     fi
     rm -rf "$PREFIX"
@@ -177,7 +186,7 @@ fi
 
 if [ "$SKIP_PIP" = 0 ]; then
     backend=cpu
-    cmake_args="${CMAKE_ARGS:-}"
+    cmake_args="${CMAKE_ARGS:-} -DGGML_RPC=ON"
     if [ "$FORCE_CPU" = 1 ]; then
         backend=cpu
     elif [ "$OS" = Darwin ] && [ "$(uname -m)" = arm64 ]; then
@@ -212,6 +221,33 @@ if [ "$(readlink "$BIN_LINK" 2>/dev/null || true)" != "/opt/appliance/venv/bin/a
     ln -sfn /opt/appliance/venv/bin/appliance "$BIN_LINK"
 fi
 put "$REPO/docs/operations.md" "$PREFIX/docs/operations.md" 0644
+put "$REPO/docs/cluster.md" "$PREFIX/docs/cluster.md" 0644
+
+# --- a worker: its unit and settings only (no store, no keys, no API) ----------------------
+if [ "$WORKER" = 1 ]; then
+    mkdir -p "$ETC"
+    wtmp="$(mktemp)"
+    printf '%s\n' "# appliance worker's options (docs/cluster.md). RPC has no authentication:" \
+        "# bind a private address that only the head node reaches, never a public one." \
+        'WORKER_ARGS="--host 127.0.0.1 --port 50052"' > "$wtmp"
+    put_once "$wtmp" "$ETC/worker.env" 0644
+    rm -f "$wtmp"
+    if [ "$OS" = Darwin ]; then
+        put "$REPO/systemd/com.appliance.worker.plist" "$WORKER_PLIST" 0644
+        live && mkdir -p /usr/local/var/log
+        live && { launchctl bootstrap system "$WORKER_PLIST" 2>/dev/null \
+            || launchctl kickstart -k system/com.appliance.worker; }
+    else
+        put "$REPO/systemd/appliance-worker.service" "$WORKER_UNIT" 0644
+        if has_systemd; then
+            systemctl daemon-reload
+            if [ "$START" = 1 ]; then systemctl enable --now appliance-worker.service
+            else systemctl enable appliance-worker.service; fi
+        fi
+    fi
+    say "worker installed; it listens on 127.0.0.1:50052 until $ETC/worker.env says otherwise"
+    exit 0
+fi
 
 # --- configuration (never overwritten) -----------------------------------------------------
 mkdir -p "$ETC"

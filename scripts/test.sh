@@ -19,5 +19,13 @@ fi
 python3 -m venv .venv
 .venv/bin/python -m pip install --quiet --upgrade pip
 .venv/bin/python -m pip install --quiet -e '.[dev,demo,bench]'
+# llama.cpp's RPC backend (appliance worker, `rpc` in models.toml; tests/test_rpc.py) needs
+# -DGGML_RPC=ON. pip's wheel cache ignores CMAKE_ARGS, so rebuild (no cache) only when the
+# installed build lacks it: a machine that already has the right build stays quick.
+if ! .venv/bin/python -c 'import sys, llama_cpp; sys.exit(0 if llama_cpp.llama_supports_rpc() else 1)'; then
+    echo "rebuilding llama-cpp-python with the RPC backend (-DGGML_RPC=ON; several minutes)" >&2
+    CMAKE_ARGS="${CMAKE_ARGS:-} -DGGML_RPC=ON" .venv/bin/python -m pip install --quiet --no-cache-dir \
+        --force-reinstall --no-deps "llama-cpp-python==$(.venv/bin/python -c 'import llama_cpp; print(llama_cpp.__version__)')"
+fi
 .venv/bin/python -m mypy
 exec .venv/bin/python -m pytest -q "$@"

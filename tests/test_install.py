@@ -146,3 +146,22 @@ def test_scratch_mode_without_a_cli_lays_out_the_files_and_exits_0(tmp_path: Pat
     assert p.returncode == 0, p.stderr
     assert "skipped the first admin key" in p.stdout + p.stderr
     assert (root / "etc" / "appliance" / "appliance.toml").is_file()
+
+
+def test_worker_install_lays_out_the_worker_unit_bound_to_loopback(tmp_path: Path) -> None:
+    """`--worker`: the RPC worker's unit and its options file (loopback), no daemon, no keys;
+    a second run changes nothing."""
+    root = tmp_path / "root"
+    first = run_install(root, "--worker")
+    assert first.returncode == 0, first.stderr
+    unit = root / "etc/systemd/system/appliance-worker.service"
+    assert unit.read_bytes() == (ROOT / "systemd/appliance-worker.service").read_bytes()
+    env = (root / "etc/appliance/worker.env").read_text()
+    assert 'WORKER_ARGS="--host 127.0.0.1 --port 50052"' in env
+    assert not (root / "etc/systemd/system/appliance.service").exists()
+    assert not (root / "etc/appliance/keys.toml").exists()
+    assert (root / "opt/appliance/docs/cluster.md").is_file()
+    before = tree(root)
+    second = run_install(root, "--worker")
+    assert second.returncode == 0, second.stderr
+    assert tree(root) == before

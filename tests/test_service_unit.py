@@ -13,6 +13,8 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 UNIT = ROOT / "systemd" / "appliance.service"
 PLIST = ROOT / "systemd" / "com.appliance.daemon.plist"
+WORKER_UNIT = ROOT / "systemd" / "appliance-worker.service"
+WORKER_PLIST = ROOT / "systemd" / "com.appliance.worker.plist"
 SYSUSERS = ROOT / "systemd" / "appliance.sysusers"
 
 
@@ -124,3 +126,30 @@ def test_launchd_plist() -> None:
 
 def test_unit_has_no_stray_syntax_and_the_usual_sections() -> None:
     assert {section for section, _ in _unit_entries()} == {"Unit", "Service", "Install"}
+
+
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze not installed")
+def test_worker_unit_verifies(tmp_path: Path) -> None:
+    text = WORKER_UNIT.read_text()
+    start = "ExecStart=/opt/appliance/venv/bin/appliance worker $WORKER_ARGS"
+    assert start in text
+    copy = tmp_path / "appliance-worker.service"
+    copy.write_text(text.replace(start, "ExecStart=/bin/true"))
+    r = subprocess.run(["systemd-analyze", "verify", str(copy)], capture_output=True, text=True)
+    ours = [ln for ln in (r.stdout + r.stderr).splitlines() if "appliance-worker.service" in ln]
+    assert r.returncode == 0 and not ours, r.stdout + r.stderr
+
+
+def test_worker_unit_and_plist_bind_loopback_by_default() -> None:
+    """RPC has no authentication: nothing the installer lays out listens beyond loopback."""
+    e = _unit_entries(WORKER_UNIT.read_text())
+    svc = lambda k: e.get(("Service", k), [])  # noqa: E731
+    assert svc("ExecStart") == ["/opt/appliance/venv/bin/appliance worker $WORKER_ARGS"]
+    assert "WORKER_ARGS=" in svc("Environment")  # empty: `appliance worker`'s loopback default
+    assert svc("EnvironmentFile") == ["-/etc/appliance/worker.env"]
+    assert svc("RestartPreventExitStatus") == ["2"] and svc("User") == ["appliance"]
+    p = plistlib.loads(WORKER_PLIST.read_bytes())
+    args = p["ProgramArguments"]
+    assert args[:2] == ["/opt/appliance/venv/bin/appliance", "worker"]
+    assert args[args.index("--host") + 1] == "127.0.0.1"
+    assert p["Label"] == "com.appliance.worker" and p["KeepAlive"] == {"SuccessfulExit": False}
