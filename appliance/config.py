@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Annotated, Any, Callable, Literal, Mapping
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -118,12 +119,34 @@ class AuthConfig(_Strict):
     keys_file: FilePath | None = None
 
 
+def _endpoints(v: list[str]) -> list[str]:
+    """`rpc` lists: each `host:port`, no repeats (checked here so a typo is a config error)."""
+    from .hardware.rpc import parse_endpoint
+
+    for ep in v:
+        parse_endpoint(ep)
+    if len(set(v)) != len(v):
+        raise ValueError("lists a worker twice")
+    return v
+
+
+RpcList = Annotated[list[str], AfterValidator(_endpoints)]
+
+
+class ClusterConfig(_Strict):
+    """RPC workers (`appliance worker`) every model splits its layers over, unless its
+    catalog entry names its own `rpc` list."""
+
+    rpc: RpcList = []
+
+
 class ApplianceConfig(_Strict):
     server: ServerConfig = ServerConfig()
     store: StoreConfig = Field(default_factory=StoreConfig)
     memory: MemoryConfig = MemoryConfig()
     queue: QueueConfig = QueueConfig()
     auth: AuthConfig = AuthConfig()
+    cluster: ClusterConfig = ClusterConfig()
 
 
 # --- models.toml ------------------------------------------------------------------------
@@ -143,6 +166,7 @@ class ModelConfig(_Strict):
     embedding: bool = False
     chat_template: str | None = None
     aliases: list[str] = []
+    rpc: RpcList | None = None  # None: the [cluster] list of appliance.toml; []: none
 
     @field_validator("source")
     @classmethod

@@ -82,12 +82,17 @@ def build_scheduler(settings: Settings, store: Any, clock: Clock) -> Scheduler:
     from .scheduler.core import Loader
     from .scheduler.loader import engine_loader
 
-    loader: Loader = engine_loader
+    cluster = tuple(settings.config.cluster.rpc)
+
+    def cluster_loader(model_id: str, cfg: ModelConfig, paths: list[Path], placement: Placement) -> EngineRunner:
+        return engine_loader(model_id, cfg, paths, placement, cluster)
+
+    loader: Loader = cluster_loader
     if settings.config.store.verify_on_load:
         def verified_loader(model_id: str, cfg: ModelConfig, paths: list[Path], placement: Placement) -> EngineRunner:
             """Re-hash before loading: a blob that no longer matches is deleted, never loaded."""
             store.verify(model_id, cfg)
-            return engine_loader(model_id, cfg, paths, placement)
+            return cluster_loader(model_id, cfg, paths, placement)
 
         loader = verified_loader
 

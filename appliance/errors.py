@@ -209,6 +209,29 @@ class EngineError(ApplianceError):
     status, type, code = 500, "server_error", "internal_error"
 
 
+class WorkerUnreachable(ApplianceError):
+    """An RPC worker (`rpc` in models.toml) did not answer: the model that needs it stays
+    unloaded; it loads again once the worker is back (hence 503 with Retry-After)."""
+
+    status, type, code = 503, "server_error", "worker_unreachable"
+
+    def __init__(self, endpoint: str, reason: str) -> None:
+        self.endpoint = endpoint
+        super().__init__(f"RPC worker {endpoint} is unreachable: {reason}", retry_after=5.0)
+
+
+class WorkerLost(ApplianceError):
+    """An RPC worker died while a model split over it was computing: that model's requests
+    fail, it is unloaded, and it loads again once the worker is back."""
+
+    status, type, code = 503, "server_error", "worker_lost"
+
+    def __init__(self, endpoint: str, model: str) -> None:
+        self.endpoint = endpoint
+        super().__init__(f"RPC worker {endpoint} was lost while model {model!r} was computing; the model "
+                         "is unloaded and loads again once the worker is back", retry_after=5.0)
+
+
 # --- the daemon's admin socket (CLI exit 1) -----------------------------------------------
 
 

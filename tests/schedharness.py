@@ -46,6 +46,7 @@ class FakeRunner:
     hw: FakeHardware
     closed: bool = False
     busy_slots: int = 0
+    lost: bool = False
 
     def warmup(self) -> None:
         pass

@@ -121,3 +121,21 @@ def test_doctor_creates_no_store_folders(tmp_path: Path, tiny_gguf: Path, monkey
     _, out = doctor(capsys, no_gpu())
     assert not store.exists()
     assert f"[warn] store: {store} does not exist yet" in out
+
+
+def test_rpc_workers_are_checked_by_connecting(setup: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A worker that answers is ok; one nobody listens on fails, naming it and its models."""
+    with socket.socket() as listening:
+        listening.bind(("127.0.0.1", 0))
+        listening.listen()
+        up = f"127.0.0.1:{listening.getsockname()[1]}"
+        down = f"127.0.0.1:{free_port()}"
+        (setup / "appliance.toml").write_text(f'[server]\nport = {free_port()}\n[cluster]\nrpc = ["{up}"]\n')
+        with (setup / "models.toml").open("a") as f:
+            f.write(f'\n[big]\nsource = "file://{setup}/big.gguf"\nrpc = ["{down}"]\n')
+        rc, out = doctor(capsys, Probes(gpus=lambda: [], rpc_built=lambda: True))
+    assert rc == 1
+    assert f"[ ok ] rpc: worker {up} reachable (models: tiny, absent)" in out
+    assert f"[FAIL] rpc: RPC worker {down} is unreachable" in out and "models big will not load" in out
+    rc, out = doctor(capsys, Probes(gpus=lambda: [], rpc_built=lambda: False))
+    assert "[FAIL] rpc: models name RPC workers but llama-cpp-python was built without -DGGML_RPC=ON" in out

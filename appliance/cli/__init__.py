@@ -13,7 +13,7 @@ from typing import Sequence
 from ..errors import ApplianceError
 
 # Command-group modules, imported when the parser is built (after `preload_llama`).
-GROUPS = ["serve", "models", "bundle", "keys", "doctor", "bench"]
+GROUPS = ["serve", "models", "bundle", "keys", "doctor", "bench", "worker"]
 
 
 def preload_llama(argv: Sequence[str]) -> None:
@@ -24,7 +24,7 @@ def preload_llama(argv: Sequence[str]) -> None:
     llama.cpp loaded first it ran. The command modules import numpy (gguf), so this runs
     before they are imported, and only for `serve`, which loads models.
     """
-    if "serve" in argv:
+    if "serve" in argv or "worker" in argv:
         import llama_cpp  # noqa: F401
 
 

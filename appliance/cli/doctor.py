@@ -120,6 +120,25 @@ def probe_bind(host: str, port: int) -> OSError | None:
     return None
 
 
+def probe_rpc_built() -> bool:
+    from ..hardware import rpc
+
+    return rpc.supported()
+
+
+def probe_worker(endpoint: str) -> str | None:
+    """Why the RPC worker cannot be reached, or None. A TCP connect only: a worker serves one
+    client at a time, so speaking its protocol would wait behind a running daemon."""
+    from ..errors import WorkerUnreachable
+    from ..hardware.rpc import check_reachable
+
+    try:
+        check_reachable(endpoint)
+    except WorkerUnreachable as e:
+        return e.message
+    return None
+
+
 def probe_daemon(settings: Settings) -> dict[str, Any] | None:
     from ..service import adminclient
 
@@ -145,6 +164,8 @@ class Probes:
     bind: Callable[[str, int], OSError | None] = probe_bind
     daemon: Callable[[Settings], dict[str, Any] | None] = probe_daemon
     ram: Callable[[], int] = probe_ram
+    rpc_built: Callable[[], bool] = probe_rpc_built
+    worker: Callable[[str], str | None] = probe_worker
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -259,6 +280,28 @@ def check_store(settings: Settings) -> list[Finding]:
     return out
 
 
+def check_workers(settings: Settings, p: Probes) -> list[Finding]:
+    """RPC workers (`[cluster] rpc`, models' `rpc`): built for, and reachable from, this node."""
+    users: dict[str, list[str]] = {}
+    for mid, cfg in settings.catalog.models.items():
+        for ep in settings.config.cluster.rpc if cfg.rpc is None else cfg.rpc:
+            users.setdefault(ep, []).append(mid)
+    if not users:
+        return []
+    if not p.rpc_built():
+        return [Finding("fail", "rpc", "models name RPC workers but llama-cpp-python was built without "
+                                       "-DGGML_RPC=ON: rerun scripts/install.sh")]
+    out = []
+    for ep, mids in users.items():
+        why = p.worker(ep)
+        if why is None:
+            out.append(Finding("ok", "rpc", f"worker {ep} reachable (models: {', '.join(mids)})"))
+        else:
+            out.append(Finding("fail", "rpc", f"{why}; models {', '.join(mids)} will not load until it is "
+                                              "(`appliance worker` on that machine, docs/cluster.md)"))
+    return out
+
+
 def check_port(settings: Settings, p: Probes, daemon: dict[str, Any] | None) -> list[Finding]:
     server = settings.config.server
     err = p.bind(server.host, server.port)
@@ -300,6 +343,7 @@ def diagnose(config: str | None, models: str | None, probes: Probes | None = Non
     findings.append(Finding("ok", "config", f"valid ({where or 'defaults, no files found'})"))
     findings += check_store(settings)
     findings += check_memory(settings, build, p)
+    findings += check_workers(settings, p)
     daemon = p.daemon(settings)
     findings += check_port(settings, p, daemon)
     findings += check_service(p, daemon)

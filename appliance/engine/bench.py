@@ -1,6 +1,7 @@
 """Benchmark: our Runner at 1, 4, 16 concurrent streams vs llama-cpp-python's `Llama`.
 
     python -m appliance.engine.bench --model PATH [--streams 1,4,16] [--tokens 64]
+        [--rpc HOST:PORT --gpu-layers N]   # N layers on RPC workers (docs/cluster.md)
 
 Both sides get the same requests (greedy, fixed length: a logit_bias of -100 on every
 end-of-generation token), the same context per sequence and the same thread count; `Llama`
@@ -54,6 +55,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--context", type=int, default=512, help="context per sequence (both sides)")
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--skip-llama", action="store_true", help="only measure our runner")
+    ap.add_argument("--rpc", action="append", default=[], metavar="HOST:PORT",
+                    help="split over this RPC worker (repeat for several)")
+    ap.add_argument("--gpu-layers", type=int, default=-1, help="layers offloaded (to GPUs and workers); -1 all")
     args = ap.parse_args(argv)
     streams = [int(s) for s in args.streams.split(",") if s]
 
@@ -64,7 +68,8 @@ def main(argv: list[str] | None = None) -> int:
     match_in_llama_cpp_python()  # same model params for Llama as for our runner (see cpufeatures)
 
     cfg = ModelConfig(source=f"file://{args.model.absolute()}", context=args.context, parallel=max(streams))
-    runner = Runner([args.model], cfg, model_id="bench", n_threads=args.threads)
+    runner = Runner([args.model], cfg, model_id="bench", n_threads=args.threads, n_gpu_layers=args.gpu_layers,
+                    workers=args.rpc)
     runner.warmup()
     bias = {t: -100.0 for t in runner.vocab.eog_ids}
     llm = None
@@ -74,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
         llm.create_completion("warm up", max_tokens=2, temperature=0.0)
 
     print(f"model {args.model.name}, {args.tokens} tokens per request, context {args.context}/sequence, "
-          f"{args.threads} threads")
+          f"{args.threads} threads" + (f", {args.gpu_layers} layers on {', '.join(args.rpc)}" if args.rpc else ""))
     print(f"{'streams':>7} | {'runner tok/s':>12} | {'Llama seq tok/s':>15} | {'ratio':>5}")
     try:
         for n in streams:

@@ -20,7 +20,7 @@ the functions that build llama.cpp's structs import it when called.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal, cast
+from typing import TYPE_CHECKING, Literal, Sequence, cast
 
 from ..config import ModelConfig
 
@@ -79,9 +79,14 @@ def context_params(cfg: ModelConfig, *, threads: int, n_batch: int = N_BATCH,
 
 
 def model_params(*, n_gpu_layers: int, main_gpu: int = 0, split_mode: str = "none",
-                 extra_buffers: bool) -> ll.llama_model_params:
+                 extra_buffers: bool, workers: Sequence[str] = ()) -> ll.llama_model_params:
     """llama.cpp's model parameters: layers offloaded, GPU(s), and whether the CPU's extra
-    buffer types (repacking, AMX) are used (cpufeatures.extra_buffers_safe())."""
+    buffer types (repacking, AMX) are used (cpufeatures.extra_buffers_safe()).
+
+    `workers` (RPC `host:port`s): the offloaded layers are split by free memory over the
+    workers' devices and the local GPUs, workers first (llama.cpp's own order: fewer
+    transfers); what is not offloaded stays on the CPU. Raises WorkerUnreachable first.
+    """
     import llama_cpp as ll
 
     if split_mode not in SPLIT_MODES:
@@ -91,7 +96,26 @@ def model_params(*, n_gpu_layers: int, main_gpu: int = 0, split_mode: str = "non
     mp.main_gpu = main_gpu
     mp.split_mode = ll.LLAMA_SPLIT_MODE_NONE if split_mode == "none" else ll.LLAMA_SPLIT_MODE_LAYER
     mp.use_extra_bufts = extra_buffers
+    if workers:
+        _split_over_workers(mp, workers)
     return cast("ll.llama_model_params", mp)
+
+
+def _split_over_workers(mp: ll.llama_model_params, workers: Sequence[str]) -> None:
+    import ctypes
+
+    import llama_cpp as ll
+
+    from ..hardware.rpc import local_gpu_handles, remote_devices
+
+    devs = [(d.handle, d.free) for d in remote_devices(list(workers))] + local_gpu_handles()
+    device_list = (ctypes.c_void_p * (len(devs) + 1))(*[h for h, _ in devs], None)
+    split = (ctypes.c_float * max(len(devs), ll.llama_max_devices()))(*[float(max(f, 1)) for _, f in devs])
+    mp.devices = ctypes.cast(device_list, ctypes.c_void_p).value  # type: ignore[assignment]  # a c_void_p field
+    mp.tensor_split = split
+    mp.split_mode = ll.LLAMA_SPLIT_MODE_LAYER
+    mp.main_gpu = 0
+    mp._rpc_keep = (device_list, split)  # C reads them during the load: alive as long as `mp`
 
 
 def _kv_type(name: str) -> int:

@@ -42,6 +42,11 @@ class DrivenRunner(Protocol):
         """Monotonic time of the last finished step."""
         ...
 
+    @property
+    def lost(self) -> bool:
+        """It can serve nothing more (an RPC worker died mid-call): unload it."""
+        ...
+
     def warmup(self) -> None:
         """One decode at full batch before memory is measured (blocks)."""
         ...

@@ -31,7 +31,7 @@ from typing import Any, Callable, Sequence, TypeVar
 import llama_cpp as ll
 
 from ..config import ModelConfig
-from ..errors import EngineError, InvalidRequest
+from ..errors import ApplianceError, EngineError, InvalidRequest, WorkerLost
 from . import llamalog
 from .batch import Batch
 from .chat import ChatPrompt, render_chat
@@ -92,6 +92,7 @@ class Runner:
         extra_buffers: bool | None = None,
         resample_pool: Executor | None = None,
         arrival_wait_s: float = ARRIVAL_WAIT_S,
+        workers: Sequence[str] = (),
     ) -> None:
         llamalog.install()
         ll.llama_backend_init()
@@ -110,7 +111,9 @@ class Runner:
         threads = n_threads or os.cpu_count() or 1
 
         mp = model_params(n_gpu_layers=n_gpu_layers, main_gpu=main_gpu, split_mode=split_mode,
-                          extra_buffers=extra_buffers_safe() if extra_buffers is None else extra_buffers)
+                          extra_buffers=extra_buffers_safe() if extra_buffers is None else extra_buffers,
+                          workers=workers)
+        self.workers = tuple(workers)
         with llamalog.capture() as chunks:
             self.model = ll.llama_model_load_from_file(str(paths[0]).encode(), mp)
             if not self.model:
@@ -145,6 +148,13 @@ class Runner:
         self._own_resampler = resample_pool is None
         self._arrival_wait_s = arrival_wait_s
         self._cond = threading.Condition()
+        self._abandoned = False  # a worker was lost mid-call: the decode thread never returns
+        self._running_task: _Task | None = None  # warm-up or embeddings, on the decode thread
+        self._unwatch: Callable[[], None] | None = None
+        if self.workers:
+            from ..hardware.rpc import watch
+
+            self._unwatch = watch(self._on_worker_lost)
         self._thread = threading.Thread(target=self._run, name=f"runner-{model_id or 'model'}", daemon=True)
         self._thread.start()
 
@@ -166,6 +176,11 @@ class Runner:
     @property
     def closed(self) -> bool:
         return self._closed
+
+    @property
+    def lost(self) -> bool:
+        """An RPC worker of this model died mid-call: it serves nothing more (unload it)."""
+        return self._abandoned
 
     @property
     def chat_template(self) -> str | None:
@@ -263,6 +278,8 @@ class Runner:
     def _check_open(self) -> None:
         if self._closed:
             raise EngineError("the model was unloaded")
+        if isinstance(self._broken, ApplianceError):
+            raise self._broken
         if self._broken is not None:
             raise EngineError(f"the model's decoder stopped: {self._broken}")
 
@@ -378,7 +395,9 @@ class Runner:
                     self._tasks.clear()
                 for t in tasks:
                     self.in_call_since = time.monotonic()
+                    self._running_task = t
                     t.run()
+                    self._running_task = None
                     self.in_call_since = None
                     self.last_progress = time.monotonic()
                 self._step()
@@ -652,6 +671,25 @@ class Runner:
 
     # --- shutdown ----------------------------------------------------------------------------------
 
+    def _on_worker_lost(self, message: str) -> None:
+        """hardware/rpc.py: an RPC worker died mid-call (on llama.cpp's client thread). If it
+        is one of ours, our decode thread waits inside llama.cpp for good: fail every
+        request now, and leave the llama.cpp objects to it (freeing them under it would crash)."""
+        from ..hardware.rpc import lost_worker, mark_lost
+
+        gone = lost_worker(self.workers)
+        if gone is None:
+            return
+        mark_lost(gone)
+        err = WorkerLost(gone, self.model_id)
+        self._broken = err
+        self._abandoned = True
+        self.in_call_since = None  # the watchdog must not hold the daemon's health on it
+        task = self._running_task
+        if task is not None:  # its waiter (a load's warm-up, an embeddings request) gets the error
+            task.fail(err)
+        self._fail_all(err)
+
     def close(self) -> None:
         """Stop the thread, fail what is still running, free llama.cpp's objects; idempotent."""
         with self._cond:
@@ -659,7 +697,9 @@ class Runner:
                 return
             self._closed = True
             self._cond.notify_all()
-        if threading.current_thread() is not self._thread:
+        if self._unwatch is not None:
+            self._unwatch()
+        if threading.current_thread() is not self._thread and not self._abandoned:
             self._thread.join()
         self._fail_all(EngineError("the model was unloaded"))
         with self._cond:
@@ -669,6 +709,10 @@ class Runner:
             t.fail(EngineError("the model was unloaded"))
         if self._resampler is not None and self._own_resampler:
             self._resampler.shutdown(wait=True)  # samplers are freed above, after their resample
+        if self._abandoned:
+            log.error("runner %s: abandoned after losing an RPC worker; its memory stays allocated "
+                      "until the daemon restarts", self.model_id)
+            return
         if self.ctx:
             ll.llama_free(self.ctx)
             self.ctx = None

@@ -68,23 +68,33 @@ def _libggml() -> ctypes.CDLL | None:
         return _lib
 
 
+def device_memory(lib: ctypes.CDLL, dev: int) -> tuple[int, int]:
+    """(free, total) bytes of one ggml_backend_dev_t, read now."""
+    free, total = ctypes.c_size_t(0), ctypes.c_size_t(0)
+    lib.ggml_backend_dev_memory(dev, ctypes.byref(free), ctypes.byref(total))
+    return int(free.value), int(total.value)
+
+
+def device_handles(lib: ctypes.CDLL) -> list[int]:
+    """Every ggml_backend_dev_t this process knows, in ggml's order."""
+    return [int(lib.ggml_backend_dev_get(i)) for i in range(lib.ggml_backend_dev_count())]
+
+
 def backend_devices() -> list[tuple[int, str, str, int, int]]:
     """Every ggml device: (type, name, description, free, total). [] without llama_cpp."""
     lib = _libggml()
     if lib is None:
         return []
     out = []
-    for i in range(lib.ggml_backend_dev_count()):
-        dev = lib.ggml_backend_dev_get(i)
-        free, total = ctypes.c_size_t(0), ctypes.c_size_t(0)
-        lib.ggml_backend_dev_memory(dev, ctypes.byref(free), ctypes.byref(total))
+    for dev in device_handles(lib):
+        free, total = device_memory(lib, dev)
         out.append(
             (
                 int(lib.ggml_backend_dev_type(dev)),
                 (lib.ggml_backend_dev_name(dev) or b"").decode(errors="replace"),
                 (lib.ggml_backend_dev_description(dev) or b"").decode(errors="replace"),
-                int(free.value),
-                int(total.value),
+                free,
+                total,
             )
         )
     return out

@@ -19,7 +19,7 @@ import logging
 import math
 import re
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, AsyncIterator, Awaitable, Callable, Literal, Protocol, Sequence
 
@@ -110,6 +110,7 @@ class ModelStatus:
     sha256: str | None
     source: str
     pinned: bool
+    workers: list[str] = field(default_factory=list)  # RPC `host:port`s its layers are split over
 
     def to_json(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -268,6 +269,8 @@ class Scheduler:
     def release(self, m: _Model, slots: int) -> None:
         m.busy_slots -= slots
         m.leases -= 1
+        if m.runner is not None and m.runner.lost:
+            m.unload_requested = True  # its RPC worker died: free the slot in the budget now
         now = self.clock.monotonic()
         m.last_used = now
         if slots:
@@ -346,6 +349,7 @@ class Scheduler:
                     sha256=m.sha256 or (cfg.sha256 if isinstance(cfg.sha256, str) else None),
                     source=cfg.source,
                     pinned=cfg.pinned,
+                    workers=list(self.config.cluster.rpc if cfg.rpc is None else cfg.rpc),
                 )
             )
         return out
@@ -792,8 +796,10 @@ def _logged_bytes(runner: RunnerLike) -> int | None:
     by_kind = buffers.by_kind if buffers is not None else None
     if not by_kind:
         return None
-    model = by_kind.get("model", {})
+    # Buffers on RPC workers' devices ("RPC0[host:port]") live on other machines.
+    local = {kind: {dev: n for dev, n in devs.items() if not dev.startswith("RPC")} for kind, devs in by_kind.items()}
+    model = local.get("model", {})
     mapped = sum(v for k, v in model.items() if k.endswith("_Mapped"))
     copies = sum(v for k, v in model.items() if not k.endswith("_Mapped"))
-    rest = sum(sum(d.values()) for k, d in by_kind.items() if k != "model")
+    rest = sum(sum(d.values()) for k, d in local.items() if k != "model")
     return max(mapped, copies) + rest or None
