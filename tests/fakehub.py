@@ -1,7 +1,10 @@
-"""A local HTTP server that answers like the Hugging Face hub's resolve endpoint.
+"""A local HTTP server that answers like the Hugging Face hub's resolve and listing endpoints.
 
 `HEAD`/`GET /{owner}/{repo}/resolve/{revision}/{path}` with the headers huggingface_hub reads
 (ETag = the LFS sha256, X-Linked-Etag/X-Linked-Size, X-Repo-Commit), honouring `Range`.
+`GET /api/models/{owner}/{repo}[/revision/{revision}][?blobs=true]`: what `HfApi.model_info`
+reads: the commit a revision resolves to (`sha`), the files (`siblings`, with size and LFS
+sha256 when `blobs=true`) and the card's license. Branches map to commits through `refs`.
 It records every request, and can corrupt a body, cut the connection after N bytes, or send N
 bytes and then hold the connection until the test releases it (to kill a client mid-download
 without sleeping).
@@ -10,6 +13,7 @@ without sleeping).
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 import threading
 from dataclasses import dataclass, field
@@ -17,6 +21,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
 
 _PATH = re.compile(r"^/([^/]+/[^/]+)/resolve/([^/]+)/(.+)$")
+_INFO = re.compile(r"^/api/models/([^/]+/[^/?]+)(?:/revision/([^/?]+))?(?:\?(.*))?$")
 _RANGE = re.compile(r"^bytes=(\d+)-$")
 
 
@@ -54,6 +59,8 @@ class FakeHub:
         self.files: dict[tuple[str, str], HubFile] = {}
         self.behaviour: dict[str, Behaviour] = {}
         self.requests: list[Seen] = []
+        self.refs: dict[tuple[str, str], str] = {}  # (repo, branch) -> commit; default: the files' commit
+        self.licenses: dict[str, str] = {}  # repo -> the model card's license
         self._lock = threading.Lock()
         hub = self
 
@@ -83,6 +90,9 @@ class FakeHub:
         b = self.behaviour[path] = Behaviour(**kw)  # type: ignore[arg-type]
         return b
 
+    def info_requests(self) -> list[Seen]:
+        return [r for r in self.requests if r.path.startswith("/api/models/")]
+
     def gets(self, path: str) -> list[Seen]:
         return [r for r in self.requests if r.method == "GET" and r.path.endswith("/" + path)]
 
@@ -99,6 +109,9 @@ class FakeHub:
     def _serve(self, h: BaseHTTPRequestHandler, body: bool) -> None:
         with self._lock:
             self.requests.append(Seen(h.command, h.path, dict(h.headers.items())))
+        if (info := _INFO.match(h.path)) and h.command == "GET":
+            self._model_info(h, info.group(1), info.group(2) or "main", "blobs=true" in (info.group(3) or ""))
+            return
         m = _PATH.match(h.path)
         f = self.files.get((m.group(1), m.group(3))) if m else None
         if f is None:
@@ -153,3 +166,32 @@ class FakeHub:
             h.wfile.write(data)
         except (BrokenPipeError, ConnectionResetError):
             h.close_connection = True
+
+    def _model_info(self, h: BaseHTTPRequestHandler, repo: str, revision: str, blobs: bool) -> None:
+        files = {path: f for (r, path), f in self.files.items() if r == repo}
+        commits = {f.commit for f in files.values()}
+        commit = self.refs.get((repo, revision)) or (revision if revision in commits else None)
+        if commit is None and revision == "main" and commits:
+            commit = sorted(commits)[0]
+        if not files or commit is None:
+            what = "Repository" if not files else "Revision"
+            body = json.dumps({"error": f"{what} not found"}).encode()
+            h.send_response(404)
+            h.send_header("X-Error-Code", "RepoNotFound" if not files else "RevisionNotFound")
+            h.send_header("X-Error-Message", f"{what} not found")
+        else:
+            siblings = []
+            for path, f in sorted(files.items()):
+                s: dict[str, object] = {"rfilename": path}
+                if blobs:
+                    s.update(size=len(f.data), blobId=hashlib.sha1(f.data).hexdigest(),
+                             lfs={"size": len(f.data), "sha256": f.sha256, "pointerSize": 134})
+                siblings.append(s)
+            card = {"license": self.licenses[repo]} if repo in self.licenses else {}
+            body = json.dumps({"id": repo, "sha": commit, "siblings": siblings, "cardData": card,
+                               "tags": ["gguf"]}).encode()
+            h.send_response(200)
+            h.send_header("Content-Type", "application/json")
+        h.send_header("Content-Length", str(len(body)))
+        h.end_headers()
+        h.wfile.write(body)

@@ -64,33 +64,83 @@ def _when(ts: float | None) -> str:
 # --- pull ------------------------------------------------------------------------------------
 
 
-def cmd_pull(args: argparse.Namespace) -> int:
+def _pull_repo(args: argparse.Namespace, settings: Settings, ref_text: str) -> tuple[str, ModelConfig]:
+    """A repo reference: list it on the hub, pick the file(s), pull, then add the pinned entry
+    (pulled first, so a failed download leaves no entry behind). -> (model id, its config)."""
+    from ..store.catalog_edit import add_model_entry
+    from ..store.download import hub_endpoint
+    from ..store.hubrepo import parse_ref, resolve
+
+    ref = parse_ref(ref_text)
+    found = resolve(ref, hub_endpoint())
+    for note in found.notes:
+        print(f"appliance: {note}", file=sys.stderr)
+    mid = args.name or found.default_id()
+    entry = found.entry()
+    cfg = ModelConfig.model_validate(entry)
+    existing = settings.catalog.resolve(mid)
+    if existing and (existing[1].source, existing[1].sha256) != (cfg.source, cfg.sha256):
+        raise UsageError(f"model {mid!r} already exists in {settings.catalog.path} with another source; "
+                         "choose another --name")
+    print(f"{mid}: {cfg.source} at commit {found.commit[:12]}"
+          + (f" ({len(found.shards)} shards)" if len(found.shards) > 1 else "")
+          + (f", projector {found.mmproj.path}" if found.mmproj else ""), file=sys.stderr)
+    if existing:
+        return existing
+    _pull_one(args, settings, mid, cfg)
+    add_model_entry(settings.catalog, mid, entry)
+    print(f"{mid}: added to {settings.catalog.path}")
+    return mid, cfg
+
+
+def _pull_one(args: argparse.Namespace, settings: Settings, mid: str, cfg: ModelConfig) -> None:
     from ..store import pull_model
 
+    r = pull_model(_store(settings), mid, cfg, wait=not args.no_wait, progress=not args.quiet,
+                   echo=lambda s: print(s, file=sys.stderr, flush=True))
+    if r.up_to_date:
+        print(f"{mid}: up to date")
+    else:
+        how = ", ".join(sorted(set(r.via)))
+        print(f"{mid}: verified ({how})")
+    if r.unpinned:
+        pin = json.dumps(r.unpinned[0]) if len(r.unpinned) == 1 else json.dumps(r.unpinned)
+        origin = "used the hub's LFS sha256" if cfg.source.startswith("hf://") else "hashed the file as it is now"
+        print(f"{mid}: no sha256 pinned, {origin}; pin it: sha256 = {pin}")
+
+
+def cmd_pull(args: argparse.Namespace) -> int:
+    from ..store.hubrepo import looks_like_repo
+
     settings = _settings(args)
-    targets = _resolve(settings.catalog, args.model)
+    if args.name and len(args.model) != 1:
+        raise UsageError("--name takes exactly one repo to pull")
+    targets: list[tuple[str, ModelConfig] | str] = []
+    for name in args.model:  # a catalog id or alias first; else a repo reference
+        hit = settings.catalog.resolve(name)
+        if hit and not args.name:
+            targets.append(hit)
+        elif looks_like_repo(name):
+            targets.append(name)
+        else:
+            targets.extend(_resolve(settings.catalog, [name]))
+    if not args.model:
+        targets = list(settings.catalog.models.items())
     if not targets:
-        raise UsageError(f"no models in the catalog ({settings.catalog.path}); add one or use `appliance import`")
-    store = _store(settings)
+        raise UsageError(f"no models in the catalog ({settings.catalog.path}); add one with `appliance pull owner/repo` or `appliance import`")
     failed: list[ApplianceError] = []
-    for mid, cfg in targets:
+    for target in targets:
         try:
-            r = pull_model(store, mid, cfg, wait=not args.no_wait, progress=not args.quiet,
-                           echo=lambda s: print(s, file=sys.stderr, flush=True))
+            if isinstance(target, str):
+                _pull_repo(args, settings, target)
+            else:
+                _pull_one(args, settings, *target)
         except ApplianceError as e:
             if len(targets) == 1:
                 raise
-            print(f"appliance: error: {mid}: {e.message}", file=sys.stderr)
+            what = target if isinstance(target, str) else target[0]
+            print(f"appliance: error: {what}: {e.message}", file=sys.stderr)
             failed.append(e)
-            continue
-        if r.up_to_date:
-            print(f"{mid}: up to date")
-        else:
-            how = ", ".join(sorted(set(r.via)))
-            print(f"{mid}: verified ({how})")
-        if r.unpinned:
-            pin = json.dumps(r.unpinned[0]) if len(r.unpinned) == 1 else json.dumps(r.unpinned)
-            print(f"{mid}: no sha256 pinned, used the hub's LFS sha256; pin it: sha256 = {pin}")
     return max((e.exit_code for e in failed), default=0)
 
 
@@ -216,9 +266,13 @@ def cmd_import(args: argparse.Namespace) -> int:
 
 
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
-    p = sub.add_parser("pull", parents=[common], help="download and verify models",
-                       description="Download catalog models (all if none named), resuming and verifying.")
-    p.add_argument("model", nargs="*", metavar="MODEL", help="model id or alias")
+    p = sub.add_parser("pull", parents=[common], help="download and verify models (catalog ids or hub repos)",
+                       description="Download catalog models (all if none named), resuming and verifying. "
+                       "A hub repo (owner/repo[:QUANT], hf://owner/repo[/file.gguf], ...@revision) is listed, "
+                       "its GGUF picked by quantization (default Q4_K_M, else the nearest), pulled, and added "
+                       "to the catalog pinned to the commit and sha256.")
+    p.add_argument("model", nargs="*", metavar="MODEL", help="model id or alias, or REPO[:QUANT][@REVISION]")
+    p.add_argument("--name", metavar="ID", help="the catalog id for a pulled repo (default: from the repo and quant)")
     p.add_argument("--no-wait", action="store_true", help="fail (exit 1) instead of waiting when another pull of the model runs")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_pull)

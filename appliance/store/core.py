@@ -40,6 +40,12 @@ def _no_daemon() -> set[str] | None:
     return None
 
 
+def _record_shas(rec: ModelRecord) -> set[str]:
+    """Every blob a record holds: its shards and its multimodal projector, if any."""
+    mm = rec.extra.get("mmproj")
+    return set(rec.shas) | ({str(mm["sha256"])} if isinstance(mm, dict) and "sha256" in mm else set())
+
+
 @dataclass(frozen=True)
 class ModelState:
     state: State
@@ -140,11 +146,11 @@ class Store:
 
     def new_record(
         self, model_id: str, cfg: ModelConfig, blobs: list[BlobRef], *, commit: str | None = None,
-        verified: bool = True,
+        verified: bool = True, extra: dict[str, object] | None = None,
     ) -> ModelRecord:
         rec = ModelRecord(
             model=model_id, source=cfg.source, revision=cfg.revision, blobs=blobs, commit=commit,
-            verified_at=self.clock() if verified else None,
+            verified_at=self.clock() if verified else None, extra=extra or {},
         )
         self.write_record(rec)
         return rec
@@ -233,7 +239,7 @@ class Store:
             others: set[str] = set()
             for other in catalog.models:  # "uses" = pulled (has a record), not merely pinned
                 rec = self.record(other) if other != model_id else None
-                others |= set(rec.shas) if rec else set()
+                others |= _record_shas(rec) if rec else set()
             removed = []
             for sha in sorted(mine - others):
                 path = self.blob_path(sha)
@@ -245,7 +251,7 @@ class Store:
 
     def _blob_shas(self, model_id: str, cfg: ModelConfig) -> list[str]:
         rec = self.record(model_id)
-        shas = list(rec.shas) if rec else []
+        shas = sorted(_record_shas(rec)) if rec else []
         return shas + [p for p in cfg.pinned_sha256 if p]
 
     def partial_path(self, key: str) -> Path:

@@ -26,7 +26,7 @@ from ..errors import ChecksumMismatch, DownloadError, DownloadInterrupted, NotGG
 from .blobs import CHUNK
 from .ggufmeta import check_gguf
 from .core import Store
-from .records import BlobRef
+from .records import BlobRef, ModelRecord
 
 SHA_RE = re.compile(r"^[0-9a-f]{64}$")
 RETRIES = 5  # a dropped connection is resumed (Range) this many times within one pull
@@ -107,7 +107,7 @@ def pull_model(
     waiting = lambda: echo(f"{model_id}: waiting for another pull of this model to finish")  # noqa: E731
     with store.lock(model_id, wait=wait, on_wait=waiting):
         st = store.state(model_id, cfg)
-        if st.state == "verified" and st.record and st.record.revision == cfg.revision:
+        if st.state == "verified" and st.record and st.record.revision == cfg.revision and _has_mmproj(store, cfg, st.record):
             result.up_to_date = True
             result.shas = st.record.shas
             return result
@@ -121,8 +121,22 @@ def pull_model(
             result.via.append(via)
             if pin is None:
                 result.unpinned.append(sha)
-        store.new_record(model_id, cfg, refs, commit=commit)
+        extra: dict[str, object] = {}
+        if cfg.mmproj:  # the projector of a multimodal model: verified like a shard, kept beside
+            sha, size, via, _ = _fetch_shard(store, cfg.mmproj, cfg.revision, cfg.mmproj_sha256, progress, result)
+            extra["mmproj"] = {"sha256": sha, "size": size, "source": cfg.mmproj}
+            result.via.append(via)
+        store.new_record(model_id, cfg, refs, commit=commit, extra=extra)
     return result
+
+
+def _has_mmproj(store: Store, cfg: ModelConfig, record: ModelRecord) -> bool:
+    """The entry names no projector, or the record holds the one it names."""
+    if not cfg.mmproj:
+        return True
+    got = record.extra.get("mmproj")
+    return (isinstance(got, dict) and got.get("source") == cfg.mmproj and store.has_blob(str(got.get("sha256")))
+            and cfg.mmproj_sha256 in (None, got.get("sha256")))
 
 
 def _fetch_shard(
