@@ -45,8 +45,37 @@ def test_serve_listens_and_stops_on_sigterm(tmp_path: Path) -> None:
         url = line.rsplit(" ", 1)[-1].strip()
         with urllib.request.urlopen(url + "/health", timeout=10) as r:
             assert r.status == 200
+        assert p.stderr is not None
+        logged = _until(p, "catalog: ")
+        assert f"config: {tmp_path / 'appliance.toml'}; catalog: {tmp_path / 'models.toml'}" in logged
+        assert "has no models" not in logged
         with urllib.request.urlopen(url + "/v1/models", timeout=10) as r:  # open: loopback, no keys
             assert [m["id"] for m in json.load(r)["data"]] == ["m"]
+        p.send_signal(signal.SIGTERM)
+        assert p.wait(timeout=60) == 0
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+
+
+def _until(p: subprocess.Popen[str], text: str) -> str:
+    """stderr lines up to and including the first holding `text`."""
+    assert p.stderr is not None
+    seen = ""
+    for line in p.stderr:
+        seen += line
+        if text in line:
+            return seen
+    raise AssertionError(f"{text!r} never logged:\n{seen}")
+
+
+def test_serve_warns_when_the_catalog_is_empty(tmp_path: Path) -> None:
+    write_config(tmp_path, {})
+    p = _serve(tmp_path, "--port", "0")
+    try:
+        logged = _until(p, "has no models")
+        assert f"the catalog {tmp_path / 'models.toml'} has no models" in logged and "appliance pull" in logged
         p.send_signal(signal.SIGTERM)
         assert p.wait(timeout=60) == 0
     finally:

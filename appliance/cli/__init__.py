@@ -61,6 +61,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     preload_llama(argv)
     parser = build_parser()
+    if not argv:  # a newcomer's first try: what there is to do, not "arguments are required"
+        parser.print_help()
+        return 0
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)

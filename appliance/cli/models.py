@@ -226,10 +226,17 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 def cmd_rm(args: argparse.Namespace) -> int:
     settings = _settings(args)
+    from ..store.catalog_edit import remove_model_entry
+
     (mid, _), = _resolve(settings.catalog, [args.model])
-    removed = _store(settings).remove(mid, settings.catalog)
-    kept = "" if removed else " (no files of its own: blobs shared with other entries are kept)"
-    print(f"{mid}: removed {len(removed)} file(s){kept}")
+    done = _store(settings).remove(mid, settings.catalog)
+    print(f"{mid}: deleted {len(done.paths)} file(s)")
+    for sha, users in done.shared.items():
+        print(f"{mid}: kept sha256-{sha[:12]}…, also used by {', '.join(users)}")
+    if args.keep_entry:
+        print(f"{mid}: kept its entry in {settings.catalog.path} (--keep-entry); `appliance pull {mid}` fetches it again")
+    elif remove_model_entry(settings.catalog, mid):
+        print(f"{mid}: removed its entry from {settings.catalog.path}")
     return 0
 
 
@@ -287,9 +294,11 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     p.add_argument("model", nargs="*", metavar="MODEL")
     p.set_defaults(func=cmd_verify)
 
-    p = sub.add_parser("rm", parents=[common], help="remove a model's files",
-                       description="Remove the model's files that no other catalog entry uses; refuses while loaded.")
+    p = sub.add_parser("rm", parents=[common], help="remove a model's files and catalog entry",
+                       description="Remove the model's files that no other catalog entry uses, and its catalog "
+                       "entry; refuses while loaded.")
     p.add_argument("model", metavar="MODEL")
+    p.add_argument("--keep-entry", action="store_true", help="keep the catalog entry (pull fetches the files again)")
     p.set_defaults(func=cmd_rm)
 
     p = sub.add_parser("import", parents=[common], help="import a local GGUF into the store and catalog",

@@ -47,6 +47,14 @@ def _record_shas(rec: ModelRecord) -> set[str]:
 
 
 @dataclass(frozen=True)
+class Removed:
+    """What `remove` deleted, and the blobs it kept because other entries use them."""
+
+    paths: list[Path]
+    shared: dict[str, list[str]]  # sha256 -> the other model ids using it
+
+
+@dataclass(frozen=True)
 class ModelState:
     state: State
     paths: list[Path] | None  # blob paths in shard order when present
@@ -226,7 +234,7 @@ class Store:
             os.chmod(path, stat.S_IRUSR | stat.S_IWUSR)
             path.unlink()
 
-    def remove(self, model_id: str, catalog: Catalog) -> list[Path]:
+    def remove(self, model_id: str, catalog: Catalog) -> "Removed":
         """Delete the model's record and the blobs no other catalog entry uses.
 
         Refuses while the daemon reports the model loaded (no daemon reachable: allowed)."""
@@ -236,18 +244,20 @@ class Store:
         cfg = catalog.models[model_id]
         with self.lock(model_id, wait=False):
             mine = set(self._blob_shas(model_id, cfg))
-            others: set[str] = set()
+            users: dict[str, list[str]] = {}
             for other in catalog.models:  # "uses" = pulled (has a record), not merely pinned
                 rec = self.record(other) if other != model_id else None
-                others |= _record_shas(rec) if rec else set()
+                for sha in _record_shas(rec) if rec else set():
+                    users.setdefault(sha, []).append(other)
             removed = []
-            for sha in sorted(mine - others):
+            for sha in sorted(mine - set(users)):
                 path = self.blob_path(sha)
                 if path.exists():
                     self._delete_blob(path)
                     removed.append(path)
             delete_record(self.manifests, model_id)
-        return removed
+        shared = {sha: users[sha] for sha in sorted(mine & set(users)) if self.has_blob(sha)}
+        return Removed(removed, shared)
 
     def _blob_shas(self, model_id: str, cfg: ModelConfig) -> list[str]:
         rec = self.record(model_id)
