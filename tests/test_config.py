@@ -220,5 +220,5 @@ def test_bare_appliance_prints_usage_and_commands(capsys: pytest.CaptureFixture[
     assert main([]) == 0
     out = capsys.readouterr().out
     assert out.startswith("usage: appliance")
-    for command in ("serve", "pull", "rm", "import"):
+    for command in ("serve", "pull", "run", "ps", "stop", "show", "rm", "import"):
         assert f"\n    {command} " in out, command

@@ -1,0 +1,131 @@
+"""`appliance show MODEL`: what a catalog model is, read from its GGUF header and the store:
+architecture, parameters, quantization, trained context, chat template, the tool-call format
+and reasoning markup the template speaks, license, files and checksums. Reads headers only
+(milliseconds), no daemon needed."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+from ..config import ModelConfig, load_settings
+from ..units import format_size
+from .models import _resolve, _store, _when
+
+TEMPLATE_LINES = 12  # shown unless --template asks for all of it
+# Markup by which a template tells that the model thinks before it answers.
+REASONING_MARKERS = {"<think>": "<think>…</think>", "enable_thinking": "<think>…</think> (enable_thinking)",
+                     "reasoning_content": "reasoning_content", "<|channel|>": "harmony channels"}
+
+
+def _params(n: int) -> str:
+    for unit, size in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if n >= size:
+            return f"{n / size:.1f}{unit}".replace(".0" + unit, unit)
+    return str(n)
+
+
+def reasoning_support(template: str | None) -> str | None:
+    """How the template marks reasoning, or None when it shows none."""
+    for marker, what in REASONING_MARKERS.items():
+        if template and marker in template:
+            return what
+    return None
+
+
+def describe(mid: str, cfg: ModelConfig, store: Any) -> dict[str, Any]:
+    """Everything `show` prints, as data (also its --json)."""
+    from ..engine.chat import tool_format
+    from ..store import read_gguf_info
+    from ..store.ggufmeta import read_meta
+
+    st = store.state(mid, cfg)
+    out: dict[str, Any] = {"id": mid, "source": cfg.source, "revision": cfg.revision, "state": st.state,
+                           "verified_at": _when(st.verified_at) or None, "aliases": list(cfg.aliases)}
+    rec = st.record
+    out["files"] = [{"source": b.source, "size": b.size, "sha256": b.sha256} for b in rec.blobs] if rec else [
+        {"source": s, "size": None, "sha256": p} for s, p in zip(cfg.shard_sources, cfg.pinned_sha256)]
+    mm = rec.extra.get("mmproj") if rec else None
+    if cfg.mmproj:
+        out["files"].append(mm if isinstance(mm, dict) else {"source": cfg.mmproj, "size": None, "sha256": cfg.mmproj_sha256})
+    if rec and rec.commit:
+        out["commit"] = rec.commit
+    defaults = {k: getattr(cfg, k) for k in ("system", "max_tokens", "stop") if getattr(cfg, k)}
+    out["defaults"] = defaults
+    out["context"], out["parallel"] = cfg.context, cfg.parallel
+    if not st.paths:
+        return out
+    info = read_gguf_info(st.paths)
+    meta = read_meta(st.paths[0])
+    template = cfg.chat_template or meta.get("tokenizer.chat_template")
+    template = template if isinstance(template, str) else None
+    out.update(
+        architecture=info.architecture, name=info.name, parameters=info.parameters,
+        quantization=info.quantization, context_train=info.context_train, layers=info.layers,
+        embedding_length=info.embedding, vocab_size=info.vocab_size,
+        license=meta.get("general.license") if isinstance(meta.get("general.license"), str) else None,
+        chat_template=template, chat_template_from="models.toml" if cfg.chat_template else ("gguf" if template else None),
+        tool_format=tool_format(template) if template else None, reasoning=reasoning_support(template),
+    )
+    return out
+
+
+def _print(d: dict[str, Any], full_template: bool) -> None:
+    def line(label: str, value: object) -> None:
+        if value not in (None, "", [], {}):
+            print(f"  {label:<16}{value}")
+
+    print(d["id"])
+    line("state", d["state"] + (f" {d['verified_at']}" if d.get("verified_at") else ""))
+    line("source", d["source"])
+    line("revision", d.get("commit") or d["revision"])
+    line("aliases", ", ".join(d["aliases"]))
+    if "architecture" in d:
+        line("architecture", d["architecture"] + (f" ({d['name']})" if d.get("name") else ""))
+        line("parameters", _params(d["parameters"]))
+        line("quantization", d["quantization"])
+        line("context", f"{d['context']} per slot x {d['parallel']} slots (trained: {d['context_train']})")
+        line("layers", d["layers"])
+        line("embedding", d["embedding_length"])
+        line("vocabulary", d["vocab_size"])
+        line("license", d.get("license"))
+        line("tool calls", d.get("tool_format") or "none (no chat template)")
+        line("reasoning", d.get("reasoning") or "not marked in the template")
+    else:
+        line("header", f"not pulled: run `appliance pull {d['id']}`")
+    for k, v in d["defaults"].items():
+        line(f"default {k}", json.dumps(v))
+    print("  files")
+    for f in d["files"]:
+        size = format_size(f["size"]) if f.get("size") else "?"
+        print(f"    {f['source']}  {size}  sha256 {f.get('sha256') or '(not pinned)'}")
+    if d.get("chat_template"):
+        lines = d["chat_template"].splitlines()
+        shown = lines if full_template else lines[:TEMPLATE_LINES]
+        print(f"  chat template (from {d['chat_template_from']})")
+        for ln in shown:
+            print(f"    {ln}")
+        if len(shown) < len(lines):
+            print(f"    … {len(lines) - len(shown)} more lines (--template shows all)")
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    settings = load_settings(config=args.config, models=args.models)
+    (mid, cfg), = _resolve(settings.catalog, [args.model])
+    d = describe(mid, cfg, _store(settings))
+    if args.json:
+        print(json.dumps(d, indent=2))
+    else:
+        _print(d, args.template)
+    return 0
+
+
+def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    p = sub.add_parser("show", parents=[common], help="a model's metadata, template, files and checksums",
+                       description="Architecture, parameters, quantization, trained context, chat template, "
+                       "tool-call format, reasoning markup, license, files and checksums of a catalog model.")
+    p.add_argument("model", metavar="MODEL")
+    p.add_argument("--template", action="store_true", help="print the whole chat template")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_show)

@@ -1,0 +1,123 @@
+"""`appliance run`, `ps`, `stop` and `show` on real llama.cpp (tiny random-weight GGUFs): against
+a real `appliance serve` process (reached through its admin socket) and alone (run starts the
+model in this process). The CLI itself runs in this process (tests/cli_support.py)."""
+
+from __future__ import annotations
+
+import io
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from appliance.cli.run import read_message
+from cli_support import Ran, run_cli
+from test_api_support import write_config
+
+ROOT = Path(__file__).resolve().parents[1]
+NO_EOS = '{"2": -100}'
+
+
+def cli(stdin: str, *args: str) -> Ran:
+    """`appliance ARGS` with `stdin` as its (piped) standard input."""
+    old = sys.stdin
+    sys.stdin = io.StringIO(stdin)
+    try:
+        return run_cli(*args)
+    finally:
+        sys.stdin = old
+
+
+@pytest.fixture
+def configured(tmp_path: Path, tiny_models: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> Path:
+    write_config(tmp_path, {
+        "tiny": {"source": f"file://{tiny_models['a']}", "context": 128, "parallel": 2, "keep_alive": "5m",
+                 "aliases": ["t"]},
+        "thinker": {"source": f"file://{tiny_models['b']}", "context": 128, "parallel": 1,
+                    "chat_template": "{% for m in messages %}<think>{{ m.content }}</think>{% endfor %}"
+                                     "{% if tools %}<tool_call>{% endif %}", "system": "Think first.", "max_tokens": 4},
+    })
+    monkeypatch.setenv("APPLIANCE_CONFIG", str(tmp_path / "appliance.toml"))
+    monkeypatch.setenv("APPLIANCE_MODELS", str(tmp_path / "models.toml"))
+    return tmp_path
+
+
+@pytest.fixture
+def daemon(configured: Path) -> Iterator[subprocess.Popen[str]]:
+    p = subprocess.Popen([sys.executable, "-m", "appliance", "serve", "--port", "0"], stdout=subprocess.PIPE,
+                         stderr=subprocess.DEVNULL, text=True,
+                         env={**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(ROOT)})
+    try:
+        assert p.stdout is not None and "serving on" in p.stdout.readline()
+        yield p
+    finally:
+        p.terminate()
+        p.wait(timeout=60)
+
+
+def test_read_message_single_and_multi_line() -> None:
+    lines = iter(['"""first', "second", 'third"""', "plain"])
+    read = lambda prompt: next(lines)  # noqa: E731
+    assert read_message(read) == "first\nsecond\nthird"
+    assert read_message(read) == "plain"
+    assert read_message(lambda p: (_ for _ in ()).throw(EOFError)) is None
+
+
+def test_run_ps_stop_against_a_running_daemon(daemon: subprocess.Popen[str]) -> None:
+    ps = cli("", "ps")
+    assert ps.returncode == 0 and ps.stdout.splitlines() == ["ID  STATE  MEMORY  DEVICE  SLOTS  QUEUE  UNLOADS IN"]
+    r = cli("", "run", "t", "Say hello", "--max-tokens", "3", "--temperature", "0")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.endswith("\n")
+    ps = cli("", "ps")
+    rows = ps.stdout.splitlines()
+    assert len(rows) == 2 and rows[1].split()[:2] == ["tiny", "loaded"], ps.stdout
+    assert rows[1].split()[-2:] == ["0", "5m"] and "0/2" in rows[1]  # queue empty, keep_alive 5m left
+    stop = cli("", "stop", "t")
+    assert (stop.returncode, stop.stdout) == (0, "tiny: unloaded\n")
+    assert len(cli("", "ps").stdout.splitlines()) == 1
+    again = cli("", "stop", "tiny")
+    assert again.returncode == 1 and "not loaded" in again.stderr
+    # piped stdin is the prompt
+    piped = cli("Summarise this text.\n", "run", "tiny", "--max-tokens", "2")
+    assert piped.returncode == 0, piped.stderr
+
+
+def test_interactive_chat_commands(daemon: subprocess.Popen[str]) -> None:
+    script = "/set temperature 0\n/set max_tokens 3\n/system be brief\nhello\n\"\"\"\nline one\nline two\n\"\"\"\n" \
+             "/set top_k 1\n/set max_tokens lots\n/bye\nnever read\n"
+    r = cli(script, "run", "tiny", "-i")
+    assert r.returncode == 0, r.stderr
+    out = r.stdout
+    for said in ["temperature = 0.0", "max_tokens = 3", "system prompt set; conversation cleared",
+                 "unknown option 'top_k'", "max_tokens: not a number: 'lots'"]:
+        assert said in out, (said, out)
+
+
+def test_run_alone_pulls_and_runs_the_model_in_process(configured: Path) -> None:
+    assert cli("", "ps").returncode == 1  # no daemon: ps says so
+    r = cli("", "run", "thinker", "hi")
+    assert r.returncode == 0, r.stderr
+    assert "thinker: not in the store; pulling it" in r.stderr
+    assert r.stdout.endswith("\n")
+    assert (configured / "store" / "manifests" / "thinker.json").exists()
+    again = cli("", "run", "tiny", "--max-tokens", "2")
+    assert again.returncode == 2 and "nothing to ask" in again.stderr
+
+
+def test_show_reads_the_header_template_and_files(configured: Path) -> None:
+    before = cli("", "show", "thinker")
+    assert before.returncode == 0 and "not pulled: run `appliance pull thinker`" in before.stdout
+    assert cli("", "pull", "thinker").returncode == 0
+    s = cli("", "show", "thinker")
+    assert s.returncode == 0, s.stderr
+    out = s.stdout
+    for said in ["architecture    llama", "quantization    F32", "trained: ", "tool calls      hermes",
+                 "reasoning       <think>…</think>", 'default system  "Think first."', "chat template (from models.toml)"]:
+        assert said in out, (said, out)
+    assert "sha256 " in out and "tiny-b.gguf" in out
+    j = cli("", "show", "tiny", "--json")
+    assert j.returncode == 0 and '"state": "missing"' in j.stdout
