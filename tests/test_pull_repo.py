@@ -144,3 +144,35 @@ def test_a_file_in_the_repo_and_clear_errors(tmp_path: Path, hub: FakeHub, cli: 
     r = cli(env, "pull", "owner/qwen2.5-0.5b-GGUF:Q2_K", "--name", "q8")
     assert r.returncode == 2 and "already exists" in r.stderr
     assert list(tomllib.loads(models.read_text())) == ["q8"]
+
+
+def test_piped_pull_verify_import_report_progress(tmp_path: Path, hub: FakeHub, cli: Cli,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    import appliance.progress
+
+    monkeypatch.setattr(appliance.progress, "INTERVAL_S", 0.0)  # a line per block instead of every 10 s
+    quants_repo(hub)
+    models = tmp_path / "models.toml"
+    models.touch()
+    env = env_for(hub.url, tmp_path / "store", models)
+    p = cli(env, "pull", "owner/qwen2.5-0.5b-GGUF", "--name", "q")
+    assert p.returncode == 0, p.stderr
+    assert "qwen2.5-0.5b-q4_k_m.gguf: 256.0 KiB of 256.0 KiB (100%)" in p.stderr
+    assert "qwen2.5-0.5b-q4_k_m.gguf: 256.0 KiB done in" in p.stderr
+    v = cli(env, "verify", "q")
+    assert v.returncode == 0 and "q: 256.0 KiB of 256.0 KiB (100%)" in v.stderr
+    assert cli(env, "verify", "-q", "q").stderr == ""
+    local = tmp_path / "local.gguf"
+    local.write_bytes(blob(MB // 2, 99))
+    i = cli(env, "import", str(local), "--name", "loc")
+    assert i.returncode == 0 and "local.gguf: 512.0 KiB of 512.0 KiB (100%)" in i.stderr
+
+
+def test_file_pull_without_pin_does_not_claim_the_hub(tmp_path: Path, cli: Cli) -> None:
+    local = tmp_path / "local.gguf"
+    local.write_bytes(blob(MB // 4, 5))
+    models = tmp_path / "models.toml"
+    models.write_text(f'[m]\nsource = "file://{local}"\n')
+    p = cli(env_for("http://127.0.0.1:9", tmp_path / "store", models), "pull", "m")
+    assert p.returncode == 0, p.stderr
+    assert "hub" not in p.stdout and "no sha256 pinned, hashed the file as it is now; pin it" in p.stdout

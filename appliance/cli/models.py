@@ -17,6 +17,7 @@ from pydantic import ValidationError
 
 from ..config import Catalog, ModelConfig, Settings, _first_error, load_settings
 from ..errors import ApplianceError, UsageError
+from ..progress import byte_progress
 from ..units import format_size
 
 
@@ -211,7 +212,8 @@ def cmd_verify(args: argparse.Namespace) -> int:
     bad = 0
     for mid, cfg in _resolve(settings.catalog, args.model):
         try:
-            st = store.verify(mid, cfg)
+            with byte_progress(store.state(mid, cfg).size, mid, enabled=not args.quiet) as bar:
+                st = store.verify(mid, cfg, progress=bar.update)
         except ChecksumMismatch as e:
             print(f"appliance: error: {e.message}", file=sys.stderr)
             bad += 1
@@ -262,8 +264,8 @@ def cmd_import(args: argparse.Namespace) -> int:
     check_gguf(path)  # a non-GGUF file would list as verified and fail at its first load
     store = _store(settings)
     store.check_disk(path.stat().st_size)
-    with open(path, "rb") as f:
-        sha = store.install_stream(f, None, what=str(path))
+    with open(path, "rb") as f, byte_progress(path.stat().st_size, path.name, enabled=not args.quiet) as bar:
+        sha = store.install_stream(f, None, what=str(path), progress=bar.update)
     entry = {"source": source, "sha256": sha}
     cfg = ModelConfig.model_validate(entry)
     add_model_entry(settings.catalog, args.name, entry)
@@ -281,7 +283,7 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     p.add_argument("model", nargs="*", metavar="MODEL", help="model id or alias, or REPO[:QUANT][@REVISION]")
     p.add_argument("--name", metavar="ID", help="the catalog id for a pulled repo (default: from the repo and quant)")
     p.add_argument("--no-wait", action="store_true", help="fail (exit 1) instead of waiting when another pull of the model runs")
-    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress (a bar on a terminal, periodic lines on a pipe)")
     p.set_defaults(func=cmd_pull)
 
     p = sub.add_parser("ls", parents=[common], help="list catalog models and their state",
@@ -292,6 +294,7 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     p = sub.add_parser("verify", parents=[common], help="re-hash models; exit 1 on a mismatch",
                        description="Re-hash the files of the named models (all if none); exit 1 on any mismatch.")
     p.add_argument("model", nargs="*", metavar="MODEL")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress")
     p.set_defaults(func=cmd_verify)
 
     p = sub.add_parser("rm", parents=[common], help="remove a model's files and catalog entry",
@@ -305,4 +308,5 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
                        description="Hash and copy PATH.gguf into the store and add a catalog entry.")
     p.add_argument("path", metavar="PATH.gguf")
     p.add_argument("--name", required=True, metavar="MODEL", help="the new model id")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress")
     p.set_defaults(func=cmd_import)

@@ -16,13 +16,12 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 from urllib.parse import urlparse
-
-from tqdm import tqdm
 
 from ..config import ModelConfig
 from ..errors import ChecksumMismatch, DownloadError, DownloadInterrupted, NotGGUF, OfflineError, StoreError
+from ..progress import byte_progress
 from .blobs import CHUNK
 from .ggufmeta import check_gguf
 from .core import Store
@@ -83,13 +82,11 @@ class _Report:
         return None
 
 
-def _bar(total: int | None, desc: str, initial: int = 0, enabled: bool | ProgressFn = True) -> tqdm | _Report:
+def _bar(total: int | None, desc: str, initial: int = 0, enabled: bool | ProgressFn = True) -> Any:
+    """A bar on a terminal, periodic lines on a pipe (progress.py), or reports to a function."""
     if callable(enabled):
         return _Report(enabled, total, desc, initial)
-    return tqdm(
-        total=total, initial=initial, desc=desc, unit="B", unit_scale=True, unit_divisor=1024,
-        file=sys.stderr, disable=None if enabled else True, leave=False,
-    )
+    return byte_progress(total, desc, initial, enabled)
 
 
 def pull_model(
