@@ -40,6 +40,13 @@ def quants_repo(hub: FakeHub, repo: str = "owner/qwen2.5-0.5b-GGUF") -> dict[str
     return files
 
 
+def empty_catalog(tmp_path: Path, hub: FakeHub) -> tuple[Path, dict[str, str]]:
+    """An empty models.toml and the environment that pulls from `hub` into tmp_path/store."""
+    models = tmp_path / "models.toml"
+    models.touch()
+    return models, env_for(hub.url, tmp_path / "store", models)
+
+
 def test_parse_ref_forms() -> None:
     assert parse_ref("owner/repo") == parse_ref("hf://owner/repo")
     r = parse_ref("hf://owner/repo/sub/m.gguf@v1")
@@ -93,9 +100,7 @@ def test_default_quant_nearest_name_and_revision(tmp_path: Path, hub: FakeHub, c
     hub.add(repo, "tiny-Q5_K_M.gguf", blob(MB // 4, 7), commit=COMMIT)
     hub.add(repo, "tiny-Q8_0.gguf", blob(MB // 4, 8), commit=COMMIT)
     hub.refs[(repo, "v1")] = COMMIT
-    models = tmp_path / "models.toml"
-    models.touch()
-    env = env_for(hub.url, tmp_path / "store", models)
+    models, env = empty_catalog(tmp_path, hub)
     p = cli(env, "pull", f"hf://{repo}@v1", "--name", "tiny")
     assert p.returncode == 0, p.stderr
     assert "Q4_K_M is not in owner/tiny-GGUF: took the nearest, Q5_K_M" in p.stderr
@@ -107,9 +112,7 @@ def test_split_model_and_mmproj(tmp_path: Path, hub: FakeHub, cli: Cli) -> None:
     repo = "owner/vis-GGUF"
     shards = [hub.add(repo, f"vis-Q4_K_M-{i:05d}-of-00002.gguf", blob(MB // 4, 20 + i), commit=COMMIT) for i in (1, 2)]
     proj = hub.add(repo, "mmproj-vis-f16.gguf", blob(MB // 8, 30), commit=COMMIT)
-    models = tmp_path / "models.toml"
-    models.touch()
-    env = env_for(hub.url, tmp_path / "store", models)
+    models, env = empty_catalog(tmp_path, hub)
     p = cli(env, "pull", repo)
     assert p.returncode == 0, p.stderr
     entry = tomllib.loads(models.read_text())["vis-q4_k_m"]
@@ -125,9 +128,7 @@ def test_split_model_and_mmproj(tmp_path: Path, hub: FakeHub, cli: Cli) -> None:
 
 def test_a_file_in_the_repo_and_clear_errors(tmp_path: Path, hub: FakeHub, cli: Cli) -> None:
     quants_repo(hub)
-    models = tmp_path / "models.toml"
-    models.touch()
-    env = env_for(hub.url, tmp_path / "store", models)
+    models, env = empty_catalog(tmp_path, hub)
     p = cli(env, "pull", "hf://owner/qwen2.5-0.5b-GGUF/qwen2.5-0.5b-q8_0.gguf", "--name", "q8")
     assert p.returncode == 0, p.stderr
     assert tomllib.loads(models.read_text())["q8"]["source"].endswith("q8_0.gguf")
@@ -152,9 +153,7 @@ def test_piped_pull_verify_import_report_progress(tmp_path: Path, hub: FakeHub, 
 
     monkeypatch.setattr(appliance.progress, "INTERVAL_S", 0.0)  # a line per block instead of every 10 s
     quants_repo(hub)
-    models = tmp_path / "models.toml"
-    models.touch()
-    env = env_for(hub.url, tmp_path / "store", models)
+    models, env = empty_catalog(tmp_path, hub)
     p = cli(env, "pull", "owner/qwen2.5-0.5b-GGUF", "--name", "q")
     assert p.returncode == 0, p.stderr
     assert "qwen2.5-0.5b-q4_k_m.gguf: 256.0 KiB of 256.0 KiB (100%)" in p.stderr
@@ -176,3 +175,18 @@ def test_file_pull_without_pin_does_not_claim_the_hub(tmp_path: Path, cli: Cli) 
     p = cli(env_for("http://127.0.0.1:9", tmp_path / "store", models), "pull", "m")
     assert p.returncode == 0, p.stderr
     assert "hub" not in p.stdout and "no sha256 pinned, hashed the file as it is now; pin it" in p.stdout
+
+
+def test_fresh_user_without_a_catalog_and_offline(tmp_path: Path, hub: FakeHub, cli: Cli,
+                                                   isolated_env: Path) -> None:
+    """No models.toml anywhere: the pull creates ~/.config/appliance/models.toml."""
+    quants_repo(hub)
+    env = dict(HF_ENDPOINT=hub.url, HF_HUB_DISABLE_XET="1", APPLIANCE_STORE=str(tmp_path / "store"))
+    off = cli({**env, "HF_HUB_OFFLINE": "1"}, "pull", "owner/qwen2.5-0.5b-GGUF")
+    assert off.returncode == 1 and "HF_HUB_OFFLINE is set: cannot list owner/qwen2.5-0.5b-GGUF" in off.stderr
+    assert not hub.info_requests()
+    p = cli(env, "pull", "owner/qwen2.5-0.5b-GGUF")
+    assert p.returncode == 0, p.stderr
+    created = isolated_env / ".config" / "appliance" / "models.toml"
+    assert "qwen2.5-0.5b-q4_k_m" in tomllib.loads(created.read_text())
+    assert "qwen2.5-0.5b-q4_k_m  verified" in cli(env, "ls").stdout

@@ -11,6 +11,7 @@ import argparse
 import json
 import os
 import urllib.error
+import urllib.parse
 import urllib.request
 from dataclasses import dataclass
 from typing import Any, Iterator
@@ -48,7 +49,7 @@ class Link:
         if self.local is not None:
             adminclient.unload(self.local, model)
         else:
-            self.call("POST", f"/admin/models/{urllib.request.quote(model, safe='')}/unload")
+            self.call("POST", f"/admin/models/{urllib.parse.quote(model, safe='')}/unload")
 
     def _request(self, method: str, path: str, body: dict[str, Any] | None) -> urllib.request.Request:
         headers = {"Content-Type": "application/json"}

@@ -12,6 +12,7 @@ from ..config import Catalog, Settings, load_settings
 from ..errors import DaemonUnreachable
 from ..units import format_size
 from . import daemonlink
+from .tables import format_table
 
 RESIDENT = ("loading", "loaded", "unloading")
 
@@ -42,11 +43,6 @@ def until_unload(row: dict[str, Any], catalog: Catalog) -> str:
     return f"{left:.0f}s" if left < 120 else f"{left / 60:.0f}m"
 
 
-def _table(rows: list[tuple[str, ...]]) -> str:
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
-
-
 def cmd_ps(args: argparse.Namespace) -> int:
     link, settings = _link(args)
     rows = [r for r in link.models() if r.get("state") in RESIDENT]
@@ -62,7 +58,7 @@ def cmd_ps(args: argparse.Namespace) -> int:
             str(r["id"]), str(r["state"]), format_size(mem) if mem else "-", str(r.get("device") or "-"),
             f"{r.get('slots_busy', 0)}/{r.get('slots_total', 0)}", str(r.get("queue_depth", 0)), r["until_unload"],
         ))
-    print(_table(table))
+    print(format_table(table))
     return 0
 
 

@@ -19,6 +19,7 @@ from ..config import Catalog, ModelConfig, Settings, _first_error, load_settings
 from ..errors import ApplianceError, UsageError
 from ..progress import byte_progress
 from ..units import format_size
+from .tables import format_table
 
 
 def _ask_daemon() -> set[str] | None:
@@ -69,10 +70,13 @@ def _pull_repo(args: argparse.Namespace, settings: Settings, ref_text: str) -> t
     """A repo reference: list it on the hub, pick the file(s), pull, then add the pinned entry
     (pulled first, so a failed download leaves no entry behind). -> (model id, its config)."""
     from ..store.catalog_edit import add_model_entry
-    from ..store.download import hub_endpoint
+    from ..errors import OfflineError
+    from ..store.download import hub_endpoint, hub_offline
     from ..store.hubrepo import parse_ref, resolve
 
     ref = parse_ref(ref_text)
+    if hub_offline():
+        raise OfflineError(f"HF_HUB_OFFLINE is set: cannot list {ref.repo} on the hub")
     found = resolve(ref, hub_endpoint())
     for note in found.notes:
         print(f"appliance: {note}", file=sys.stderr)
@@ -193,9 +197,7 @@ def cmd_ls(args: argparse.Namespace) -> int:
         table.append((str(r["id"]), state, lo, size, str(r["quantization"] or "-"), str(r["context"]), str(r["parallel"])))
         if signers:
             table[-1] += (str(r["signer"] or "-"),)
-    widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
-    for row in table:
-        print("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip())
+    print(format_table(table))
     if not rows:
         print(f"(no models in {settings.catalog.path})", file=sys.stderr)
     return 0

@@ -194,14 +194,20 @@ def _readline_input() -> Callable[[str], str]:
     return input
 
 
+def _target(name: str, settings: Settings, link: daemonlink.Link | None) -> tuple[str, ModelConfig | None]:
+    """The model id and our catalog's entry for it. Alone we need the entry; a daemon (remote
+    ones above all) may serve ids our catalog lacks, and says so itself when it does not."""
+    if link is None:
+        (mid, cfg), = _resolve(settings.catalog, [name])
+        return mid, cfg
+    hit = settings.catalog.resolve(name)
+    return hit if hit else (name, None)
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     settings = load_settings(config=args.config, models=args.models)
     link = daemonlink.connect(args, settings)
-    if link is None:
-        (mid, cfg), = _resolve(settings.catalog, [args.model])
-    else:
-        hit = settings.catalog.resolve(args.model)
-        mid, cfg = hit if hit else (args.model, None)  # a remote daemon may know models we don't
+    mid, cfg = _target(args.model, settings, link)
     convo = Conversation(mid, system=args.system)
     for name in OPTIONS:
         if getattr(args, name) is not None:
