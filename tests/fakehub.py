@@ -19,6 +19,7 @@ import threading
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
+from typing import Any
 
 _PATH = re.compile(r"^/([^/]+/[^/]+)/resolve/([^/]+)/(.+)$")
 _INFO = re.compile(r"^/api/models/([^/]+/[^/?]+)(?:/revision/([^/?]+))?(?:\?(.*))?$")
@@ -30,6 +31,7 @@ class HubFile:
     data: bytes
     commit: str = "c0ffee" + "0" * 34
     sha256: str = ""
+    lfs: bool = True  # False: a plain git file (the ETag is its git blob id, the listing has no sha256)
 
     def __post_init__(self) -> None:
         self.sha256 = self.sha256 or hashlib.sha256(self.data).hexdigest()
@@ -82,7 +84,7 @@ class FakeHub:
         # shutdown() waits up to one poll interval (0.5 s by default) on every test's exit
         self._thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
 
-    def add(self, repo: str, path: str, data: bytes, **kw: str) -> HubFile:
+    def add(self, repo: str, path: str, data: bytes, **kw: Any) -> HubFile:
         f = self.files[(repo, path)] = HubFile(data, **kw)
         return f
 
@@ -128,8 +130,9 @@ class FakeHub:
             start = int(rm.group(1))
         data = f.data[start:]
         h.send_response(206 if start else 200)
-        h.send_header("ETag", f'"{f.sha256}"')
-        h.send_header("X-Linked-Etag", f'"{f.sha256}"')
+        etag = f.sha256 if f.lfs else hashlib.sha1(f.data).hexdigest()
+        h.send_header("ETag", f'"{etag}"')
+        h.send_header("X-Linked-Etag", f'"{etag}"')
         h.send_header("X-Linked-Size", str(len(f.data)))
         h.send_header("X-Repo-Commit", f.commit)
         h.send_header("Accept-Ranges", "bytes")
@@ -184,8 +187,9 @@ class FakeHub:
             for path, f in sorted(files.items()):
                 s: dict[str, object] = {"rfilename": path}
                 if blobs:
-                    s.update(size=len(f.data), blobId=hashlib.sha1(f.data).hexdigest(),
-                             lfs={"size": len(f.data), "sha256": f.sha256, "pointerSize": 134})
+                    s.update(size=len(f.data), blobId=hashlib.sha1(f.data).hexdigest())
+                    if f.lfs:
+                        s["lfs"] = {"size": len(f.data), "sha256": f.sha256, "pointerSize": 134}
                 siblings.append(s)
             card = {"license": self.licenses[repo]} if repo in self.licenses else {}
             body = json.dumps({"id": repo, "sha": commit, "siblings": siblings, "cardData": card,

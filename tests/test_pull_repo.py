@@ -91,8 +91,19 @@ def test_pull_repo_adds_pinned_verified_entry(tmp_path: Path, hub: FakeHub, cli:
     assert "qwen2.5-0.5b-q4_k_m  verified" in ls.stdout
     assert "pin it" not in p.stdout
     # pulled again by the same reference: up to date, the catalog unchanged
-    assert cli(env, "pull", "owner/qwen2.5-0.5b-GGUF:Q4_K_M").returncode == 0
+    again = cli(env, "pull", "owner/qwen2.5-0.5b-GGUF:Q4_K_M")
+    assert again.returncode == 0 and again.stdout == "qwen2.5-0.5b-q4_k_m: up to date\n"
     assert models.read_text() == text
+    # files removed, entry kept: the same reference fetches them again into the same entry
+    assert cli(env, "rm", "--keep-entry", "qwen2.5-0.5b-q4_k_m").returncode == 0
+    back = cli(env, "pull", "owner/qwen2.5-0.5b-GGUF:Q4_K_M")
+    assert back.returncode == 0 and back.stdout == "qwen2.5-0.5b-q4_k_m: verified (hub)\n", back.stdout
+    assert models.read_text() == text
+    # the repo moved on (new commit, new file): the pinned entry is not silently repointed
+    hub.add("owner/qwen2.5-0.5b-GGUF", "qwen2.5-0.5b-q4_k_m.gguf", blob(MB // 4, 50), commit="cd" * 20)
+    hub.refs[("owner/qwen2.5-0.5b-GGUF", "main")] = "cd" * 20
+    moved = cli(env, "pull", "owner/qwen2.5-0.5b-GGUF:Q4_K_M")
+    assert moved.returncode == 2 and "pinned to another version" in moved.stderr and "cdcdcdcdcdcd" in moved.stderr
 
 
 def test_default_quant_nearest_name_and_revision(tmp_path: Path, hub: FakeHub, cli: Cli) -> None:
@@ -124,6 +135,15 @@ def test_split_model_and_mmproj(tmp_path: Path, hub: FakeHub, cli: Cli) -> None:
     # rm removes the projector too
     assert cli(env, "rm", "vis-q4_k_m").returncode == 0
     assert not list(blobs.iterdir())
+
+
+def test_a_file_without_lfs_is_pinned_to_what_was_hashed(tmp_path: Path, hub: FakeHub, cli: Cli) -> None:
+    f = hub.add("owner/small", "small.gguf", blob(MB // 8, 60), commit=COMMIT, lfs=False)
+    models, env = empty_catalog(tmp_path, hub)
+    p = cli(env, "pull", "owner/small")
+    assert p.returncode == 0, p.stderr
+    assert tomllib.loads(models.read_text())["small"]["sha256"] == f.sha256
+    assert "pin it" not in p.stdout  # pinned already, by the pull itself
 
 
 def test_a_file_in_the_repo_and_clear_errors(tmp_path: Path, hub: FakeHub, cli: Cli) -> None:

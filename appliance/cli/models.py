@@ -11,7 +11,7 @@ import json
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from pydantic import ValidationError
 
@@ -20,6 +20,9 @@ from ..errors import ApplianceError, UsageError
 from ..progress import byte_progress
 from ..units import format_size
 from .tables import format_table
+
+if TYPE_CHECKING:
+    from ..store import PullResult
 
 
 def _ask_daemon() -> set[str] | None:
@@ -69,8 +72,8 @@ def _when(ts: float | None) -> str:
 def _pull_repo(args: argparse.Namespace, settings: Settings, ref_text: str) -> tuple[str, ModelConfig]:
     """A repo reference: list it on the hub, pick the file(s), pull, then add the pinned entry
     (pulled first, so a failed download leaves no entry behind). -> (model id, its config)."""
-    from ..store.catalog_edit import add_model_entry
     from ..errors import OfflineError
+    from ..store.catalog_edit import add_model_entry
     from ..store.download import hub_endpoint, hub_offline
     from ..store.hubrepo import parse_ref, resolve
 
@@ -83,22 +86,32 @@ def _pull_repo(args: argparse.Namespace, settings: Settings, ref_text: str) -> t
     mid = args.name or found.default_id()
     entry = found.entry()
     cfg = ModelConfig.model_validate(entry)
-    existing = settings.catalog.resolve(mid)
-    if existing and (existing[1].source, existing[1].sha256) != (cfg.source, cfg.sha256):
-        raise UsageError(f"model {mid!r} already exists in {settings.catalog.path} with another source; "
-                         "choose another --name")
     print(f"{mid}: {cfg.source} at commit {found.commit[:12]}"
           + (f" ({len(found.shards)} shards)" if len(found.shards) > 1 else "")
           + (f", projector {found.mmproj.path}" if found.mmproj else ""), file=sys.stderr)
-    if existing:
+    existing = settings.catalog.resolve(mid)
+    if existing:  # the same model again: pull the entry as it stands (it may be hand-tuned)
+        old = existing[1]
+        if old.source != cfg.source:
+            raise UsageError(f"model {mid!r} already exists in {settings.catalog.path} for {old.source}; "
+                             "choose another --name")
+        if old.sha256 is not None and cfg.sha256 is not None and old.sha256 != cfg.sha256:
+            raise UsageError(f"model {mid!r} is pinned to another version of {cfg.source} (the hub's "
+                             f"{ref.revision or 'main'} is now commit {found.commit[:12]}); `appliance rm "
+                             f"{mid}` and pull again, or choose another --name")
+        _pull_one(args, settings, *existing)
         return existing
-    _pull_one(args, settings, mid, cfg)
+    r = _pull_one(args, settings, mid, cfg, hint_pin=False)
+    entry["sha256"] = r.shas[0] if len(r.shas) == 1 else r.shas  # what was verified, listed or not
+    if r.mmproj_sha256:
+        entry["mmproj_sha256"] = r.mmproj_sha256
     add_model_entry(settings.catalog, mid, entry)
     print(f"{mid}: added to {settings.catalog.path}")
     return mid, cfg
 
 
-def _pull_one(args: argparse.Namespace, settings: Settings, mid: str, cfg: ModelConfig) -> None:
+def _pull_one(args: argparse.Namespace, settings: Settings, mid: str, cfg: ModelConfig,
+              hint_pin: bool = True) -> PullResult:
     from ..store import pull_model
 
     r = pull_model(_store(settings), mid, cfg, wait=not args.no_wait, progress=not args.quiet,
@@ -108,10 +121,11 @@ def _pull_one(args: argparse.Namespace, settings: Settings, mid: str, cfg: Model
     else:
         how = ", ".join(sorted(set(r.via)))
         print(f"{mid}: verified ({how})")
-    if r.unpinned:
+    if r.unpinned and hint_pin:
         pin = json.dumps(r.unpinned[0]) if len(r.unpinned) == 1 else json.dumps(r.unpinned)
         origin = "used the hub's LFS sha256" if cfg.source.startswith("hf://") else "hashed the file as it is now"
         print(f"{mid}: no sha256 pinned, {origin}; pin it: sha256 = {pin}")
+    return r
 
 
 def cmd_pull(args: argparse.Namespace) -> int:

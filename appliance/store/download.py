@@ -47,6 +47,7 @@ class PullResult:
     up_to_date: bool = False
     unpinned: list[str] = field(default_factory=list)  # checksums taken from the hub, to pin
     via: list[str] = field(default_factory=list)  # per shard: store / provider name / file / hub
+    mmproj_sha256: str | None = None  # the projector's verified checksum, when the entry has one
 
 
 def hub_offline() -> bool:
@@ -123,6 +124,7 @@ def pull_model(
             sha, size, via, _ = _fetch_shard(store, cfg.mmproj, cfg.revision, cfg.mmproj_sha256, progress, result)
             extra["mmproj"] = {"sha256": sha, "size": size, "source": cfg.mmproj}
             result.via.append(via)
+            result.mmproj_sha256 = sha
         store.new_record(model_id, cfg, refs, commit=commit, extra=extra)
     return result
 
