@@ -13,7 +13,8 @@ from typing import Iterator
 
 import pytest
 
-from appliance.cli.run import read_message
+from appliance.cli.daemonlink import Link
+from appliance.cli.run import Conversation, read_message, repl
 from cli_support import Ran, run_cli
 from test_api_support import write_config
 
@@ -46,13 +47,16 @@ def configured(tmp_path: Path, tiny_models: dict[str, Path], monkeypatch: pytest
 
 
 @pytest.fixture
-def daemon(configured: Path) -> Iterator[subprocess.Popen[str]]:
+def daemon(configured: Path) -> Iterator[str]:
+    """A real `appliance serve` on the configured catalog; its URL."""
     p = subprocess.Popen([sys.executable, "-m", "appliance", "serve", "--port", "0"], stdout=subprocess.PIPE,
                          stderr=subprocess.DEVNULL, text=True,
                          env={**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(ROOT)})
     try:
-        assert p.stdout is not None and "serving on" in p.stdout.readline()
-        yield p
+        assert p.stdout is not None
+        line = p.stdout.readline()
+        assert "serving on" in line, line
+        yield line.split()[-1]
     finally:
         p.terminate()
         p.wait(timeout=60)
@@ -66,7 +70,7 @@ def test_read_message_single_and_multi_line() -> None:
     assert read_message(lambda p: (_ for _ in ()).throw(EOFError)) is None
 
 
-def test_run_ps_stop_against_a_running_daemon(daemon: subprocess.Popen[str]) -> None:
+def test_run_ps_stop_against_a_running_daemon(daemon: str) -> None:
     ps = cli("", "ps")
     assert ps.returncode == 0 and ps.stdout.splitlines() == ["ID  STATE  MEMORY  DEVICE  SLOTS  QUEUE  UNLOADS IN"]
     r = cli("", "run", "t", "Say hello", "--max-tokens", "3", "--temperature", "0")
@@ -86,7 +90,7 @@ def test_run_ps_stop_against_a_running_daemon(daemon: subprocess.Popen[str]) -> 
     assert piped.returncode == 0, piped.stderr
 
 
-def test_interactive_chat_commands(daemon: subprocess.Popen[str]) -> None:
+def test_interactive_chat_commands(daemon: str) -> None:
     script = "/set temperature 0\n/set max_tokens 3\n/system be brief\nhello\n\"\"\"\nline one\nline two\n\"\"\"\n" \
              "/set top_k 1\n/set max_tokens lots\n/bye\nnever read\n"
     r = cli(script, "run", "tiny", "-i")
@@ -121,3 +125,38 @@ def test_show_reads_the_header_template_and_files(configured: Path) -> None:
     assert "sha256 " in out and "tiny-b.gguf" in out
     j = cli("", "show", "tiny", "--json")
     assert j.returncode == 0 and '"state": "missing"' in j.stdout
+
+
+class InterruptOnce(io.StringIO):
+    """Terminal output where the user presses Ctrl-C while the answer's first piece is shown."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.armed = True
+
+    def write(self, text: str) -> int:
+        if self.armed and text.strip() and not text.strip().startswith(("type a", "(")):
+            self.armed = False
+            raise KeyboardInterrupt
+        return super().write(text)
+
+
+def test_ctrl_c_stops_an_answer_or_a_prompt_not_the_chat(daemon: str) -> None:
+    assert cli("", "pull", "tiny").returncode == 0
+    convo = Conversation("tiny", options={"max_tokens": 8, "logit_bias": {"2": -100}})
+    said: list[object] = [KeyboardInterrupt, "hello", "again"]
+
+    def read_line(prompt: str) -> str:
+        if not said:
+            raise EOFError
+        nxt = said.pop(0)
+        if nxt is KeyboardInterrupt:
+            raise KeyboardInterrupt
+        return str(nxt)
+
+    out = InterruptOnce()
+    assert repl(Link(daemon, None), convo, read_line, out) == 0
+    text = out.getvalue()
+    assert "(Ctrl-D or /bye to leave)" in text and "(stopped)" in text
+    assert [t["content"] for t in convo.turns if t["role"] == "user"] == ["hello", "again"]
+    assert convo.turns[-1]["role"] == "assistant" and convo.turns[-1]["content"]  # the second answer is whole

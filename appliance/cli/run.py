@@ -50,18 +50,27 @@ class Conversation:
 
 
 def answer(link: daemonlink.Link, convo: Conversation, text: str, out: TextIO) -> str:
-    """Stream one reply to `out`; the user turn and the reply join the conversation."""
-    reply = []
-    for event in link.stream("/v1/chat/completions", convo.request(text)):
-        for choice in event.get("choices") or []:
-            piece = (choice.get("delta") or {}).get("content")
-            if piece:
-                out.write(piece)
+    """Stream one reply to `out`; the user turn and the reply join the conversation. Reasoning
+    (`reasoning_content`) is shown, dimmed on a terminal, but not kept in the history."""
+    reply: list[str] = []
+    dim, plain = ("\033[2m", "\033[0m") if out.isatty() else ("", "")
+    thinking = False
+    try:
+        for event in link.stream("/v1/chat/completions", convo.request(text)):
+            for choice in event.get("choices") or []:
+                delta = choice.get("delta") or {}
+                if delta.get("reasoning_content"):
+                    out.write(("" if thinking else dim) + delta["reasoning_content"])
+                    thinking = True
+                if delta.get("content"):
+                    out.write((plain + "\n\n" if thinking else "") + delta["content"])
+                    thinking = False
+                    reply.append(delta["content"])
                 out.flush()
-                reply.append(piece)
-    out.write("\n")
-    out.flush()
-    convo.turns += [{"role": "user", "content": text}, {"role": "assistant", "content": "".join(reply)}]
+    finally:  # also on Ctrl-C: what came so far is part of the conversation
+        out.write((plain if thinking else "") + "\n")
+        out.flush()
+        convo.turns += [{"role": "user", "content": text}, {"role": "assistant", "content": "".join(reply)}]
     return "".join(reply)
 
 
@@ -118,19 +127,27 @@ def read_message(read_line: Callable[[str], str]) -> str | None:
 
 def repl(link: daemonlink.Link, convo: Conversation, read_line: Callable[[str], str], out: TextIO) -> int:
     """The interactive chat until /bye or end of input. A failed request is shown, not fatal."""
-    out.write('type a message; /? for help, """ for several lines, /bye to leave\n')
-    while (text := read_message(read_line)) is not None:
+    out.write('type a message; /? for help, """ for several lines, /bye or Ctrl-D to leave\n')
+    while True:
+        try:
+            text = read_message(read_line)
+        except KeyboardInterrupt:  # Ctrl-C at the prompt: a fresh prompt, as in a shell
+            out.write("\n(Ctrl-D or /bye to leave)\n")
+            continue
+        if text is None:
+            return 0
         if not text.strip():
             continue
         if text.startswith("/"):
             if not command(convo, text.strip(), out):
-                break
+                return 0
             continue
         try:
             answer(link, convo, text, out)
+        except KeyboardInterrupt:  # Ctrl-C while it answers: stop this answer, keep the chat
+            out.write("(stopped)\n")
         except ApplianceError as e:
             out.write(f"error: {e.message}\n")
-    return 0
 
 
 def ensure_pulled(settings: Settings, mid: str, cfg: ModelConfig) -> None:
