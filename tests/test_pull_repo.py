@@ -89,6 +89,9 @@ def test_pull_repo_adds_pinned_verified_entry(tmp_path: Path, hub: FakeHub, cli:
     assert len(listed) == 1 and "blobs=" in listed[0].path.lower()
     ls = cli(env, "ls")
     assert "qwen2.5-0.5b-q4_k_m  verified" in ls.stdout
+    show = cli(env, "show", "qwen2.5-0.5b-q4_k_m")
+    assert "license         apache-2.0 (model card)" in show.stdout and want.sha256 in show.stdout  # type: ignore[attr-defined]
+    assert f"revision        {COMMIT}" in show.stdout
     assert "pin it" not in p.stdout
     # pulled again by the same reference: up to date, the catalog unchanged
     again = cli(env, "pull", "owner/qwen2.5-0.5b-GGUF:Q4_K_M")

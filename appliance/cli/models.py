@@ -7,6 +7,7 @@ Mismatches and failed downloads exit 1 (see cli/__init__.py).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from datetime import datetime, timezone
@@ -106,6 +107,10 @@ def _pull_repo(args: argparse.Namespace, settings: Settings, ref_text: str) -> t
     if r.mmproj_sha256:
         entry["mmproj_sha256"] = r.mmproj_sha256
     add_model_entry(settings.catalog, mid, entry)
+    if found.license:  # the model card's, for `show` (GGUFs often carry none)
+        store = _store(settings)
+        if (rec := store.record(mid)) is not None:
+            store.write_record(dataclasses.replace(rec, extra={**rec.extra, "license": found.license}))
     print(f"{mid}: added to {settings.catalog.path}")
     return mid, cfg
 

@@ -34,6 +34,14 @@ def reasoning_support(template: str | None) -> str | None:
     return None
 
 
+def _license(in_gguf: object, rec: Any) -> str | None:
+    """The GGUF's `general.license`, else the model card's that `pull REPO` recorded."""
+    if isinstance(in_gguf, str) and in_gguf:
+        return in_gguf
+    card = rec.extra.get("license") if rec is not None else None
+    return f"{card} (model card)" if isinstance(card, str) else None
+
+
 def describe(mid: str, cfg: ModelConfig, store: Any) -> dict[str, Any]:
     """Everything `show` prints, as data (also its --json)."""
     from ..engine.chat import tool_format
@@ -64,7 +72,7 @@ def describe(mid: str, cfg: ModelConfig, store: Any) -> dict[str, Any]:
         architecture=info.architecture, name=info.name, parameters=info.parameters,
         quantization=info.quantization, context_train=info.context_train, layers=info.layers,
         embedding_length=info.embedding, vocab_size=info.vocab_size,
-        license=meta.get("general.license") if isinstance(meta.get("general.license"), str) else None,
+        license=_license(meta.get("general.license"), rec),
         chat_template=template, chat_template_from="models.toml" if cfg.chat_template else ("gguf" if template else None),
         tool_format=tool_format(template) if template else None, reasoning=reasoning_support(template),
     )
