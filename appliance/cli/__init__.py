@@ -24,7 +24,7 @@ def preload_llama(argv: Sequence[str]) -> None:
     llama.cpp loaded first it ran. The command modules import numpy (gguf), so this runs
     before they are imported, and only for `serve` and `run`, which load models.
     """
-    if argv and argv[0] in ("serve", "run"):
+    if "serve" in argv or (argv and argv[0] == "run"):
         import llama_cpp  # noqa: F401
 
 

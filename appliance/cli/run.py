@@ -265,7 +265,7 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
                        "interactive chat on a terminal. Uses the running daemon; without one, runs the model "
                        "in this process.")
     p.add_argument("model", metavar="MODEL")
-    p.add_argument("prompt", nargs="*", metavar="PROMPT")
+    p.add_argument("prompt", nargs="*", default=[], metavar="PROMPT")
     p.add_argument("--system", help="system prompt (default: the model's `system` in models.toml)")
     p.add_argument("--temperature", type=float)
     p.add_argument("--top-p", dest="top_p", type=float)
