@@ -13,7 +13,7 @@ from typing import Iterator
 
 import pytest
 
-from appliance.cli.daemonlink import Link
+from appliance.cli.daemonlink import Link, local_url
 from appliance.cli.run import Conversation, read_message, repl
 from cli_support import Ran, run_cli
 from test_api_support import write_config
@@ -60,6 +60,12 @@ def daemon(configured: Path) -> Iterator[str]:
     finally:
         p.terminate()
         p.wait(timeout=60)
+
+
+def test_a_daemon_on_every_address_is_reached_over_loopback() -> None:
+    assert local_url("http://0.0.0.0:8000") == "http://127.0.0.1:8000"
+    assert local_url("https://[::]:8443") == "https://[::1]:8443"
+    assert local_url("http://10.0.0.5:8000") == "http://10.0.0.5:8000"
 
 
 def test_read_message_single_and_multi_line() -> None:

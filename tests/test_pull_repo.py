@@ -11,7 +11,7 @@ from typing import Callable
 
 import pytest
 
-from appliance.store.hubrepo import parse_ref, pick
+from appliance.store.hubrepo import looks_like_repo, parse_ref, pick
 from cli_support import Ran, run_cli_env
 from fakehub import FakeHub
 from test_download import blob, env_for
@@ -53,6 +53,10 @@ def test_parse_ref_forms() -> None:
     assert (r.repo, r.file, r.quant, r.revision) == ("owner/repo", "sub/m.gguf", None, "v1")
     r = parse_ref("owner/repo:q8_0@" + COMMIT)
     assert (r.quant, r.revision) == ("Q8_0", COMMIT)
+    for text in ["owner/repo", "hf://owner/repo", "owner/repo:Q8_0@v1", "owner/repo/sub/m.gguf"]:
+        assert looks_like_repo(text), text
+    for text in ["gemma-3-270m", "qwen2.5:7b", "owner/repo/notes.txt"]:
+        assert not looks_like_repo(text), text
     for bad in ["owner", "owner/repo/readme.md", "owner/repo/m.gguf:Q4_K_M", "owner/repo@"]:
         with pytest.raises(Exception):
             parse_ref(bad)

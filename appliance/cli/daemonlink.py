@@ -102,4 +102,11 @@ def connect(args: argparse.Namespace, settings: Settings) -> Link | None:
     status = adminclient.status(settings)
     if status is None:
         return None
-    return Link(str(status.get("url")), getattr(args, "key", None), local=settings)
+    return Link(local_url(str(status.get("url"))), getattr(args, "key", None), local=settings)
+
+
+def local_url(url: str) -> str:
+    """A daemon listening on every address (0.0.0.0, ::) is reached on this machine over loopback."""
+    for wildcard, loopback in (("://0.0.0.0:", "://127.0.0.1:"), ("://[::]:", "://[::1]:")):
+        url = url.replace(wildcard, loopback)
+    return url

@@ -81,8 +81,11 @@ class Resolved:
 
 
 def looks_like_repo(text: str) -> bool:
-    """A pull argument that is a repo reference rather than a catalog id."""
-    return text.startswith("hf://") or bool(_REPO_RE.match(text.split("@")[0].split(":")[0]))
+    """A pull argument that is a repo reference (`owner/repo…`) rather than a catalog id."""
+    if text.startswith("hf://"):
+        return True
+    parts = text.split("@")[0].split(":")[0].split("/")
+    return bool(_REPO_RE.match("/".join(parts[:2]))) and (len(parts) == 2 or parts[-1].endswith(".gguf"))
 
 
 def parse_ref(text: str) -> RepoRef:
