@@ -13,6 +13,8 @@ from ..config import ModelConfig, load_settings
 from ..units import format_size
 from .models import _resolve, _store, _when
 
+TOOL_FORMATS = {"hermes": "hermes (<tool_call> JSON </tool_call>)", "llama3": "llama3 (JSON, <|python_tag|>)",
+                "generic": "generic (a JSON object in the reply: the template names no tool format)"}
 TEMPLATE_LINES = 12  # shown unless --template asks for all of it
 # Markup by which a template tells that the model thinks before it answers.
 REASONING_MARKERS = {"<think>": "<think>…</think>", "enable_thinking": "<think>…</think> (enable_thinking)",
@@ -26,10 +28,10 @@ def _params(n: int) -> str:
     return str(n)
 
 
-def reasoning_support(template: str | None) -> str | None:
+def reasoning_support(template: str) -> str | None:
     """How the template marks reasoning, or None when it shows none."""
     for marker, what in REASONING_MARKERS.items():
-        if template and marker in template:
+        if marker in template:
             return what
     return None
 
@@ -44,7 +46,7 @@ def _license(in_gguf: object, rec: Any) -> str | None:
 
 def describe(mid: str, cfg: ModelConfig, store: Any) -> dict[str, Any]:
     """Everything `show` prints, as data (also its --json)."""
-    from ..engine.chat import tool_format
+    from ..engine.chat import default_template, tool_format
     from ..store import read_gguf_info
     from ..store.ggufmeta import read_meta
 
@@ -66,15 +68,18 @@ def describe(mid: str, cfg: ModelConfig, store: Any) -> dict[str, Any]:
         return out
     info = read_gguf_info(st.paths)
     meta = read_meta(st.paths[0])
-    template = cfg.chat_template or meta.get("tokenizer.chat_template")
-    template = template if isinstance(template, str) else None
+    # The daemon's order (engine/chat.py): models.toml's, the GGUF's, else a built-in default.
+    in_gguf = meta.get("tokenizer.chat_template")
+    template, origin = (cfg.chat_template, "models.toml") if cfg.chat_template else (
+        (in_gguf, "gguf") if isinstance(in_gguf, str) and in_gguf else
+        (default_template(info.architecture), f"built-in default for {info.architecture}; the GGUF has none"))
     out.update(
         architecture=info.architecture, name=info.name, parameters=info.parameters,
         quantization=info.quantization, context_train=info.context_train, layers=info.layers,
         embedding_length=info.embedding, vocab_size=info.vocab_size,
         license=_license(meta.get("general.license"), rec),
-        chat_template=template, chat_template_from="models.toml" if cfg.chat_template else ("gguf" if template else None),
-        tool_format=tool_format(template) if template else None, reasoning=reasoning_support(template),
+        chat_template=template, chat_template_from=origin,
+        tool_format=tool_format(template), reasoning=reasoning_support(template),
     )
     return out
 
@@ -98,7 +103,7 @@ def _print(d: dict[str, Any], full_template: bool) -> None:
         line("embedding", d["embedding_length"])
         line("vocabulary", d["vocab_size"])
         line("license", d.get("license"))
-        line("tool calls", d.get("tool_format") or "none (no chat template)")
+        line("tool calls", TOOL_FORMATS.get(d["tool_format"], d["tool_format"]))
         line("reasoning", d.get("reasoning") or "not marked in the template")
     else:
         line("header", f"not pulled: run `appliance pull {d['id']}`")
