@@ -54,24 +54,30 @@ def answer(link: daemonlink.Link, convo: Conversation, text: str, out: TextIO) -
     (`reasoning_content`) is shown, dimmed on a terminal, but not kept in the history."""
     reply: list[str] = []
     dim, plain = ("\033[2m", "\033[0m") if out.isatty() else ("", "")
-    thinking = False
+    thinking = shown = done = False
     try:
         for event in link.stream("/v1/chat/completions", convo.request(text)):
             for choice in event.get("choices") or []:
                 delta = choice.get("delta") or {}
                 if delta.get("reasoning_content"):
                     out.write(("" if thinking else dim) + delta["reasoning_content"])
-                    thinking = True
+                    thinking = shown = True
                 if delta.get("content"):
                     out.write((plain + "\n\n" if thinking else "") + delta["content"])
-                    thinking = False
+                    thinking, shown = False, True
                     reply.append(delta["content"])
                 out.flush()
-    finally:  # also on Ctrl-C: what came so far is part of the conversation
-        out.write((plain if thinking else "") + "\n")
-        out.flush()
-        convo.turns += [{"role": "user", "content": text}, {"role": "assistant", "content": "".join(reply)}]
+        done = True
+    finally:  # on Ctrl-C or an error too, what was shown is part of the conversation
+        if done or shown:
+            _end_answer(out, thinking, plain)
+            convo.turns += [{"role": "user", "content": text}, {"role": "assistant", "content": "".join(reply)}]
     return "".join(reply)
+
+
+def _end_answer(out: TextIO, thinking: bool, plain: str) -> None:
+    out.write((plain if thinking else "") + "\n")
+    out.flush()
 
 
 def command(convo: Conversation, line: str, out: TextIO) -> bool:
