@@ -15,7 +15,7 @@ from typing import Iterator
 import pytest
 
 from appliance.cli.daemonlink import Link, local_url
-from appliance.cli.run import Conversation, read_message, repl
+from appliance.cli.chat_repl import Conversation, read_message, repl
 from cli_support import Ran, run_cli
 from test_api_support import write_config
 
