@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
@@ -252,6 +253,11 @@ def cmd_rm(args: argparse.Namespace) -> int:
     from ..store.catalog_edit import remove_model_entry
 
     (mid, _), = _resolve(settings.catalog, [args.model])
+    path = settings.catalog.path
+    if not args.keep_entry and not (os.access(path, os.W_OK) and os.access(path.parent, os.W_OK)):
+        # checked before any file goes: a half-done rm (files gone, entry left) helps nobody
+        raise UsageError(f"cannot edit {path} (not writable by this user): run as its owner, or --keep-entry "
+                         "to remove only the files")
     done = _store(settings).remove(mid, settings.catalog)
     print(f"{mid}: deleted {len(done.paths)} file(s)")
     for sha, users in done.shared.items():
