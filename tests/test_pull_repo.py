@@ -168,6 +168,8 @@ def test_a_file_in_the_repo_and_clear_errors(tmp_path: Path, hub: FakeHub, cli: 
         r = cli(env, "pull", ref)
         assert r.returncode == code and words in r.stderr, (ref, r.stderr)
         assert len(r.stderr.strip().splitlines()) == 1
+    r = cli(env, "pull", "q8", "--name", "other")
+    assert r.returncode == 2 and "--name names a model pulled from a hub repo" in r.stderr
     # a name already taken by another source is refused; the catalog keeps only q8
     r = cli(env, "pull", "owner/qwen2.5-0.5b-GGUF:Q2_K", "--name", "q8")
     assert r.returncode == 2 and "already exists" in r.stderr

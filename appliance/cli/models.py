@@ -147,6 +147,8 @@ def cmd_pull(args: argparse.Namespace) -> int:
             targets.append(hit)
         elif looks_like_repo(name):
             targets.append(name)
+        elif args.name:
+            raise UsageError(f"--name names a model pulled from a hub repo; {name!r} is not owner/repo")
         else:
             targets.extend(_resolve(settings.catalog, [name]))
     if not args.model:
