@@ -139,6 +139,13 @@ def test_split_model_and_mmproj(tmp_path: Path, hub: FakeHub, cli: Cli) -> None:
     assert (entry["mmproj"], entry["mmproj_sha256"]) == (f"hf://{repo}/mmproj-vis-f16.gguf", proj.sha256)
     blobs = tmp_path / "store" / "blobs"
     assert all((blobs / f"sha256-{f.sha256}").exists() for f in [*shards, proj])
+    # verify re-hashes the projector too: a changed one is deleted and named
+    mm = blobs / f"sha256-{proj.sha256}"
+    mm.chmod(0o644)
+    mm.write_bytes(blob(MB // 8, 31))
+    v = cli(env, "verify", "vis-q4_k_m")
+    assert v.returncode == 1 and f"sha256-{proj.sha256}, deleted" in v.stderr and not mm.exists()
+    assert cli(env, "pull", "vis-q4_k_m").returncode == 0 and mm.exists()  # fetched again
     # rm removes the projector too
     assert cli(env, "rm", "vis-q4_k_m").returncode == 0
     assert not list(blobs.iterdir())

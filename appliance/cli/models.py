@@ -228,6 +228,13 @@ def cmd_ls(args: argparse.Namespace) -> int:
 # --- verify, rm, import ---------------------------------------------------------------------------
 
 
+def _hashed_size(store, mid: str, cfg: ModelConfig) -> int | None:  # noqa: ANN001
+    """The bytes `verify` reads: the shards and the projector, if any."""
+    st = store.state(mid, cfg)
+    mm = st.record.extra.get("mmproj") if st.record else None
+    return None if st.size is None else st.size + (int(mm.get("size", 0)) if isinstance(mm, dict) else 0)
+
+
 def cmd_verify(args: argparse.Namespace) -> int:
     from ..errors import ChecksumMismatch
 
@@ -236,7 +243,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
     bad = 0
     for mid, cfg in _resolve(settings.catalog, args.model):
         try:
-            with byte_progress(store.state(mid, cfg).size, mid, enabled=not args.quiet) as bar:
+            with byte_progress(_hashed_size(store, mid, cfg), mid, enabled=not args.quiet) as bar:
                 st = store.verify(mid, cfg, progress=bar.update)
         except ChecksumMismatch as e:
             print(f"appliance: error: {e.message}", file=sys.stderr)

@@ -205,15 +205,17 @@ class Store:
     # --- verify and remove ---------------------------------------------------------------
 
     def verify(self, model_id: str, cfg: ModelConfig, progress: Callable[[int], None] | None = None) -> ModelState:
-        """Re-hash every blob. A mismatching blob is deleted (nothing unverified stays) and
-        ChecksumMismatch raised; a match refreshes the record's verified_at."""
+        """Re-hash every blob (the multimodal projector too). A mismatching blob is deleted
+        (nothing unverified stays) and ChecksumMismatch raised; a match refreshes verified_at."""
         st = self.state(model_id, cfg)
         exp = self._expected(model_id, cfg)
         if st.paths is None or exp is None:
             return st
         shas, _, rec = exp
+        mm = rec.extra.get("mmproj") if rec else None
+        projector = [str(mm["sha256"])] if isinstance(mm, dict) and self.has_blob(str(mm.get("sha256"))) else []
         with self.lock(model_id):
-            for sha, path in zip(shas, st.paths):
+            for sha, path in zip(shas + projector, st.paths + [self.blob_path(p) for p in projector]):
                 got = _blobs.hash_file(path, progress)
                 if got != sha:
                     self._delete_blob(path)
