@@ -231,8 +231,8 @@ def cmd_ls(args: argparse.Namespace) -> int:
 def _hashed_size(store, mid: str, cfg: ModelConfig) -> int | None:  # noqa: ANN001
     """The bytes `verify` reads: the shards and the projector, if any."""
     st = store.state(mid, cfg)
-    mm = st.record.extra.get("mmproj") if st.record else None
-    return None if st.size is None else st.size + (int(mm.get("size", 0)) if isinstance(mm, dict) else 0)
+    mm = st.record.mmproj if st.record else None
+    return None if st.size is None else st.size + (mm.size if mm else 0)
 
 
 def cmd_verify(args: argparse.Namespace) -> int:

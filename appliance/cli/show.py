@@ -56,9 +56,10 @@ def describe(mid: str, cfg: ModelConfig, store: Any) -> dict[str, Any]:
     rec = st.record
     out["files"] = [{"source": b.source, "size": b.size, "sha256": b.sha256} for b in rec.blobs] if rec else [
         {"source": s, "size": None, "sha256": p} for s, p in zip(cfg.shard_sources, cfg.pinned_sha256)]
-    mm = rec.extra.get("mmproj") if rec else None
+    mm = rec.mmproj if rec else None
     if cfg.mmproj:
-        out["files"].append(mm if isinstance(mm, dict) else {"source": cfg.mmproj, "size": None, "sha256": cfg.mmproj_sha256})
+        out["files"].append({"source": cfg.mmproj, "size": mm.size if mm else None,
+                             "sha256": mm.sha256 if mm else cfg.mmproj_sha256})
     if rec and rec.commit:
         out["commit"] = rec.commit
     defaults = {k: getattr(cfg, k) for k in ("system", "max_tokens", "stop") if getattr(cfg, k)}

@@ -40,12 +40,6 @@ def _no_daemon() -> set[str] | None:
     return None
 
 
-def _record_shas(rec: ModelRecord) -> set[str]:
-    """Every blob a record holds: its shards and its multimodal projector, if any."""
-    mm = rec.extra.get("mmproj")
-    return set(rec.shas) | ({str(mm["sha256"])} if isinstance(mm, dict) and "sha256" in mm else set())
-
-
 @dataclass(frozen=True)
 class Removed:
     """What `remove` deleted, and the blobs it kept because other entries use them."""
@@ -212,8 +206,8 @@ class Store:
         if st.paths is None or exp is None:
             return st
         shas, _, rec = exp
-        mm = rec.extra.get("mmproj") if rec else None
-        projector = [str(mm["sha256"])] if isinstance(mm, dict) and self.has_blob(str(mm.get("sha256"))) else []
+        mm = rec.mmproj if rec else None
+        projector = [mm.sha256] if mm and self.has_blob(mm.sha256) else []
         with self.lock(model_id):
             for sha, path in zip(shas + projector, st.paths + [self.blob_path(p) for p in projector]):
                 got = _blobs.hash_file(path, progress)
@@ -249,7 +243,7 @@ class Store:
             users: dict[str, list[str]] = {}
             for other in catalog.models:  # "uses" = pulled (has a record), not merely pinned
                 rec = self.record(other) if other != model_id else None
-                for sha in _record_shas(rec) if rec else set():
+                for sha in rec.all_shas if rec else set():
                     users.setdefault(sha, []).append(other)
             removed = []
             for sha in sorted(mine - set(users)):
@@ -263,7 +257,7 @@ class Store:
 
     def _blob_shas(self, model_id: str, cfg: ModelConfig) -> list[str]:
         rec = self.record(model_id)
-        shas = sorted(_record_shas(rec)) if rec else []
+        shas = sorted(rec.all_shas) if rec else []
         return shas + [p for p in cfg.pinned_sha256 if p]
 
     def partial_path(self, key: str) -> Path:

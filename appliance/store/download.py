@@ -14,7 +14,7 @@ import os
 import re
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 from urllib.parse import urlparse
@@ -122,7 +122,7 @@ def pull_model(
         extra: dict[str, object] = {}
         if cfg.mmproj:  # the projector of a multimodal model: verified like a shard, kept beside
             sha, size, via, _ = _fetch_shard(store, cfg.mmproj, cfg.revision, cfg.mmproj_sha256, progress, result)
-            extra["mmproj"] = {"sha256": sha, "size": size, "source": cfg.mmproj}
+            extra["mmproj"] = asdict(BlobRef(sha, size, cfg.mmproj))
             result.via.append(via)
             result.mmproj_sha256 = sha
         store.new_record(model_id, cfg, refs, commit=commit, extra=extra)
@@ -133,9 +133,9 @@ def _has_mmproj(store: Store, cfg: ModelConfig, record: ModelRecord) -> bool:
     """The entry names no projector, or the record holds the one it names."""
     if not cfg.mmproj:
         return True
-    got = record.extra.get("mmproj")
-    return (isinstance(got, dict) and got.get("source") == cfg.mmproj and store.has_blob(str(got.get("sha256")))
-            and cfg.mmproj_sha256 in (None, got.get("sha256")))
+    got = record.mmproj
+    return (got is not None and got.source == cfg.mmproj and store.has_blob(got.sha256)
+            and cfg.mmproj_sha256 in (None, got.sha256))
 
 
 def _fetch_shard(
