@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -113,7 +114,8 @@ def test_run_ps_stop_against_a_running_daemon(daemon: str) -> None:
     ps = cli("", "ps")
     rows = ps.stdout.splitlines()
     assert len(rows) == 2 and rows[1].split()[:2] == ["tiny", "loaded"], ps.stdout
-    assert rows[1].split()[-2:] == ["0", "5m"] and "0/2" in rows[1]  # queue empty, keep_alive 5m left
+    queue, left = rows[1].split()[-2:]
+    assert queue == "0" and "0/2" in rows[1] and re.fullmatch(r"[1-5]m", left), rows[1]  # idle, of keep_alive 5m
     stop = cli("", "stop", "t")
     assert (stop.returncode, stop.stdout) == (0, "tiny: unloaded\n")
     assert len(cli("", "ps").stdout.splitlines()) == 1
@@ -195,3 +197,18 @@ def test_ctrl_c_stops_an_answer_or_a_prompt_not_the_chat(daemon: str) -> None:
     # the answer stopped before anything was shown is not in the history; the next one is, whole
     assert [t["content"] for t in convo.turns if t["role"] == "user"] == ["again"]
     assert convo.turns[-1]["role"] == "assistant" and convo.turns[-1]["content"]  # the second answer is whole
+
+
+def test_until_unload_reads_keep_alive_and_the_idle_time(tmp_path: Path) -> None:
+    from appliance.cli.live import until_unload
+    from appliance.config import Catalog, ModelConfig
+
+    cat = Catalog({"m": ModelConfig(source="file:///m.gguf", keep_alive="5m"),
+                   "f": ModelConfig(source="file:///f.gguf", keep_alive="forever")}, tmp_path / "models.toml")
+    assert until_unload({"id": "m", "idle_seconds": 270.0}, cat) == "30s"
+    assert until_unload({"id": "m", "idle_seconds": 0.0}, cat) == "5m"
+    assert until_unload({"id": "m", "idle_seconds": 999.0}, cat) == "0s"
+    assert until_unload({"id": "m", "slots_busy": 1}, cat) == "busy"
+    assert until_unload({"id": "f"}, cat) == "forever"
+    assert until_unload({"id": "m", "pinned": True}, cat) == "forever (pinned)"
+    assert until_unload({"id": "elsewhere"}, cat) == "?"
