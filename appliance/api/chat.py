@@ -58,6 +58,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         prompt: ChatPrompt = render(runner, body)
         params = sampling_params(
             body,
+            cfg,
             max_tokens=body.token_limit,
             stop=tuple(body.stops) + prompt.stop,
             logprobs=body.logprobs,

@@ -33,7 +33,7 @@ async def completions(request: web.Request) -> web.StreamResponse:
     info = request_info(request)
     info["stream"] = body.stream
     want_lp = body.logprobs is not None
-    params = sampling_params(body, logprobs=want_lp, top_logprobs=body.logprobs or 0)
+    params = sampling_params(body, cfg, logprobs=want_lp, top_logprobs=body.logprobs or 0)
     rid = request[REQUEST_ID]
     cid, created = "cmpl-" + secrets.token_hex(12), int(time.time())
     prompts = body.prompts

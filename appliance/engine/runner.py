@@ -34,7 +34,7 @@ from .batch import Batch
 from .chat import ChatPrompt, render_chat
 from .cpufeatures import extra_buffers_safe
 from .generation import _END, Generation, post_many
-from .sampling import SlotSampler, make_grammar, random_seed, row_logprobs
+from .sampling import SlotSampler, make_grammar, random_seed, row_logprobs, use_backend_sampling
 from .textout import TextStream
 from .types import Delta, EmbeddingResult, GenerationRequest, SamplingParams, TokenLogprob, TopLogprob, Usage
 from .vocab import Vocab
@@ -199,6 +199,7 @@ class Runner:
             else:
                 cp.n_batch = cp.n_ubatch = n_batch
                 cp.n_outputs_max = self.parallel  # logits rows: one per slot (cuts compute buffers)
+                cp.n_outputs_max_per_seq = 1  # one row per sequence a step (in-graph sampling's bound)
             self.ctx = ll.llama_init_from_model(self.model, cp)
             if not self.ctx:
                 ll.llama_model_free(self.model)
@@ -212,6 +213,7 @@ class Runner:
         self.model_bytes = int(ll.llama_model_size(self.model))
         self.context_bytes = self.buffers.total("KV", "RS", "compute", "output")
         self.mem = ll.llama_get_memory(self.ctx)
+        self.backend_sampling = not self.embedding and use_backend_sampling(cfg.backend_sampling, n_gpu_layers)
         self._batch = Batch(self.n_batch)
         self._slots = [_Slot(seq=i) for i in range(self.parallel)]
         self._pending: deque[_Job] = deque()
@@ -333,7 +335,7 @@ class Runner:
             for i in range(p.n):
                 grammar = make_grammar(self.vocab.vocab, p.grammar, p.grammar_triggers) if p.grammar else None
                 samplers.append(SlotSampler(self.vocab.vocab, self.vocab.n_vocab, p, base_seed + i,
-                                            self.vocab.eog_ids, grammar))
+                                            self.vocab.eog_ids, grammar, n_ctx=self.context))
         except BaseException:
             for smp in samplers:
                 smp.free()
@@ -383,6 +385,10 @@ class Runner:
             raise InvalidRequest("top_k must be >= 0", param="top_k")
         if not (0 <= p.min_p <= 1):
             raise InvalidRequest("min_p must be in [0, 1]", param="min_p")
+        if not (0 < p.typical_p <= 1):
+            raise InvalidRequest("typical_p must be in (0, 1]", param="typical_p")
+        if p.repeat_last_n < -1:
+            raise InvalidRequest("repeat_last_n must be >= -1", param="repeat_last_n")
         if not (p.repeat_penalty > 0 and math.isfinite(p.repeat_penalty)):
             raise InvalidRequest("repeat_penalty must be > 0", param="repeat_penalty")
         for name in ("presence_penalty", "frequency_penalty"):
@@ -621,6 +627,8 @@ class Runner:
             for i, s in enumerate(job.slots):
                 s.job = job
                 s.choice = _Choice(i, job.samplers[i], TextStream(job.params.stop))
+                if self.backend_sampling and job.params.n == 1:  # n > 1: from the first token on (_emit)
+                    job.samplers[i].attach(self.ctx, s.seq)
                 s.waiting = i > 0
                 s.reading = i == 0
             job.active = len(job.slots)
@@ -803,6 +811,8 @@ class Runner:
                 finish = "length"
             else:
                 ch.pending = tok
+                if self.backend_sampling:
+                    ch.sampler.attach(self.ctx, s.seq)  # the next tokens are drawn in the graph
         job.out.append(Delta(ch.index, text, logprobs, finish, (tok,)))
         if finish is not None:
             self._release(s)

@@ -28,8 +28,6 @@ import numpy as np
 from ..errors import EngineError, InvalidRequest
 from .types import SamplingParams, TopLogprob
 
-PENALTY_LAST_N = 64  # llama.cpp's default window for repeat/presence/frequency penalties
-
 _TOKEN_DATA = np.dtype([("id", "<i4"), ("logit", "<f4"), ("p", "<f4")], align=True)
 assert _TOKEN_DATA.itemsize == ctypes.sizeof(ll.llama_token_data) == 12
 
@@ -68,7 +66,9 @@ class SlotSampler:
         seed: int,
         eog_ids: list[int],
         grammar: ll.llama_sampler_p | None = None,
+        n_ctx: int = 0,
     ) -> None:
+        """`n_ctx`: the sequence's context, the penalties' window for `repeat_last_n = -1`."""
         self.n_vocab = n_vocab
         self.seed = seed
         self.grammar = grammar
@@ -83,7 +83,9 @@ class SlotSampler:
         if params.ignore_eos:
             for t in eog_ids:
                 bias[t] = -math.inf
-        penalties = params.repeat_penalty != 1.0 or params.frequency_penalty or params.presence_penalty
+        last_n = params.repeat_last_n if params.repeat_last_n >= 0 else n_ctx
+        penalties = last_n != 0 and (
+            params.repeat_penalty != 1.0 or params.frequency_penalty != 0 or params.presence_penalty != 0)
         # Greedy with at most a logit bias is stateless: numpy's argmax over the row gives the
         # chain's pick without building a 128k-entry candidate array per token (measured on an
         # H100: that array was a fifth of the decode thread's time while the GPU sat idle).
@@ -91,24 +93,56 @@ class SlotSampler:
         self._bias_ids = np.fromiter(bias.keys(), dtype=np.int64, count=len(bias))
         self._bias_vals = np.fromiter(bias.values(), dtype=np.float32, count=len(bias))
         self._bias_set = frozenset(bias)
+        # llama.cpp's order (common/sampling.cpp): bias, penalties, then the filters from the
+        # cheapest cut (top_k shrinks 128k candidates to k) to the temperature and the draw.
         if bias:
             arr = (ll.llama_logit_bias * len(bias))(*[ll.llama_logit_bias(t, b) for t, b in bias.items()])
             add(ll.llama_sampler_init_logit_bias(n_vocab, len(bias), arr))
         if penalties:
             add(ll.llama_sampler_init_penalties(
-                n_vocab, PENALTY_LAST_N, params.repeat_penalty, params.frequency_penalty, params.presence_penalty
+                n_vocab, last_n, params.repeat_penalty, params.frequency_penalty, params.presence_penalty
             ))
         if params.temperature <= 0:
             add(ll.llama_sampler_init_greedy())
         else:
             if params.top_k > 0:
                 add(ll.llama_sampler_init_top_k(params.top_k))
+            if params.typical_p < 1.0:
+                add(ll.llama_sampler_init_typical(params.typical_p, 1))
             if params.top_p < 1.0:
                 add(ll.llama_sampler_init_top_p(params.top_p, 1))
             if params.min_p > 0.0:
                 add(ll.llama_sampler_init_min_p(params.min_p, 1))
             add(ll.llama_sampler_init_temp(params.temperature))
             add(ll.llama_sampler_init_dist(seed & 0xFFFFFFFF))
+        # In-graph (backend) sampling: what a chain needs the host for stays on the host.
+        self.backend_ok = grammar is None and not params.logprobs
+        self._attached: tuple[ll.llama_context_p, int] | None = None
+
+    @property
+    def on_backend(self) -> bool:
+        return self._attached is not None
+
+    def attach(self, ctx: ll.llama_context_p, seq: int) -> bool:
+        """Run this chain inside the compute graph for sequence `seq` (llama.cpp's backend
+        sampling): the logits row never crosses to the host and `sample` reads the token the
+        graph drew. False where llama.cpp refuses; the chain then keeps sampling on the host.
+        With n > 1 the runner attaches after the first token: every choice's first token
+        comes from the first slot's one prompt row, which must reach the host raw."""
+        if self._attached is not None or not self.backend_ok or self.chain is None:
+            return self._attached is not None
+        if not ll.llama_set_sampler(ctx, seq, self.chain):
+            return False
+        self._attached = (ctx, seq)
+        return True
+
+    def detach(self) -> None:
+        """Take the chain out of the graph (before it is freed, or the context's next decode
+        would use a freed sampler)."""
+        if self._attached is not None:
+            ctx, seq = self._attached
+            self._attached = None
+            ll.llama_set_sampler(ctx, seq, None)
 
     def sample(self, ctx: ll.llama_context_p, idx: int) -> int:
         """Pick the next token from output row `idx` and accept it (chain and grammar, once)."""
@@ -118,7 +152,7 @@ class SlotSampler:
     def first_pass(self, ctx: ll.llama_context_p, idx: int) -> int | None:
         """The cheap pick (accepted), or None when the grammar refuses it: then the raw row is
         kept for `resample`, which must follow before this sampler is used again."""
-        if self.grammar is None and not self._greedy:
+        if self._attached is not None or (self.grammar is None and not self._greedy):
             return ll.llama_sampler_sample(self.chain, ctx, idx)  # applies and accepts
         row = np.ctypeslib.as_array(ll.llama_get_logits_ith(ctx, idx), shape=(self.n_vocab,))
         if self._greedy:
@@ -197,6 +231,7 @@ class SlotSampler:
         return arr.data[0].logit != -math.inf
 
     def free(self) -> None:
+        self.detach()
         if self._inflight is not None:
             self._inflight.exception()  # wait: a resample may still be using the objects below
             self._inflight = None
@@ -206,6 +241,15 @@ class SlotSampler:
         if self.grammar:
             ll.llama_sampler_free(self.grammar)
             self.grammar = None
+
+
+def use_backend_sampling(setting: str | bool, n_gpu_layers: int) -> bool:
+    """models.toml's `backend_sampling`: "auto" samples in the graph when the output layer
+    runs on a GPU (the logits row then stays there); on the CPU it saves no copy and measured
+    no faster (docs/engine.md)."""
+    if setting != "auto":
+        return bool(setting)
+    return n_gpu_layers != 0 and bool(ll.llama_supports_gpu_offload())
 
 
 def random_seed() -> int:
