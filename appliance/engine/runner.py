@@ -34,6 +34,7 @@ from .batch import Batch
 from .chat import ChatPrompt, render_chat
 from .cpufeatures import extra_buffers_safe
 from .generation import _END, Generation, post_many
+from .prefill import Reader, split_budget
 from .sampling import SlotSampler, make_grammar, random_seed, row_logprobs, use_backend_sampling
 from .textout import TextStream
 from .types import Delta, EmbeddingResult, GenerationRequest, SamplingParams, TokenLogprob, TopLogprob, Usage
@@ -641,17 +642,13 @@ class Runner:
         for s in self._slots:
             if s.choice is not None and s.choice.pending is not None:
                 parts.append(_Part(s, [s.choice.pending], len(s.cached), output=True, prompt=False))
-        budget = self.n_batch - len(parts)
-        readers = sorted((s for s in self._slots if s.reading), key=lambda s: s.job.t_submit)  # type: ignore[union-attr]
-        for s in readers:
-            if budget <= 0:
-                break
-            job = s.job
-            assert job is not None
-            rest = job.prompt[len(s.cached):]
-            chunk = rest[:budget]
-            parts.append(_Part(s, chunk, len(s.cached), output=len(chunk) == len(rest), prompt=True))
-            budget -= len(chunk)
+        readers = [Reader(s.seq, len(s.job.prompt) - len(s.cached), s.job.t_submit)  # type: ignore[union-attr]
+                   for s in self._slots if s.reading]
+        for seq, n in split_budget(self.n_batch - len(parts), readers):
+            s = self._slots[seq]
+            assert s.job is not None
+            rest = s.job.prompt[len(s.cached):]
+            parts.append(_Part(s, rest[:n], len(s.cached), output=n == len(rest), prompt=True))
         return parts
 
     def _fill(self, parts: list[_Part]) -> Batch:
