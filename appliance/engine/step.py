@@ -41,7 +41,7 @@ class SlotState(Protocol):
 
     @property
     def submitted(self) -> float:
-        """When the slot's request arrived (prompts are read oldest first)."""
+        """When the slot's request arrived (orders prompts of equal length; the oldest keeps a share)."""
         ...
 
 
