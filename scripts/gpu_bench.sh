@@ -74,7 +74,8 @@ bench() {  # NAME, then extra flags for `appliance bench --compare`
   stamp "$name"
   $PY -m appliance bench --compare "$PEERS" --model-file "$MODEL" "${LLAMA_SERVER[@]}" \
     --context "$CTX" --parallel "$NP" --max-tokens "$TOKENS" --repeat "$REPEAT" \
-    --workdir "$WORK/run" --json-out "$RESULTS/$name.json" "$@" 2>&1 | tee "$RESULTS/$name.log"
+    --workdir "$WORK/run" --json-out "$RESULTS/$name.json" "$@" 2>&1 | tee "$RESULTS/$name.log" \
+    || echo "bench $name failed (the next phases run anyway)"
 }
 has sampled && bench sampled --temperature 0.8 --concurrency "$CONC"
 has greedy && bench greedy --temperature 0 --concurrency "$CONC"
