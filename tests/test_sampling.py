@@ -164,3 +164,37 @@ async def test_min_p_and_top_p_cut_the_tail(runners, backend: bool) -> None:
     assert math.exp(lps[best[0]]) < top_p
     got = await draws(r, SamplingParams(max_tokens=1, temperature=8.0, top_k=0, top_p=top_p, ignore_eos=True), 80)
     assert set(got) <= set(keep) and len(set(got)) == 2
+
+
+async def test_a_slot_keeps_its_chain_in_the_graph_for_alike_requests(runners, monkeypatch) -> None:  # noqa: ANN001
+    """Attaching a chain makes llama.cpp re-plan its graph (a stall for every stream): the next
+    request in the slot with the same settings and no seed of its own takes the chain over."""
+    from appliance.engine import sampling
+
+    calls: list[object] = []
+    real = sampling.ll.llama_set_sampler
+
+    def spy(ctx, seq, smpl):  # noqa: ANN001, ANN202
+        calls.append(smpl)
+        return real(ctx, seq, smpl)
+
+    monkeypatch.setattr(sampling.ll, "llama_set_sampler", spy)
+    r = runners(True, parallel=1)
+    host = runners(False, parallel=1)
+    alike = SamplingParams(max_tokens=4, temperature=0.8, top_k=40, ignore_eos=True)
+    for i in range(3):
+        assert len((await tokens(r, [GenerationRequest(PROMPT + [i], alike)]))[0]) == 4
+    assert len(calls) == 1 and calls[0] is not None  # attached once, then reused
+    greedy = SamplingParams(max_tokens=8, temperature=0, ignore_eos=True)
+    assert await tokens(r, [GenerationRequest(PROMPT, greedy)]) == await tokens(host, [GenerationRequest(PROMPT, greedy)])
+    assert len(calls) == 2 and calls[1] is not None  # other settings: replaced
+    seeded = replace(greedy, seed=3)
+    await tokens(r, [GenerationRequest(PROMPT, seeded)])
+    # an explicit seed never takes a chain over, nor leaves its own for the next request
+    assert len(calls) == 4 and calls[2] is not None and calls[3] is None
+    await tokens(r, [GenerationRequest(PROMPT, greedy)])
+    assert len(calls) == 5
+    lp = replace(greedy, logprobs=True, top_logprobs=2)
+    got = await tokens(r, [GenerationRequest(PROMPT, lp)])
+    assert len(calls) == 6 and calls[5] is None  # logprobs need the raw row: the chain left the graph
+    assert got == await tokens(host, [GenerationRequest(PROMPT, greedy)])
