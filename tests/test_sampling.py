@@ -198,3 +198,13 @@ async def test_a_slot_keeps_its_chain_in_the_graph_for_alike_requests(runners, m
     got = await tokens(r, [GenerationRequest(PROMPT, lp)])
     assert len(calls) == 6 and calls[5] is None  # logprobs need the raw row: the chain left the graph
     assert got == await tokens(host, [GenerationRequest(PROMPT, greedy)])
+
+
+def test_backend_sampling_setting() -> None:
+    import llama_cpp as ll
+
+    from appliance.engine.sampling import use_backend_sampling
+
+    assert use_backend_sampling(True, 0) is True and use_backend_sampling(False, -1) is False
+    assert use_backend_sampling("auto", 0) is False  # nothing offloaded: the logits are on the host anyway
+    assert use_backend_sampling("auto", -1) is bool(ll.llama_supports_gpu_offload())
