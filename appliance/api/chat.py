@@ -101,7 +101,6 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         params = sampling_params(
             body,
             cfg,
-            cfg,
             max_tokens=body.token_limit,
             stop=tuple(body.stops) + prompt.stop,
             logprobs=body.logprobs,
