@@ -128,12 +128,12 @@ def test_run_ps_stop_against_a_running_daemon(daemon: str) -> None:
 
 def test_interactive_chat_commands(daemon: str) -> None:
     script = "/set temperature 0\n/set max_tokens 3\n/system be brief\nhello\n\"\"\"\nline one\nline two\n\"\"\"\n" \
-             "/set top_k 1\n/set max_tokens lots\n/bye\nnever read\n"
+             "/set top_k 1\n/set bogus 1\n/set max_tokens lots\n/bye\nnever read\n"
     r = cli(script, "run", "tiny", "-i")
     assert r.returncode == 0, r.stderr
     out = r.stdout
     for said in ["temperature = 0.0", "max_tokens = 3", "system prompt set; conversation cleared",
-                 "unknown option 'top_k'", "max_tokens: not a number: 'lots'"]:
+                 "top_k = 1", "unknown option 'bogus'", "max_tokens: not a number: 'lots'"]:
         assert said in out, (said, out)
 
 

@@ -102,6 +102,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         prompt: ChatPrompt = await asyncio.to_thread(render, runner, body)
         params = sampling_params(
             body,
+            cfg,
             max_tokens=body.token_limit,
             stop=tuple(body.stops) + prompt.stop,
             logprobs=body.logprobs,

@@ -68,7 +68,7 @@ async def completions(request: web.Request) -> web.StreamResponse:
     body = with_model_defaults(body, cfg)
     head = Head.new("completion", mid, body.include_usage)
     want_lp = body.logprobs is not None
-    params = sampling_params(body, logprobs=want_lp, top_logprobs=body.logprobs or 0)
+    params = sampling_params(body, cfg, logprobs=want_lp, top_logprobs=body.logprobs or 0)
     rid = request[REQUEST_ID]
     async with request.app[CTX_KEY].backend.lease(mid, key_name(request), slots=body.n) as runner:
         echoes = [_echo_text(runner, p) if body.echo else "" for p in body.prompts]  # refused before streaming

@@ -17,11 +17,16 @@ from .daemonlink import Link
 HELP = """commands:
   /bye                      leave
   /system TEXT              set the system prompt (and start over)
-  /set temperature|top_p|max_tokens|seed VALUE    a sampling option ("/set temperature" alone: unset)
+  /set OPTION VALUE         temperature, top_p, top_k, min_p, repeat_penalty, max_tokens, seed
+                            ("/set temperature" alone: back to the model's default)
   /clear                    forget the conversation
   /?                        this help
   \"\"\"                       begin or end a multi-line message"""
-OPTIONS: dict[str, Callable[[str], Any]] = {"temperature": float, "top_p": float, "max_tokens": int, "seed": int}
+# What /set (and run's flags) may change: request fields of /v1/chat/completions.
+OPTIONS: dict[str, Callable[[str], Any]] = {
+    "temperature": float, "top_p": float, "top_k": int, "min_p": float, "repeat_penalty": float,
+    "max_tokens": int, "seed": int,
+}
 
 
 @dataclass

@@ -78,10 +78,8 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     p.add_argument("model", metavar="MODEL")
     p.add_argument("prompt", nargs="*", default=[], metavar="PROMPT")
     p.add_argument("--system", help="system prompt (default: the model's `system` in models.toml)")
-    p.add_argument("--temperature", type=float)
-    p.add_argument("--top-p", dest="top_p", type=float)
-    p.add_argument("--max-tokens", dest="max_tokens", type=int)
-    p.add_argument("--seed", type=int)
+    for name, kind in OPTIONS.items():  # the same options as /set; unset: the model's defaults
+        p.add_argument("--" + name.replace("_", "-"), dest=name, type=kind, metavar=kind.__name__.upper())
     p.add_argument("-i", "--interactive", action="store_true",
                    help="chat even when stdin is not a terminal (lines read from stdin)")
     daemonlink.add_options(p)
