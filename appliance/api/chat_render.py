@@ -39,6 +39,14 @@ def response_grammar(body: ChatCompletionRequest) -> str | None:
     return grammar_for_response_format(rf.model_dump(by_alias=True, exclude_none=True))
 
 
+def template_kwargs(body: ChatCompletionRequest) -> dict[str, Any]:
+    """Variables the client passes to the template: `chat_template_kwargs`, `reasoning_effort`."""
+    out = dict(body.chat_template_kwargs or {})
+    if body.reasoning_effort is not None:
+        out.setdefault("reasoning_effort", body.reasoning_effort)
+    return out
+
+
 def render(runner: Any, body: ChatCompletionRequest) -> ChatPrompt:
     """The engine renders (template, tool formats, tool grammar); this picks the grammar:
     a forced tool call (required / named) wins, else response_format, else the lazy
@@ -57,6 +65,8 @@ def render(runner: Any, body: ChatCompletionRequest) -> ChatPrompt:
         bos=runner.bos_text,
         eos=runner.eos_text,
         arch=getattr(runner, "arch", ""),
+        tool_use_template=getattr(runner, "tool_use_template", None),
+        template_kwargs=template_kwargs(body),
     )
     grammar, triggers = r.grammar, r.grammar_triggers
     rf_grammar = response_grammar(body)

@@ -167,6 +167,10 @@ class _Sampling(_Body):
         return {int(k): v for k, v in (self.logit_bias or {}).items()}
 
 
+# What the renderer itself passes to a chat template; clients' chat_template_kwargs may not replace it.
+_TEMPLATE_VARIABLES = frozenset({"messages", "tools", "tool_choice", "add_generation_prompt", "bos_token", "eos_token"})
+
+
 class ChatCompletionRequest(_Sampling):
     messages: Annotated[list[ChatMessage], Field(min_length=1)]
     max_completion_tokens: Annotated[int, Field(ge=1)] | None = None
@@ -176,6 +180,8 @@ class ChatCompletionRequest(_Sampling):
     tools: list[Tool] | None = None
     tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
     parallel_tool_calls: bool | None = None
+    chat_template_kwargs: dict[str, Any] | None = None  # extra template variables (enable_thinking ...)
+    reasoning_effort: Literal["low", "medium", "high"] | None = None  # gpt-oss
 
     @model_validator(mode="after")
     def _consistent(self) -> "ChatCompletionRequest":
@@ -187,6 +193,9 @@ class ChatCompletionRequest(_Sampling):
                 raise _ParamError("tool_choice", f"tool_choice names {self.tool_choice.function.name!r}, which is not in tools")
         elif self.tool_choice == "required" and not self.tools:
             raise _ParamError("tool_choice", "tool_choice 'required' needs tools")
+        taken = sorted(set(self.chat_template_kwargs or {}) & _TEMPLATE_VARIABLES)
+        if taken:
+            raise _ParamError("chat_template_kwargs", f"chat_template_kwargs may not set {', '.join(taken)}")
         return self
 
     @property

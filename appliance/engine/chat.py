@@ -22,11 +22,10 @@ import secrets
 from dataclasses import dataclass
 from typing import Any, Literal
 
-import jinja2
-from llama_cpp.llama_chat_format import Jinja2ChatFormatter
-
 from ..errors import InvalidRequest
 from .grammar import rename_root, schema_to_gbnf
+from .messages import fold_system, prepare, tool_definitions
+from .template import TemplateRefused, compiled
 
 ToolFormat = Literal["hermes", "llama3", "generic"]
 
@@ -87,48 +86,6 @@ def tool_format(template_source: str) -> ToolFormat:
     return "generic"
 
 
-def _text(content: Any) -> str:
-    """OpenAI content (string, None, or a list of parts) -> plain text."""
-    if content is None:
-        return ""
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        out = []
-        for part in content:
-            if isinstance(part, dict) and part.get("type") == "text":
-                out.append(str(part.get("text", "")))
-            elif isinstance(part, str):
-                out.append(part)
-            else:
-                raise InvalidRequest("only text content parts are supported", param="messages")
-        return "".join(out)
-    raise InvalidRequest("message content must be a string or a list of parts", param="messages")
-
-
-def _normalize(messages: list[dict[str, Any]], inline_tools: bool) -> list[dict[str, Any]]:
-    """Give every message string content; for tool-less templates, spell tool traffic as text."""
-    if not isinstance(messages, list) or not messages:
-        raise InvalidRequest("messages must be a non-empty list", param="messages")
-    out: list[dict[str, Any]] = []
-    for i, m in enumerate(messages):
-        if not isinstance(m, dict) or not isinstance(m.get("role"), str):
-            raise InvalidRequest(f"messages[{i}] must be an object with a role", param="messages")
-        m = dict(m)
-        m["content"] = _text(m.get("content"))
-        if inline_tools:
-            calls = m.pop("tool_calls", None) or []
-            for c in calls:
-                fn = c.get("function", {}) if isinstance(c, dict) else {}
-                args = fn.get("arguments", "{}")
-                args_obj = json.loads(args) if isinstance(args, str) and args.strip() else args
-                m["content"] += "<tool_call>" + json.dumps({"name": fn.get("name"), "arguments": args_obj}) + "</tool_call>"
-            if m["role"] == "tool":
-                m = {"role": "user", "content": f"<tool_response>{m['content']}</tool_response>"}
-        out.append(m)
-    return out
-
-
 def _tools_system_text(tools: list[dict[str, Any]]) -> str:
     listing = "\n".join(json.dumps(t, ensure_ascii=False) for t in tools)
     return (
@@ -136,6 +93,15 @@ def _tools_system_text(tools: list[dict[str, Any]]) -> str:
         '<tool_call>{"name": <function-name>, "arguments": <arguments-object>}</tool_call>'
         f" and nothing else. Available functions:\n<tools>\n{listing}\n</tools>"
     )
+
+
+def _with_system(msgs: list[dict[str, Any]], text: str, caps: Any) -> list[dict[str, Any]]:
+    """`text` added to the system message (the first user turn where there is no system role)."""
+    if msgs[0]["role"] == "system":
+        msgs = [{**msgs[0], "content": msgs[0]["content"] + "\n\n" + text}] + msgs[1:]
+    else:
+        msgs = [{"role": "system", "content": text}] + msgs
+    return msgs if caps.system_role else fold_system(msgs)
 
 
 def _check_tools(tools: Any) -> list[dict[str, Any]]:
@@ -187,25 +153,34 @@ def render_chat(
     eos: str = "",
     arch: str = "",
     add_generation_prompt: bool = True,
+    tool_use_template: str | None = None,
+    template_kwargs: dict[str, Any] | None = None,
 ) -> ChatPrompt:
-    """Render messages with the model's template; work out tool grammar, parser and stops."""
+    """Render messages with the model's template; work out tool grammar, parser and stops.
+
+    `tool_use_template`: the GGUF's `tokenizer.chat_template.tool_use` variant, used when
+    tools are offered. `template_kwargs`: extra template variables (`chat_template_kwargs`,
+    e.g. enable_thinking; `reasoning_effort`)."""
+    if tools and tool_use_template:
+        template_source = tool_use_template
     source = template_source or default_template(arch)
     tools = _check_tools(tools) if tools else None
-    fmt: ToolFormat | None = tool_format(source) if tools else None
-    inline = fmt == "generic"
-    msgs = _normalize(messages, inline_tools=inline or template_source is None)
-    if tools and inline:
-        sys_text = _tools_system_text(tools)
-        if msgs[0]["role"] == "system":
-            msgs[0] = {**msgs[0], "content": msgs[0]["content"] + "\n\n" + sys_text}
-        else:
-            msgs.insert(0, {"role": "system", "content": sys_text})
+    tpl = compiled(source, bos, eos)
+    caps = tpl.caps
+    known = template_source is not None
+    fmt: ToolFormat | None = (tool_format(source) if known and (caps.tools or caps.tool_calls) else "generic") if tools else None
+    msgs = prepare(messages, caps, native_tools=known and caps.tool_calls)
+    if tools and not (known and caps.tools):  # the template lists no tools: our own listing
+        msgs = _with_system(msgs, _tools_system_text(tools), caps)
+    kwargs = dict(template_kwargs or {})
+    if tools is None and caps.tools_list_always:
+        render_tools: list[dict[str, Any]] | None = []
+    else:
+        render_tools = tool_definitions(tools) if known and caps.tools and tools else None
     try:
-        fmt_obj = Jinja2ChatFormatter(source, eos_token=eos, bos_token=bos, add_generation_prompt=add_generation_prompt)
-        res = fmt_obj(messages=msgs, tools=None if inline else tools, tool_choice=tool_choice)
-    except (jinja2.TemplateError, ValueError, TypeError) as e:
+        prompt = tpl.render(msgs, render_tools, add_generation_prompt, tool_choice=tool_choice, **kwargs)
+    except TemplateRefused as e:
         raise InvalidRequest(f"the chat template could not render these messages: {e}", param="messages") from None
-    prompt = res.prompt
     add_special = not (bos and prompt.startswith(bos))
     grammar, triggers = None, ()
     if tools and tool_choice != "none":

@@ -195,6 +195,11 @@ class Runner:
         return self.cfg.chat_template or self.vocab.chat_template
 
     @property
+    def tool_use_template(self) -> str | None:
+        """The GGUF's tool_use variant, unless the catalog overrides the template."""
+        return None if self.cfg.chat_template else self.vocab.tool_use_template
+
+    @property
     def bos_text(self) -> str:
         return self.vocab.token_text(self.vocab.bos)
 
@@ -281,7 +286,8 @@ class Runner:
     ) -> ChatPrompt:
         """Render messages with this model's template (catalog's, GGUF's, or the default)."""
         return render_chat(self.chat_template, messages, tools, tool_choice,
-                           bos=self.bos_text, eos=self.eos_text, arch=self.arch)
+                           bos=self.bos_text, eos=self.eos_text, arch=self.arch,
+                           tool_use_template=self.tool_use_template)
 
     def _check_open(self) -> None:
         if self._closed:

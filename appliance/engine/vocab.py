@@ -96,6 +96,12 @@ class Vocab:
         raw = ll.llama_model_chat_template(self.model, None)
         return raw.decode("utf-8", errors="replace") if raw else None
 
+    @property
+    def tool_use_template(self) -> str | None:
+        """The GGUF's `tokenizer.chat_template.tool_use` variant (Hermes, Command R), if any."""
+        raw = ll.llama_model_chat_template(self.model, b"tool_use")
+        return raw.decode("utf-8", errors="replace") if raw else None
+
     def token_text(self, tok: int) -> str:
         """The vocabulary's text of a token (e.g. '<s>'), for templates' bos_token/eos_token."""
         if tok < 0 or tok >= self.n_vocab:
