@@ -63,11 +63,22 @@ def test_tool_conversation_renders_calls_and_results(name: str) -> None:
         assert "get_weather" in p  # the template's own tool listing, not ours
 
 
-def test_object_arguments_found_by_probing_qwen3_coder() -> None:
+def test_object_arguments_found_by_probing() -> None:
     caps = compiled(source("Qwen3-Coder.jinja"), "<s>", "</s>").caps
-    assert caps.object_arguments and not compiled(source("Qwen-Qwen3-0.6B.jinja"), "<s>", "</s>").caps.object_arguments
+    assert caps.object_arguments  # it iterates arguments|items
     p = render("Qwen3-Coder.jinja", TOOL_CONV, TOOLS).prompt
     assert "<parameter=city>\nPARIS\n</parameter>" in p
+    p = render("google-gemma-4-31B-it.jinja", TOOL_CONV, TOOLS).prompt  # its own argument syntax, not JSON
+    assert '<|tool_call>call:get_weather{city:<|"|>PARIS<|"|>}<tool_call|>' in p
+    # DeepSeek R1 prints the arguments as they come: a mapping would show as a Python dict
+    assert not compiled(source("deepseek-ai-DeepSeek-R1-Distill-Llama-8B.jinja"), "<s>", "</s>").caps.object_arguments
+    assert '```json\n{"city": "PARIS"}\n```' in render("deepseek-ai-DeepSeek-R1-Distill-Llama-8B.jinja", TOOL_CONV, TOOLS).prompt
+
+
+def test_null_content_printed_as_none_is_sent_as_empty() -> None:
+    name = "CohereForAI-c4ai-command-r-plus-tool_use.jinja"
+    assert not compiled(source(name), "<s>", "</s>").caps.null_content
+    assert "None" not in render(name, TOOL_CONV, TOOLS).prompt
 
 
 def test_system_role_refused_is_folded_into_the_first_user_turn() -> None:

@@ -130,12 +130,12 @@ class Template:
                             {"role": "assistant", "content": "x"}]
                     seen[(obj, null, short)] = self._try(conv, [tool])
         ok = {k: v for k, v in seen.items() if v is not None}
-        string_ok = any(not k[0] and ('"argument_needle": "VALUE_NEEDLE"' in v or '"argument_needle":"VALUE_NEEDLE"' in v)
-                        for k, v in ok.items())
-        object_ok = any(k[0] and "VALUE_NEEDLE" in v for k, v in ok.items())
-        object_arguments = object_ok and not string_ok
+        # A mapping is what HF's chat code hands templates; prefer it unless the template
+        # prints it as a Python dict (then it expects the JSON string).
+        object_arguments = any(k[0] and "VALUE_NEEDLE" in v and "'argument_needle'" not in v for k, v in ok.items())
         usable = [k for k in ok if k[0] == object_arguments] or list(ok)
-        null_content = any(k[1] for k in usable) if usable else True
+        null_content = any(k[1] and (seen[k] or "").count("None") <= (seen[(k[0], False, k[2])] or "").count("None")
+                           for k in usable) if usable else True
         short_ids = bool(usable) and not any(not k[2] for k in usable)
         tool_calls = any("VALUE_NEEDLE" in v for v in ok.values())
         parallel_calls = True
