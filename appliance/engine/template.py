@@ -50,6 +50,7 @@ class Caps:
     short_ids: bool = False  # tool-call ids must be 9 alphanumerics (Mistral)
     parallel_calls: bool = True  # one assistant turn may carry several calls (Llama 3.x: one)
     functions_text: bool = False  # reads a `functions` JSON string instead of `tools` (Firefunction)
+    call_text: str = ""  # how the template renders an assistant tool call (what follows the user turn)
 
 
 class Template:
@@ -138,6 +139,8 @@ class Template:
                            for k in usable) if usable else True
         short_ids = bool(usable) and not any(not k[2] for k in usable)
         tool_calls = any("VALUE_NEEDLE" in v for v in ok.values())
+        best = [v for k, v in ok.items() if k in usable and "VALUE_NEEDLE" in v]
+        call_text = best[0][best[0].index("USER_NEEDLE"):] if best else ""
         parallel_calls = True
         if tool_calls:
             key = min(ok, key=lambda k: (k[0] != object_arguments, not k[1], k[2]))
@@ -151,7 +154,8 @@ class Template:
             parallel_calls = out is not None and "NEEDLE_1" in out and "NEEDLE_2" in out
         return Caps(system_role=system_role, tools=tools, tool_calls=tool_calls, object_arguments=object_arguments,
                     null_content=null_content, tools_list_always=lists, alternation=alternation,
-                    short_ids=short_ids, parallel_calls=parallel_calls, functions_text="functions" in self.variables and "tools" not in self.variables)
+                    short_ids=short_ids, parallel_calls=parallel_calls, functions_text="functions" in self.variables and "tools" not in self.variables,
+                    call_text=call_text)
 
 
 @lru_cache(maxsize=64)

@@ -12,19 +12,61 @@ from __future__ import annotations
 from .syntax import Syntax
 
 _XML_PARAM = r"<parameter=(?P<k>[^>\n]+)>\n?(?P<v>.*?)\n?</parameter>"
-_DSML = "｜DSML｜"
+
+def _dsml(name: str, block: str) -> Syntax:
+    """DeepSeek V3.2 / V4: invoke blocks with string="true|false" parameters."""
+    d = "｜DSML｜"
+    return Syntax(name, "params", (f"<{d}{block}>",), end=f"</{d}{block}>", call_open=f'<{d}invoke name="',
+                  name_re=r'[^"]+', name_end='">', call_close=f"</{d}invoke>",
+                  param_re=rf'<{d}parameter name="(?P<k>[^"]+)" string="(?P<s>true|false)">(?P<v>.*?)</{d}parameter>')
+
+
+_LLAMA3 = Syntax("llama3", "object", ("<|python_tag|>", '{"name"', '{"type"'), sep=";", args_key="parameters",
+                 preserved=("<|python_tag|>",))
 
 _DS = ("<｜tool▁calls▁begin｜>", "<｜tool▁call▁begin｜>", "<｜tool▁sep｜>", "<｜tool▁call▁end｜>", "<｜tool▁calls▁end｜>")
 
 # (markers that must all be in the template, syntax)
 FAMILIES: tuple[tuple[tuple[str, ...], Syntax], ...] = (
-    (("<|channel|>", "<|constrain|>"), Syntax(
+    (("<|channel|>", "to=functions."), Syntax(
         "gpt-oss", "harmony", ("<|channel|>commentary to=functions.", " to=functions."),
         preserved=("<|channel|>", "<|message|>", "<|constrain|>", "<|call|>", "<|start|>", "<|end|>", "<|return|>"))),
-    ((f"<{_DSML}function_calls>",), Syntax(
-        "deepseek-v3.2", "params", (f"<{_DSML}function_calls>",), end=f"</{_DSML}function_calls>",
-        call_open=f'<{_DSML}invoke name="', name_end='">', call_close=f"</{_DSML}invoke>", name_re=r'[^"]+',
-        param_re=rf'<{_DSML}parameter name="(?P<k>[^"]+)" string="(?P<s>true|false)">(?P<v>.*?)</{_DSML}parameter>')),
+    (("DSML", "function_calls>"), _dsml("deepseek-v3.2", "function_calls")),
+    (("DSML",), _dsml("deepseek-v4", "tool_calls")),
+    (("<|tool_call>call:",), Syntax(
+        "gemma4", "tagged", ("<|tool_call>call:",), call_open="<|tool_call>call:", name_end="", call_close="<tool_call|>",
+        args_syntax="gemma", preserved=("<|tool_call>", "<tool_call|>", '<|"|>'))),
+    (("<|open|>tools<|sep|>",), Syntax(
+        "kimi-k3", "params", ("<|open|>tools<|sep|>",), end="<|close|>tools<|sep|>", call_open='<|open|>call tool="',
+        name_re=r'[^"]+', name_end=r'"[^<]*<\|sep\|>', call_close="<|close|>call<|sep|>",
+        noise=r"<\|(?:open|close)\|>(?:response|think)<\|sep\|>",
+        param_re=r'<\|open\|>argument key="(?P<k>[^"]+)" type="(?P<t>[^"]+)"<\|sep\|>(?P<v>.*?)<\|close\|>argument<\|sep\|>')),
+    (("]<]minimax[>[",), Syntax(
+        "minimax-m3", "params", ("]<]minimax[>[<tool_call>",), end="]<]minimax[>[</tool_call>",
+        call_open=']<]minimax[>[<invoke name="', name_re=r'[^"]+', name_end='">', call_close="]<]minimax[>[</invoke>",
+        param_re=r"\]<\]minimax\[>\[<(?P<k>[^>/]+)>(?P<v>.*?)\]<\]minimax\[>\[</(?P=k)>")),
+    (("<tool_calls:opensource>",), Syntax(
+        "hunyuan-3", "params", ("<tool_calls:opensource>",), end="</tool_calls:opensource>",
+        call_open="<tool_call:opensource>", name_re=r"[^<\s]+", name_end=r"<tool_sep:opensource>",
+        call_close="</tool_call:opensource>",
+        param_re=r"<arg_key:opensource>(?P<k>.*?)</arg_key:opensource>\s*<arg_value:opensource>(?P<v>.*?)</arg_value:opensource>")),
+    (("<|tool_call:begin|>",), Syntax(
+        "solar-open", "tagged", ("<|tool_calls|>",), call_open="<|tool_call:begin|>",
+        name_prefix=r"[^<]*<\|tool_call:name\|>", name_end=r"<\|tool_call:args\|>", call_close="<|tool_call:end|>",
+        preserved=("<|tool_calls|>", "<|tool_call:begin|>", "<|tool_call:name|>", "<|tool_call:args|>",
+                   "<|tool_call:end|>"))),
+    (("<atem:function_calls>",), Syntax(
+        "muse", "params", ("<atem:function_calls>",), end="</atem:function_calls>", call_open='<atem:invoke name="',
+        name_re=r'[^"]+', name_end='">', call_close="</atem:invoke>", noise=r"\s*to=\S+?(?:<\|message\|>)?\s*$",
+        param_re=r'<atem:parameter name="(?P<k>[^"]+)">(?P<v>.*?)</atem:parameter>')),
+    (("<function name=", "<param name="), Syntax(
+        "minicpm", "params", ('<function name="',), call_open='<function name="', name_re=r'[^"]+', name_end='">',
+        call_close="</function>", param_re=r'<param name="(?P<k>[^"]+)">(?P<v>.*?)</param>')),
+    (("<|function_call|>",), Syntax("gigachat-3.1", "object", ("<|function_call|>",))),
+    (("function call<|role_sep|>",), Syntax("gigachat-3", "object", ("function call<|role_sep|>",),
+                                            noise=r"<\|message_sep\|>\s*$")),
+    (("<tool_calls>[",), Syntax("apriel", "object", ("<tool_calls>",), open_list=True, end="</tool_calls>", sep=",")),
+    (("<tool_calls>",), Syntax("minimax-m1", "object", ("<tool_calls>",), end="</tool_calls>")),
     (("<｜tool▁calls▁begin｜>", "```json"), Syntax(
         "deepseek-r1", "tagged", ("<｜tool▁calls▁begin｜>",), end="<｜tool▁calls▁end｜>",
         call_open="<｜tool▁call▁begin｜>", name_prefix=r"function<｜tool▁sep｜>", name_end=r"\n",
@@ -54,15 +96,18 @@ FAMILIES: tuple[tuple[tuple[str, ...], Syntax], ...] = (
     (("<function=",), Syntax(
         "functionary-v3.1", "tagged", ("<function=",), call_open="<function=", name_end=">",
         call_close="</function>")),
-    ((">>>",), Syntax("functionary-v3.2", "tagged", (">>>",), call_open=">>>", name_end=r"\n")),
+    ((">>>",), Syntax("functionary-v3.2", "tagged", (">>>",), call_open=">>>", name_end=r"\n", content_name="all")),
     (("[ARGS]",), Syntax(
-        "mistral-v11", "tagged", ("[TOOL_CALLS]",), call_open="[TOOL_CALLS]", name_end=r"\[ARGS\]",
+        "mistral-v11", "tagged", ("[TOOL_CALLS]",), call_open="[TOOL_CALLS]", name_end=r"(?:\[CALL_ID\][A-Za-z0-9]+)?\[ARGS\]",
         preserved=("[TOOL_CALLS]", "[ARGS]"))),
     (("[TOOL_CALLS]",), Syntax(
         "mistral", "object", ("[TOOL_CALLS]",), open_list=True, sep=",", preserved=("[TOOL_CALLS]",))),
     (("<|START_ACTION|>",), Syntax(
         "command-r7b", "object", ("<|START_ACTION|>",), open_list=True, end="<|END_ACTION|>", sep=",",
         name_key="tool_name", args_key="parameters", preserved=("<|START_ACTION|>", "<|END_ACTION|>"))),
+    (("Action:", "```json", "tool_name"), Syntax(
+        "command-r-plus", "object", ("Action:",), open_list=True, list_prefix=r"```(?:json)?\s*", end="```", sep=",",
+        name_key="tool_name", args_key="parameters")),
     (("<TOOLCALL>",), Syntax(
         "nemotron-v2", "object", ("<TOOLCALL>",), open_list=True, end="</TOOLCALL>", sep=",")),
     (("<|tools_prefix|>",), Syntax(
@@ -75,17 +120,20 @@ FAMILIES: tuple[tuple[tuple[str, ...], Syntax], ...] = (
     (("<|tool_call|>",), Syntax("granite", "object", ("<|tool_call|>",), open_list=True, sep=",",
                                 preserved=("<|tool_call|>",))),
     (("<tool_call>",), Syntax("hermes", "object", ("<tool_call>",), end="</tool_call>")),
-    (("<|python_tag|>",), Syntax(
-        "llama3", "object", ("<|python_tag|>", '{"name"', '{"type"'), sep=";", args_key="parameters",
-        preserved=("<|python_tag|>",))),
+    (("<|python_tag|>",), _LLAMA3),
+    (('"parameters": ',), _LLAMA3),
 )
 
 GENERIC = Syntax("generic", "object", ("<tool_call>",), end="</tool_call>")
 
 
-def detect(template_source: str) -> Syntax | None:
-    """The family a template's source speaks, or None (it knows no tool-call syntax)."""
-    for markers, syn in FAMILIES:
-        if all(m in template_source for m in markers):
-            return syn
+def detect(template_source: str, call_text: str = "") -> Syntax | None:
+    """The family a template speaks, or None (it knows no tool-call syntax). `call_text` is
+    how the template renders a tool call (template.Caps.call_text): its markers decide, as
+    templates often assemble them from pieces; the source is the fallback for templates
+    that describe the syntax but do not render calls from history."""
+    for text in (call_text, template_source):
+        for markers, syn in FAMILIES:
+            if text and all(m in text for m in markers):
+                return syn
     return None

@@ -17,7 +17,6 @@ from typing import Any
 from .scan import held_back, json_end
 from .syntax import Syntax
 
-_WS = re.compile(r"\s*")
 
 
 @dataclass
@@ -58,13 +57,19 @@ def parse(syn: Syntax, text: str, final: bool = True, schemas: Schemas | None = 
         if nxt < 0 or text[pos:nxt].strip():
             break
         pos = nxt
+    head = text[:at]
+    if syn.content_name:  # Functionary v3.2: `>>>all\ntext` is content, not a call
+        head += "".join(c.arguments for c in calls if c.name == syn.content_name)
+        calls = [c for c in calls if c.name != syn.content_name]
+    if syn.noise:
+        head = re.sub(syn.noise, "", head)
     done = [c for c in calls if c.done]
     if final:
-        if not done:
+        if not done and not (syn.content_name and head):
             return Parsed(text)  # a start marker, but no complete call after it: plain text
         rest = text[pos:] if closed else ""
-        return Parsed((text[:at].strip() + " " + rest.strip()).strip(), done)
-    return Parsed(text[:at], calls)
+        return Parsed((head.strip() + " " + rest.strip()).strip(), done)
+    return Parsed(head, calls)
 
 
 def _find_start(syn: Syntax, text: str, frm: int) -> tuple[int, str]:
@@ -79,7 +84,10 @@ def _find_start(syn: Syntax, text: str, frm: int) -> tuple[int, str]:
 
 
 def _skip(text: str, pos: int) -> int:
-    return _WS.match(text, pos).end()  # type: ignore[union-attr]
+    """Past the whitespace at `pos`."""
+    while pos < len(text) and text[pos].isspace():
+        pos += 1
+    return pos
 
 
 def _closer(text: str, pos: int, closer: str) -> int | None:
@@ -96,6 +104,11 @@ def _block(syn: Syntax, text: str, pos: int, final: bool, schemas: Schemas) -> t
         return _python_calls(syn, text, pos)
     if syn.open_list:
         pos = _skip(text, pos)
+        if syn.list_prefix:
+            m = re.compile(syn.list_prefix).match(text, pos)
+            if m is None:
+                return [], pos, False
+            pos = m.end()
         if not text.startswith("[", pos):
             return [], pos, False
         pos += 1
@@ -128,16 +141,24 @@ def _one(syn: Syntax, text: str, pos: int, final: bool, schemas: Schemas) -> tup
     if syn.kind == "object":
         return _object_call(syn, text, pos)
     m = syn.name_pattern().match(text, pos)
-    if m is None:
+    if m is None or (not final and m.end("name") == len(text)):  # no name yet, or it may still grow
         return None, pos
     name, pos = m.group("name"), m.end()
+    if name == syn.content_name:  # text up to the next call
+        nxt = text.find(syn.call_open, pos)
+        return Call(name, text[pos: nxt if nxt >= 0 else len(text)], nxt >= 0 or final), (nxt if nxt >= 0 else len(text))
     if syn.kind == "params":
         return _param_call(syn, text, pos, name, schemas.get(name, {}))
-    pos = _WS.match(text, pos).end()  # type: ignore[union-attr]
+    pos = _skip(text, pos)
+    if syn.args_syntax == "gemma":
+        close = text.find(syn.call_close, pos)
+        if close < 0:
+            return Call(name, "", False), len(text)
+        return Call(name, gemma_args(text[pos:close])), close + len(syn.call_close)
     if syn.fence[0]:
         if not text.startswith(syn.fence[0], pos):
             return (Call(name, "", False), pos) if syn.fence[0].startswith(text[pos:]) else (None, pos)
-        pos = _WS.match(text, pos + len(syn.fence[0])).end()  # type: ignore[union-attr]
+        pos = _skip(text, pos + len(syn.fence[0]))
     end = json_end(text, pos)
     if end is None:
         return Call(name, text[pos:].rstrip(), False), len(text)
@@ -160,16 +181,16 @@ def _object_call(syn: Syntax, text: str, pos: int) -> tuple[Call | None, int]:
     if syn.call_open:
         if not text.startswith(syn.call_open, pos):
             return None, pos
-        pos = _WS.match(text, pos + len(syn.call_open)).end()  # type: ignore[union-attr]
+        pos = _skip(text, pos + len(syn.call_open))
     if not text.startswith("{", pos):
         return None, pos
     end = json_end(text, pos)
     name, args = None, None
     i = pos + 1
     while True:  # walk the object's top-level keys
-        i = _WS.match(text, i).end()  # type: ignore[union-attr]
+        i = _skip(text, i)
         if i < len(text) and text[i] == ",":
-            i = _WS.match(text, i + 1).end()  # type: ignore[union-attr]
+            i = _skip(text, i + 1)
         km = _KEY.match(text, i)
         if km is None:
             break
@@ -184,6 +205,8 @@ def _object_call(syn: Syntax, text: str, pos: int) -> tuple[Call | None, int]:
             name = json.loads(text[vstart:vend])
         elif key == syn.args_key:
             args = text[vstart:vend] if vend is not None else text[vstart:].rstrip()
+            if args.startswith('"'):  # arguments as a JSON string: known only once it closes
+                args = json.loads(args) if vend is not None else ""
         if vend is None:
             break
         i = vend
@@ -191,11 +214,6 @@ def _object_call(syn: Syntax, text: str, pos: int) -> tuple[Call | None, int]:
         return (Call(name, args or "", False) if isinstance(name, str) else None), len(text)
     if not isinstance(name, str):
         return None, pos
-    if args is not None and args.startswith('"'):  # arguments sent as a JSON string
-        try:
-            args = json.loads(args)
-        except json.JSONDecodeError:
-            pass
     pos = end
     if syn.call_close:
         q = _closer(text, pos, syn.call_close)
@@ -211,12 +229,13 @@ def _param_call(syn: Syntax, text: str, pos: int, name: str, schema: dict[str, A
     props = schema.get("properties") or {}
     parts: list[str] = []
     while True:
-        pos = _WS.match(text, pos).end()  # type: ignore[union-attr]
+        pos = _skip(text, pos)
         m = pat.match(text, pos)
         if m is None:
             break
         k, v = m.group("k"), m.group("v")
-        is_str = m.groupdict().get("s")
+        groups = m.groupdict()
+        is_str = groups.get("s") or (None if groups.get("t") is None else str(groups["t"] == "string").lower())
         parts.append(json.dumps(k, ensure_ascii=False) + ": " + _value(v, props.get(k, {}), is_str))
         pos = m.end()
     args = "{" + ", ".join(parts)
@@ -261,3 +280,32 @@ def _python_calls(syn: Syntax, text: str, pos: int) -> tuple[list[Call], int, bo
             return [], pos, False
         calls.append(Call(ast.unparse(node.func), json.dumps(args, ensure_ascii=False)))
     return calls, end + len(syn.end), True
+
+
+_GEMMA_STR = re.compile(r'<\|"\|>(.*?)<\|"\|>', re.S)
+_BARE_KEY = re.compile(r'([{,]\s*)([A-Za-z_][\w\-]*)\s*:')
+
+
+def gemma_args(raw: str) -> str:
+    """Gemma 4's argument syntax ({key:<|"|>text<|"|>,n:3}) as JSON text."""
+    strings: list[str] = []
+
+    def stash(m: re.Match[str]) -> str:
+        strings.append(m.group(1))
+        return f"\x00{len(strings) - 1}\x00"
+
+    body = _BARE_KEY.sub(lambda m: f'{m.group(1)}"{m.group(2)}":', _GEMMA_STR.sub(stash, raw))
+    body = re.sub("\x00(\\d+)\x00", lambda m: json.dumps(strings[int(m.group(1))], ensure_ascii=False), body)
+    try:
+        return json.dumps(json.loads(body), ensure_ascii=False)
+    except json.JSONDecodeError:
+        return json.dumps({"_raw": raw}, ensure_ascii=False)
+
+
+def lead_in(prompt: str, syn: Syntax) -> str:
+    """The call marker a generation prompt already ends with (Functionary v3.2's `>>>`): the
+    output continues it, so the parser must read it in front of the generated text."""
+    for m in (*syn.start, syn.call_open):
+        if m and syn.consumes(m) is False and prompt.endswith(m):
+            return m
+    return ""

@@ -29,6 +29,7 @@ class Syntax:
     start: tuple[str, ...]  # what opens a block of calls (also the lazy grammar's triggers)
     end: str = ""  # closes the block ("" none); blocks may repeat
     open_list: bool = False  # the block is a JSON-style list: "[" call, call ... "]" then `end`
+    list_prefix: str = ""  # regex before the list's "[" (Command R+'s ```json)
     call_open: str = ""  # before each call
     name_prefix: str = ""  # regex between call_open and the name
     name_end: str = ""  # regex after the name (tagged, params)
@@ -39,6 +40,9 @@ class Syntax:
     param_re: str = ""
     name_re: str = r"[A-Za-z0-9_.\-]+"
     fence: tuple[str, str] = ("", "")  # text around a tagged call's JSON (DeepSeek R1's ```json)
+    args_syntax: str = "json"  # "gemma": Gemma 4's {key:<|"|>text<|"|>} arguments
+    content_name: str = ""  # a "call" of this name is plain content (Functionary v3.2's `all`)
+    noise: str = ""  # regex of header text around calls that is not content (Muse's `to=NAME`)
     preserved: tuple[str, ...] = ()  # special tokens whose text the parser must see
     examples: dict[str, str] = field(default_factory=dict, compare=False)
 
@@ -51,4 +55,4 @@ class Syntax:
 
     def consumes(self, start: str) -> bool:
         """Whether a start marker is only a marker (a bare JSON call's `{"name"` is part of the call)."""
-        return not start.startswith("{")
+        return not start.startswith("{") and start != self.call_open
