@@ -183,3 +183,34 @@ def test_harmony_channels_give_reasoning_content_and_calls() -> None:
     inline = OutputReader(harmony=True, separate=False).read("<|channel|>analysis<|message|>Think.<|end|>"
                                                              "<|start|>assistant<|channel|>final<|message|>Hi.")
     assert inline.content == "Think.Hi." and inline.reasoning == ""
+
+
+UNIQUE = list({syn.name: syn for _, syn in FAMILIES}.values())
+
+
+@pytest.mark.parametrize("syn", UNIQUE, ids=[s.name for s in UNIQUE])
+def test_written_calls_parse_back(syn) -> None:  # type: ignore[no-untyped-def]
+    from appliance.engine.tools.grammar import write_calls
+
+    calls = [("get_weather", {"city": "A", "days": 2}), ("get_weather", {"city": "B"})]
+    if syn.kind == "harmony":
+        return  # gpt-oss calls are whole messages; the template renders them (see the round trip)
+    p = parse(syn, write_calls(syn, calls), schemas=SCHEMAS)
+    assert [(c.name, json.loads(c.arguments)) for c in p.calls] == calls
+
+
+def test_every_family_grammar_compiles_in_llama_cpp(tmp_path: Path) -> None:
+    from appliance.config import ModelConfig
+    from appliance.engine.runner import Runner
+    from appliance.engine.sampling import make_grammar
+    from appliance.engine.tools.grammar import tool_call_grammar, triggers
+    from ggufmaker import Shape, cached_gguf
+    import llama_cpp.llama_cpp as ll
+
+    path = cached_gguf(Shape())
+    with Runner([path], ModelConfig(source=f"file://{path}", context=64, parallel=1), n_threads=1) as r:
+        for syn in UNIQUE:
+            for only, parallel in ((None, True), ("get_weather", False)):
+                g = tool_call_grammar(syn, TOOLS, only, parallel)
+                for trig in ((), triggers(syn)):
+                    ll.llama_sampler_free(make_grammar(r.vocab.vocab, g, trig))

@@ -30,6 +30,7 @@ class Syntax:
     end: str = ""  # closes the block ("" none); blocks may repeat
     open_list: bool = False  # the block is a JSON-style list: "[" call, call ... "]" then `end`
     list_prefix: str = ""  # regex before the list's "[" (Command R+'s ```json)
+    list_intro: str = ""  # what is written there
     call_open: str = ""  # before each call
     name_prefix: str = ""  # regex between call_open and the name
     name_end: str = ""  # regex after the name (tagged, params)
@@ -41,6 +42,9 @@ class Syntax:
     name_re: str = r"[A-Za-z0-9_.\-]+"
     fence: tuple[str, str] = ("", "")  # text around a tagged call's JSON (DeepSeek R1's ```json)
     args_syntax: str = "json"  # "gemma": Gemma 4's {key:<|"|>text<|"|>} arguments
+    call_fmt: str = ""  # how to write one call: {name} {args} {params} {index} (tagged, params)
+    param_fmt: str = ""  # how to write one parameter: {key} {value} {is_str} {type} (params)
+    one_per_block: bool = False  # each call in its own start ... end block (Hermes, GLM, Qwen3-Coder)
     content_name: str = ""  # a "call" of this name is plain content (Functionary v3.2's `all`)
     noise: str = ""  # regex of header text around calls that is not content (Muse's `to=NAME`)
     preserved: tuple[str, ...] = ()  # special tokens whose text the parser must see
