@@ -142,6 +142,7 @@ class ModelConfig(_Strict):
     pinned: bool = False
     embedding: bool = False
     chat_template: str | None = None
+    reasoning: Literal["separate", "inline"] = "separate"  # thinking into reasoning_content, or kept in content
     aliases: list[str] = []
 
     @field_validator("source")

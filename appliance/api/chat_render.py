@@ -1,16 +1,14 @@
-"""Messages + tools + response_format -> the prompt, grammar and tool-call parser of one
-chat request. Adapter over the engine's chat rendering (appliance.engine.chat when present).
+"""Messages + tools + response_format -> the prompt, grammar and output reader of one chat
+request. Adapter over the engine's chat rendering (appliance.engine.chat).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
-from ..errors import InvalidRequest
+from ..engine.chatout import OutputReader
 from .schemas import ChatCompletionRequest
-
-ToolCalls = list[tuple[str, str]]  # (name, arguments as a JSON string)
 
 
 @dataclass
@@ -20,14 +18,8 @@ class ChatPrompt:
     stop: tuple[str, ...] = ()
     grammar: str | None = None
     grammar_triggers: tuple[str, ...] = ()
-    parses_tools: bool = False
-    parse: Callable[[str], tuple[str, ToolCalls]] | None = field(default=None, repr=False)
-
-    def split(self, text: str) -> tuple[str, ToolCalls]:
-        """(content, tool calls) of one choice's whole output."""
-        if self.parse is None:
-            return text, []
-        return self.parse(text)
+    reader: OutputReader = field(default_factory=OutputReader)  # output -> reasoning, content, tool calls
+    preserved: tuple[str, ...] = ()  # special tokens the reader must see in the output
 
 
 def response_grammar(body: ChatCompletionRequest) -> str | None:
@@ -48,15 +40,16 @@ def template_kwargs(body: ChatCompletionRequest) -> dict[str, Any]:
 
 
 def render(runner: Any, body: ChatCompletionRequest) -> ChatPrompt:
-    """The engine renders (template, tool formats, tool grammar); this picks the grammar:
+    """The engine renders (template, tool family, grammar, reader); this picks the grammar:
     a forced tool call (required / named) wins, else response_format, else the lazy
     tool-call grammar for tool_choice "auto"."""
-    from ..engine.chat import parse_tool_calls, render_chat
+    from ..engine.chat import render_chat
 
     use_tools = bool(body.tools) and body.tool_choice != "none"
     tools = [t.model_dump(exclude_none=True) for t in body.tools or []] if use_tools else None
     tc = body.tool_choice
     tool_choice = tc.model_dump() if tc is not None and not isinstance(tc, str) else tc
+    cfg = getattr(runner, "cfg", None)
     r = render_chat(
         getattr(runner, "chat_template", None),
         [m.as_dict() for m in body.messages],
@@ -67,17 +60,11 @@ def render(runner: Any, body: ChatCompletionRequest) -> ChatPrompt:
         arch=getattr(runner, "arch", ""),
         tool_use_template=getattr(runner, "tool_use_template", None),
         template_kwargs=template_kwargs(body),
+        parallel_tool_calls=body.parallel_tool_calls is not False,
+        reasoning=body.reasoning_mode or getattr(cfg, "reasoning", "separate"),
     )
     grammar, triggers = r.grammar, r.grammar_triggers
     rf_grammar = response_grammar(body)
     if rf_grammar is not None and (grammar is None or triggers):
         grammar, triggers = rf_grammar, ()
-    parse = None
-    if tools:
-        fmt = r.tool_parser
-
-        def parse(text: str) -> tuple[str, ToolCalls]:
-            content, calls = parse_tool_calls(text, fmt)
-            return content or "", [(c.name, c.arguments_json) for c in calls]
-
-    return ChatPrompt(r.prompt, r.add_special, tuple(r.stop), grammar, tuple(triggers), bool(tools), parse)
+    return ChatPrompt(r.prompt, r.add_special, tuple(r.stop), grammar, tuple(triggers), r.reader, r.preserved)

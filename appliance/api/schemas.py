@@ -46,6 +46,7 @@ class ChatMessage(_Body):
     name: str | None = None
     tool_calls: list[ToolCall] | None = None
     tool_call_id: str | None = None
+    reasoning_content: str | None = None  # an earlier turn's thinking, for templates that show it
 
     @model_validator(mode="after")
     def _content_required(self) -> "ChatMessage":
@@ -72,6 +73,8 @@ class ChatMessage(_Body):
             d["tool_calls"] = [tc.model_dump() for tc in self.tool_calls]
         if self.tool_call_id:
             d["tool_call_id"] = self.tool_call_id
+        if self.reasoning_content is not None:
+            d["reasoning_content"] = self.reasoning_content
         return d
 
 
@@ -182,6 +185,15 @@ class ChatCompletionRequest(_Sampling):
     parallel_tool_calls: bool | None = None
     chat_template_kwargs: dict[str, Any] | None = None  # extra template variables (enable_thinking ...)
     reasoning_effort: Literal["low", "medium", "high"] | None = None  # gpt-oss
+    # thinking into reasoning_content ("separate") or left in content ("inline"); llama-server's
+    # names too: "deepseek"/"auto" = separate, "none" = inline. Default: the model's `reasoning`.
+    reasoning_format: Literal["separate", "inline", "deepseek", "auto", "none"] | None = None
+
+    @property
+    def reasoning_mode(self) -> Literal["separate", "inline"] | None:
+        if self.reasoning_format is None:
+            return None
+        return "inline" if self.reasoning_format in ("inline", "none") else "separate"
 
     @model_validator(mode="after")
     def _consistent(self) -> "ChatCompletionRequest":

@@ -22,6 +22,7 @@ class OutputReader:
     separate: bool = True  # reasoning into reasoning_content (else left inline in content)
     lead: str = ""  # a call marker the prompt ended with, which the output continues
     schemas: Schemas = field(default_factory=dict)
+    single: bool = False  # one call at most (parallel_tool_calls false, or a named function)
 
     @property
     def plain(self) -> bool:
@@ -29,6 +30,12 @@ class OutputReader:
         return self.tools is None and not self.harmony and (self.thinking is None or not self.separate)
 
     def read(self, text: str, final: bool = True) -> Parsed:
+        p = self._read(text, final)
+        if self.single:
+            p.calls = p.calls[:1]
+        return p
+
+    def _read(self, text: str, final: bool) -> Parsed:
         if self.harmony:
             from .tools.harmony import parse_harmony
 

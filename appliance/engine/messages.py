@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import Any
+from typing import Any, Callable
 
 from ..errors import InvalidRequest
 from .template import Caps
@@ -86,8 +86,14 @@ def _check(messages: Any) -> None:
             raise InvalidRequest(f"messages[{i}] must be an object with a role", param="messages")
 
 
-def prepare(messages: list[dict[str, Any]], caps: Caps, native_tools: bool) -> list[dict[str, Any]]:
-    """The messages as this template takes them; `native_tools` False spells tool traffic as text."""
+CallWriter = Callable[[list[tuple[str, Any]]], str]  # (name, arguments) pairs -> the family's text
+
+
+def prepare(messages: list[dict[str, Any]], caps: Caps, native_tools: bool,
+            write: CallWriter | None = None) -> list[dict[str, Any]]:
+    """The messages as this template takes them. `native_tools` False: the template shows no
+    tool calls, so they are written into the content (by `write`, the family's syntax, or as
+    Hermes tags), and tool results become user turns unless the template lists tools itself."""
     _check(messages)
     as_text = Caps(object_arguments=True)  # inline calls are written with object arguments
     out: list[dict[str, Any]] = []
@@ -101,9 +107,14 @@ def prepare(messages: list[dict[str, Any]], caps: Caps, native_tools: bool) -> l
         if calls and native_tools:
             m["tool_calls"] = _tool_calls(calls, caps, i)
         elif calls:
-            m["content"] = (m["content"] or "") + _inline_calls(_tool_calls(calls, as_text, i))
+            written = _tool_calls(calls, as_text, i)
+            m["content"] = (m["content"] or "") + (
+                write([(c["function"]["name"], c["function"]["arguments"]) for c in written]) if write
+                else _inline_calls(written))
+        if m.get("reasoning_content") is not None and "thinking" not in m:
+            m["thinking"] = m["reasoning_content"]  # gpt-oss's and others' name for it
         if m["role"] == "tool":
-            if not native_tools:
+            if not native_tools and not caps.tools:
                 m = {"role": "user", "content": f"<tool_response>{m['content']}</tool_response>"}
             elif caps.short_ids and m.get("tool_call_id"):
                 m["tool_call_id"] = short_id(str(m["tool_call_id"]))

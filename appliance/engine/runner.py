@@ -275,7 +275,7 @@ class Runner:
         job: Job
         gen = Generation(loop, p.n, lambda: self._cancel(job), req.request_id)
         job = Job(gen=gen, prompt=prompt, params=p, max_tokens=max_tokens, samplers=samplers,
-                  t_submit=time.monotonic())
+                  t_submit=time.monotonic(), preserved=self.vocab.special_ids(p.preserved))
         return job
 
     def render_chat(
@@ -283,11 +283,14 @@ class Runner:
         messages: list[dict[str, Any]],
         tools: list[dict[str, Any]] | None = None,
         tool_choice: str | dict[str, Any] | None = None,
+        **options: Any,
     ) -> ChatPrompt:
-        """Render messages with this model's template (catalog's, GGUF's, or the default)."""
+        """Render messages with this model's template (catalog's, GGUF's, or the default);
+        `options`: render_chat's keywords (template_kwargs, parallel_tool_calls, reasoning)."""
+        options.setdefault("reasoning", self.cfg.reasoning)
         return render_chat(self.chat_template, messages, tools, tool_choice,
                            bos=self.bos_text, eos=self.eos_text, arch=self.arch,
-                           tool_use_template=self.tool_use_template)
+                           tool_use_template=self.tool_use_template, **options)
 
     def _check_open(self) -> None:
         if self._closed:

@@ -133,6 +133,19 @@ class Vocab:
             self._pieces[tok] = p
         return p
 
+    def special_ids(self, texts: tuple[str, ...]) -> frozenset[int]:
+        """The tokens of these texts that are single special tokens (whose text `piece` hides)."""
+        out = set()
+        for t in texts:
+            toks = self.tokenize(t, add_special=False, parse_special=True)
+            if len(toks) == 1 and self._piece(toks[0], special=False) != t.encode():
+                out.add(toks[0])
+        return frozenset(out)
+
+    def special_piece(self, tok: int) -> bytes:
+        """A special token's own text (for markers a parser must see, e.g. `[TOOL_CALLS]`)."""
+        return self._piece(tok, special=True)
+
     def _piece(self, tok: int, special: bool) -> bytes:
         buf = ctypes.create_string_buffer(64)
         n = ll.llama_token_to_piece(self.vocab, tok, buf, len(buf), 0, special)

@@ -14,7 +14,7 @@ import re
 from typing import Any
 
 from ...errors import InvalidRequest
-from ..grammar import rename_root, schema_to_gbnf
+from ..grammar import schema_to_gbnf
 from .syntax import Syntax
 
 _PLACEHOLDER = re.compile(r"\{(name|args|params|index)\}")
@@ -49,15 +49,21 @@ class _Rules:
         """Embed a JSON schema's grammar; returns its root rule's name."""
         self.n += 1
         prefix = f"s{self.n}-"
-        gbnf = rename_root(schema_to_gbnf(schema, param="tools"), "root")
+        gbnf = schema_to_gbnf(schema, param="tools")
         names = set(re.findall(r"^([A-Za-z0-9-]+) ::=", gbnf, re.M))
-        for n in sorted(names, key=len, reverse=True):
-            gbnf = re.sub(rf"(?<![A-Za-z0-9-]){re.escape(n)}(?![A-Za-z0-9-])", prefix + n, gbnf)
-        self.lines.append(gbnf.strip())
+        self.lines.append(_prefixed(gbnf, names, prefix).strip())
         return prefix + "root"
 
     def text(self) -> str:
         return "\n".join(self.lines) + "\n"
+
+
+_GBNF_TOKEN = re.compile(r'"(?:[^"\\]|\\.)*"|\[(?:[^\]\\]|\\.)*\]|[A-Za-z0-9-]+|.', re.S)
+
+
+def _prefixed(gbnf: str, names: set[str], prefix: str) -> str:
+    """`gbnf` with its rule names prefixed, leaving string literals and character classes alone."""
+    return "".join(prefix + t if t in names else t for t in _GBNF_TOKEN.findall(gbnf))
 
 
 def _params_rule(r: _Rules, syn: Syntax, params: dict[str, Any]) -> str:
@@ -76,7 +82,7 @@ def _params_rule(r: _Rules, syn: Syntax, params: dict[str, Any]) -> str:
     return r.add(" ".join(parts) or '""')
 
 
-def _call_rule(r: _Rules, syn: Syntax, fn: dict[str, Any]) -> str:
+def _call_rule(r: _Rules, syn: Syntax, fn: dict[str, Any], skip: str = "") -> str:
     name, params = fn["name"], fn.get("parameters") or {"type": "object"}
     if syn.kind == "object":
         if syn.name_key is None:
@@ -88,7 +94,7 @@ def _call_rule(r: _Rules, syn: Syntax, fn: dict[str, Any]) -> str:
             props[syn.name_key] = {"const": name}
             props[syn.args_key] = params
             schema = {"type": "object", "properties": props, "required": list(props), "additionalProperties": False}
-        return r.add(_seq(lit(syn.call_open), r.schema(schema), lit(syn.call_close)))
+        return r.add(_seq(lit(syn.call_open[len(skip):]), r.schema(schema), lit(syn.call_close)))
     if syn.kind == "python":
         kwargs = []
         required = set(params.get("required") or [])
@@ -98,7 +104,8 @@ def _call_rule(r: _Rules, syn: Syntax, fn: dict[str, Any]) -> str:
         body = ' ", " '.join(kwargs) if kwargs else ""
         return r.add(_seq(lit(f"{name}("), body, lit(")")))
     parts = []
-    for piece in _PLACEHOLDER.split(syn.call_fmt.replace("{name}", "\x00")):
+    fmt = syn.call_fmt[len(skip):] if syn.call_fmt.startswith(skip) else syn.call_fmt
+    for piece in _PLACEHOLDER.split(fmt.replace("{name}", "\x00")):
         if piece == "args":
             parts.append(r.schema(params))
         elif piece == "params":
@@ -111,17 +118,22 @@ def _call_rule(r: _Rules, syn: Syntax, fn: dict[str, Any]) -> str:
 
 
 def tool_call_grammar(syn: Syntax, tools: list[dict[str, Any]], only: str | None = None,
-                      parallel: bool = True) -> str:
+                      parallel: bool = True, lazy: bool = False, lead: str = "") -> str:
     """GBNF whose root writes one block of calls (several when `parallel`) in `syn`'s syntax,
-    starting with its first start marker."""
+    starting with its first start marker (`lazy`: the trigger) or, when the prompt already
+    ends with a marker (`lead`), with what follows it."""
     fns = [t["function"] for t in tools if only is None or t["function"]["name"] == only]
     if not fns:
         raise InvalidRequest(f"tool_choice names a function that is not in tools: {only!r}", param="tool_choice")
     if syn.kind == "harmony":
-        return _harmony(fns)
+        return _harmony(fns, lazy)
     r = _Rules()
     call = r.add(" | ".join(_call_rule(r, syn, fn) for fn in fns), "call")
     start = lit(syn.start[0]) if syn.consumes(syn.start[0]) else ""
+    if lead:  # the first call without the marker the prompt wrote
+        first = r.add(" | ".join(_call_rule(r, syn, fn, skip=lead) for fn in fns), "first")
+        more = f"({_seq(lit(syn.sep) if syn.sep else '', 'call')})*" if parallel else ""
+        return f"root ::= {_seq(first, more, lit(syn.end))}\n" + r.text()
     if syn.kind == "python":
         block = _seq(start, '"["', call, '(", " call)*' if parallel else "", '"]"', lit(syn.end))
     elif syn.open_list:
@@ -137,11 +149,13 @@ def tool_call_grammar(syn: Syntax, tools: list[dict[str, Any]], only: str | None
     return f"root ::= {block}\n" + r.text()
 
 
-def _harmony(fns: list[dict[str, Any]]) -> str:
+def _harmony(fns: list[dict[str, Any]], lazy: bool) -> str:
     r = _Rules()
     calls = [r.add(_seq(lit(f"{fn['name']} <|constrain|>json<|message|>"), r.schema(fn.get("parameters") or {})))
              for fn in fns]
     r.add(" | ".join(calls), "call")
+    if lazy:
+        return 'root ::= " to=functions." call\n' + r.text()
     return ('root ::= ("<|channel|>analysis<|message|>" [^<]* "<|end|><|start|>assistant")? '
             '"<|channel|>commentary to=functions." call\n' + r.text())
 
