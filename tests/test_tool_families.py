@@ -214,3 +214,18 @@ def test_every_family_grammar_compiles_in_llama_cpp(tmp_path: Path) -> None:
                 g = tool_call_grammar(syn, TOOLS, only, parallel)
                 for trig in ((), triggers(syn)):
                     ll.llama_sampler_free(make_grammar(r.vocab.vocab, g, trig))
+
+
+@pytest.mark.parametrize("name", WITH_CALLS)
+def test_requests_get_the_family_grammar_not_the_generic_one(name: str) -> None:
+    from appliance.engine.chat import render_chat
+
+    src = (TEMPLATES / name).read_text()
+    auto = render_chat(src, [{"role": "user", "content": "hi"}], TOOLS, "auto", bos="<s>", eos="</s>")
+    syn = auto.reader.tools
+    assert syn is not None and auto.tool_parser == syn.name != "generic"
+    assert auto.grammar and auto.grammar_triggers and auto.grammar_triggers[0] in (*syn.start, " to=functions.")
+    forced = render_chat(src, [{"role": "user", "content": "hi"}], TOOLS, "required", bos="<s>", eos="</s>")
+    assert forced.grammar and forced.grammar_triggers == ()
+    for marker in syn.preserved:  # the parser's markers are not cut off as stop strings
+        assert marker not in forced.stop

@@ -15,7 +15,7 @@ gets our own tool listing in the system message and the generic Hermes-style tag
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 from ..errors import InvalidRequest
@@ -162,6 +162,11 @@ def render_chat(
     lead = lead_in(prompt, syn) if offered else ""
     grammar, trig = _grammar(syn, tools, tool_choice, parallel_tool_calls, lead) if offered and tools else (None, ())
     thinking = thinking_for(source, prompt) if known else None
+    if thinking is not None and thinking.starts_inside and trig == () and grammar is not None:
+        # A forced call (required / named) is the answer now: the thinking the prompt opened
+        # is closed, as templates do for enable_thinking=false.
+        prompt += thinking.close + "\n\n"
+        thinking = replace(thinking, starts_inside=False)
     reader = OutputReader(tools=syn if offered else None, harmony=syn.kind == "harmony", thinking=thinking,
                           separate=reasoning == "separate", lead=lead, schemas=schemas_of(tools),
                           single=not parallel_tool_calls or isinstance(tool_choice, dict))

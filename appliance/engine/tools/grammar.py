@@ -72,10 +72,15 @@ def _params_rule(r: _Rules, syn: Syntax, params: dict[str, Any]) -> str:
     required = set(params.get("required") or [])
     parts = []
     for key, sch in props.items():
-        is_str = isinstance(sch, dict) and sch.get("type") == "string" and "enum" not in sch
-        value = r.add('[^<]*') if is_str else r.schema(sch if isinstance(sch, dict) else {})
+        sch = sch if isinstance(sch, dict) else {}
+        enum = sch.get("enum")
+        is_str = sch.get("type") == "string" or (bool(enum) and all(isinstance(v, str) for v in enum))
+        if is_str:  # strings are written as they are, not JSON-quoted
+            value = r.add(" | ".join(lit(v) for v in enum) if enum else "[^<]*")
+        else:
+            value = r.schema(sch)
         fmt = syn.param_fmt.replace("{is_str}", "true" if is_str else "false").replace(
-            "{type}", str(sch.get("type", "string")) if isinstance(sch, dict) else "string")
+            "{type}", "string" if is_str else str(sch.get("type", "string")))
         head, _, tail = fmt.replace("{key}", key).partition("{value}")
         one = _seq(lit(head), value, lit(tail))
         parts.append(one if key in required else f"({one})?")
@@ -154,10 +159,8 @@ def _harmony(fns: list[dict[str, Any]], lazy: bool) -> str:
     calls = [r.add(_seq(lit(f"{fn['name']} <|constrain|>json<|message|>"), r.schema(fn.get("parameters") or {})))
              for fn in fns]
     r.add(" | ".join(calls), "call")
-    if lazy:
-        return 'root ::= " to=functions." call\n' + r.text()
-    return ('root ::= ("<|channel|>analysis<|message|>" [^<]* "<|end|><|start|>assistant")? '
-            '"<|channel|>commentary to=functions." call\n' + r.text())
+    start = '" to=functions."' if lazy else '"<|channel|>commentary to=functions."'
+    return f"root ::= {start} call\n" + r.text()
 
 
 def triggers(syn: Syntax) -> tuple[str, ...]:
