@@ -9,6 +9,7 @@ the stream itself in api/relay.py).
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -97,7 +98,8 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     mid, _ = resolve_model(request, body.model)
     head = Head.new("chat", mid, body.include_usage)
     async with request.app[CTX_KEY].backend.lease(mid, key_name(request), slots=body.n) as runner:
-        prompt: ChatPrompt = render(runner, body)
+        # Jinja rendering and JSON-schema -> grammar conversion are CPU work: off the loop.
+        prompt: ChatPrompt = await asyncio.to_thread(render, runner, body)
         params = sampling_params(
             body,
             max_tokens=body.token_limit,

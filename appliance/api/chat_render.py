@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..engine.chatout import OutputReader
+from ..engine.protocol import ServingRunner
 from .schemas import ChatCompletionRequest
 
 
@@ -39,7 +40,7 @@ def template_kwargs(body: ChatCompletionRequest) -> dict[str, Any]:
     return out
 
 
-def render(runner: Any, body: ChatCompletionRequest) -> ChatPrompt:
+def render(runner: ServingRunner, body: ChatCompletionRequest) -> ChatPrompt:
     """The engine renders (template, tool family, grammar, reader); this picks the grammar:
     a forced tool call (required / named) wins, else response_format, else the lazy
     tool-call grammar for tool_choice "auto"."""
@@ -49,19 +50,18 @@ def render(runner: Any, body: ChatCompletionRequest) -> ChatPrompt:
     tools = [t.model_dump(exclude_none=True) for t in body.tools or []] if use_tools else None
     tc = body.tool_choice
     tool_choice = tc.model_dump() if tc is not None and not isinstance(tc, str) else tc
-    cfg = getattr(runner, "cfg", None)
     r = render_chat(
-        getattr(runner, "chat_template", None),
+        runner.chat_template,
         [m.as_dict() for m in body.messages],
         tools,
         tool_choice if use_tools else None,
         bos=runner.bos_text,
         eos=runner.eos_text,
-        arch=getattr(runner, "arch", ""),
-        tool_use_template=getattr(runner, "tool_use_template", None),
+        arch=runner.arch,
+        tool_use_template=runner.tool_use_template,
         template_kwargs=template_kwargs(body),
         parallel_tool_calls=body.parallel_tool_calls is not False,
-        reasoning=body.reasoning_mode or getattr(cfg, "reasoning", "separate"),
+        reasoning=body.reasoning_mode or runner.reasoning,
     )
     grammar, triggers = r.grammar, r.grammar_triggers
     rf_grammar = response_grammar(body)

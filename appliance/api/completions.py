@@ -7,8 +7,8 @@ from typing import Any
 
 from aiohttp import web
 
+from ..engine.protocol import ServingRunner
 from ..engine.types import Delta, GenerationRequest, TokenLogprob, Usage
-from ..errors import InvalidRequest
 from . import chunks
 from .chunks import Chunk, Head
 from .context import CTX_KEY, key_name, resolve_model
@@ -18,13 +18,8 @@ from .schemas import CompletionRequest, parse_body, read_json
 from .state import REQUEST_ID
 
 
-def _echo_text(runner: Any, prompt: str | list[int]) -> str:
-    if isinstance(prompt, str):
-        return prompt
-    detok = getattr(runner, "detokenize", None)
-    if detok is None:
-        raise InvalidRequest("echo with token-array prompts is not supported", param="echo")
-    return str(detok(prompt))
+def _echo_text(runner: ServingRunner, prompt: str | list[int]) -> str:
+    return prompt if isinstance(prompt, str) else runner.detokenize(prompt)
 
 
 class CompletionChoices:

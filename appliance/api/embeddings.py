@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import inspect
 import sys
 from array import array
 from typing import Any
@@ -31,9 +30,7 @@ async def embeddings(request: web.Request) -> web.Response:
         raise InvalidRequest(f"the model {mid!r} does not serve embeddings (embedding = false in models.toml)", param="model")
     inputs = body.inputs
     async with request.app[CTX_KEY].backend.lease(mid, key_name(request), slots=1) as runner:
-        result = runner.embed(inputs)
-        if inspect.isawaitable(result):
-            result = await result
+        result = await runner.embed(inputs)
     if body.dimensions is not None and body.dimensions != len(result.vectors[0]):
         raise InvalidRequest(
             f"the model {mid!r} makes {len(result.vectors[0])}-dimensional embeddings; dimensions cannot change that",

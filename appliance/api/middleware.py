@@ -9,9 +9,11 @@ import logging
 import re
 import secrets
 import time
+from dataclasses import dataclass
 from typing import Awaitable, Callable
 
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 
 from ..auth import ADMIN, INFERENCE, Keyring, RateLimiter
 from ..errors import ApplianceError, Draining, InsufficientScope, NotReady, RequestTooLarge
@@ -95,10 +97,9 @@ async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         err = mapped
     except asyncio.CancelledError:
         raise
-    except ConnectionResetError:
-        # The client hung up mid-stream and a write noticed before aiohttp cancelled the
-        # handler (a chat's stop button): nothing to answer, logged as 499 like a cancel.
-        return web.Response(status=499)
+    except ConnectionResetError:  # aiohttp's ClientConnectionResetError: the client hung up
+        request_facts(request).error_code = "client_closed"
+        return web.Response(status=499)  # logged and counted as such; nobody reads it
     except Exception:
         log.exception("unhandled error in %s %s", request.method, request.path)
         err = ApplianceError("internal error; the server log has details (request id in x-request-id)")
@@ -109,7 +110,15 @@ async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     return error_response(err)
 
 
-def cors(origins: list[str]) -> Callable:
+@dataclass(frozen=True)
+class Cors:
+    """The CORS middleware and the response hook that marks allowed origins' responses."""
+
+    middleware: Middleware
+    on_prepare: Callable[[web.Request, web.StreamResponse], Awaitable[None]]
+
+
+def cors(origins: list[str]) -> Cors:
     """Answer preflights for allowed origins and mark their responses (small on purpose:
     the whole API is header-authenticated, so no cookies and no credentials mode)."""
     allow_any = "*" in origins
@@ -145,8 +154,7 @@ def cors(origins: list[str]) -> Callable:
             if not allow_any:
                 response.headers.add("Vary", "Origin")
 
-    cors_middleware.on_prepare = on_prepare  # type: ignore[attr-defined]
-    return cors_middleware
+    return Cors(cors_middleware, on_prepare)
 
 
 @web.middleware
@@ -190,7 +198,7 @@ def required_scope(path: str, metrics_public: bool) -> str | None:
     return INFERENCE
 
 
-def auth(keyring: Keyring, limiter: RateLimiter, *, open_without_keys: bool, metrics_public: bool) -> Callable:
+def auth(keyring: Keyring, limiter: RateLimiter, *, open_without_keys: bool, metrics_public: bool) -> Middleware:
     """Bearer-token auth, scope check and per-key rate limit.
 
     `open_without_keys`: with no keys at all, let everything through (the solo developer on

@@ -9,7 +9,7 @@ from aiohttp import web
 
 from ..errors import ApplianceError
 from .errors import error_payload
-from .state import request_facts
+from .state import STATE_KEY, request_facts
 
 
 class SSEStream:
@@ -18,6 +18,7 @@ class SSEStream:
 
     def __init__(self, request: web.Request) -> None:
         self.request = request
+        self.ended = False  # error() or done() sent the end: later sends are dropped
         self.response = web.StreamResponse(
             status=200,
             headers={
@@ -29,19 +30,48 @@ class SSEStream:
 
     async def open(self) -> None:
         await self.response.prepare(self.request)
+        self._streams().add(self)
+
+    def _streams(self) -> set[Any]:
+        state = self.request.app.get(STATE_KEY)
+        return state.streams if state is not None else set()
 
     async def send(self, obj: dict[str, Any]) -> None:
+        if self.ended:
+            return
         data = json.dumps(obj, ensure_ascii=False, separators=(",", ":"))
         await self.response.write(b"data: " + data.encode("utf-8") + b"\n\n")
 
     async def error(self, exc: ApplianceError) -> web.StreamResponse:
         """A failure after streaming began: recorded for the request's log line (as the error
         middleware does for plain HTTP errors), one error event, then the stream ends."""
-        request_facts(self.request).error_code = exc.code
-        await self.send(error_payload(exc))
-        await self.response.write_eof()
+        if not self.ended:
+            request_facts(self.request).error_code = exc.code
+            await self.send(error_payload(exc))
+            self._end()
+            await self.response.write_eof()
         return self.response
 
     async def done(self) -> None:
+        if self.ended:
+            return
+        self._end()
         await self.response.write(b"data: [DONE]\n\n")
         await self.response.write_eof()
+
+    def _end(self) -> None:
+        self.ended = True
+        self._streams().discard(self)
+
+
+async def end_streams(streams: set[Any], exc: ApplianceError) -> int:
+    """End every open stream with `exc` as its error event (the drain timeout passed): the
+    client sees why and a proper end, not a body cut mid-way. Returns how many were ended."""
+    n = 0
+    for s in list(streams):
+        try:
+            await s.error(exc)
+            n += 1
+        except Exception:  # that client is gone already
+            s._end()
+    return n

@@ -12,6 +12,7 @@ template source, once per process.
 from __future__ import annotations
 
 import json
+import threading
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from functools import lru_cache
@@ -72,6 +73,7 @@ class Template:
             raise InvalidRequest(f"the chat template does not compile: {e}", param="model") from None
         self._caps: Caps | None = None
         self._lists = False
+        self._lock = threading.Lock()
 
     def render(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None,
                add_generation_prompt: bool = True, **kwargs: Any) -> str:
@@ -97,9 +99,10 @@ class Template:
 
     @property
     def caps(self) -> Caps:
-        if self._caps is None:
-            self._caps = self._probe()
-        return self._caps
+        with self._lock:  # rendering runs in worker threads; probe once
+            if self._caps is None:
+                self._caps = self._probe()
+            return self._caps
 
     def _probe(self) -> Caps:
         self._lists = False
@@ -126,7 +129,8 @@ class Template:
                 for short in (False, True):
                     call = {"id": "123456789" if short else "call_needle_0001", "type": "function",
                             "function": {"name": "tool_needle", "arguments": args_obj if obj else json.dumps(args_obj)}}
-                    conv = [user, {"role": "assistant", "content": None if null else "", "tool_calls": [call]},
+                    conv: list[dict[str, Any]] = [
+                        user, {"role": "assistant", "content": None if null else "", "tool_calls": [call]},
                             {"role": "tool", "tool_call_id": call["id"], "content": "RESULT_NEEDLE"},
                             {"role": "assistant", "content": "x"}]
                     seen[(obj, null, short)] = self._try(conv, [tool])

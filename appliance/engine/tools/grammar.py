@@ -73,7 +73,7 @@ def _params_rule(r: _Rules, syn: Syntax, params: dict[str, Any]) -> str:
     parts = []
     for key, sch in props.items():
         sch = sch if isinstance(sch, dict) else {}
-        enum = sch.get("enum")
+        enum = sch.get("enum") or []
         is_str = sch.get("type") == "string" or (bool(enum) and all(isinstance(v, str) for v in enum))
         if is_str:  # strings are written as they are, not JSON-quoted
             value = r.add(" | ".join(lit(v) for v in enum) if enum else "[^<]*")
