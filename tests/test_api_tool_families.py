@@ -53,6 +53,10 @@ def env(tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN201
     for fam, name in FAMILY_TEMPLATES.items():
         path = cached_gguf(Shape(name=f"tpl-{fam}", chat_template=(TEMPLATES / name).read_text()))
         models[fam] = {"source": f"file://{path}", "context": 2048, "parallel": 1}
+    r1 = cached_gguf(Shape(name="tpl-r1", chat_template=(TEMPLATES / "deepseek-ai-DeepSeek-R1-Distill-Llama-8B.jinja")
+                           .read_text()))
+    models["r1"] = {"source": f"file://{r1}", "context": 512, "parallel": 1}
+    models["r1-inline"] = {"source": f"file://{r1}", "context": 512, "parallel": 1, "reasoning": "inline"}
     settings = write_config(tmp, models)
     store = pull_all(settings)
     token, _ = create_key(settings.keys_path, "tester")
@@ -104,3 +108,27 @@ async def test_required_and_named_tool_calls_validate_against_the_schema(env, fa
                     finish.append(choice.finish_reason)
         assert finish == ["tool_calls"] and list(calls) == [0]
         assert _valid("get_time", calls[0]["arguments"])["zone"] in ("UTC", "CET")
+
+
+NO_EOS = {"2": -100}  # the llama-spm vocab's </s>: random weights keep generating
+
+
+async def test_reasoning_separate_or_inline_per_model_and_per_request(env) -> None:  # noqa: ANN001
+    """DeepSeek R1's prompt opens <think>: what follows is reasoning until </think>."""
+    async with client(env) as c:
+        ask = dict(messages=[{"role": "user", "content": "hi"}], max_tokens=6, temperature=0, logit_bias=NO_EOS)
+        sep = (await c.chat.completions.create(model="r1", **ask)).choices[0].message
+        thought = sep.model_extra["reasoning_content"]
+        assert thought and sep.content == ""
+        inline = (await c.chat.completions.create(model="r1-inline", **ask)).choices[0].message
+        assert inline.content.strip() == thought and "reasoning_content" not in (inline.model_extra or {})
+        per_request = (await c.chat.completions.create(model="r1", extra_body={"reasoning_format": "none"}, **ask))
+        assert per_request.choices[0].message.content.strip() == thought
+        stream = await c.chat.completions.create(model="r1", stream=True, **ask)
+        pieces = [ch.choices[0].delta.model_extra.get("reasoning_content") async for ch in stream if ch.choices]
+        assert "".join(p for p in pieces if p).strip() == thought
+        history = [{"role": "user", "content": "hi"},
+                   {"role": "assistant", "content": "Hello.", "reasoning_content": "They greet me."},
+                   {"role": "user", "content": "again"}]
+        r = await c.chat.completions.create(model="r1", messages=history, max_tokens=2, logit_bias=NO_EOS)
+        assert r.choices[0].finish_reason == "length"

@@ -142,3 +142,17 @@ def test_request_carries_template_kwargs_and_reasoning_effort() -> None:
     with pytest.raises(InvalidRequest, match="may not set messages"):
         parse_body(ChatCompletionRequest, {"model": "m", "messages": [{"role": "user", "content": "x"}],
                                            "chat_template_kwargs": {"messages": []}})
+
+
+def test_earlier_reasoning_is_rendered_the_way_each_template_shows_it() -> None:
+    conv = [{"role": "user", "content": "USER_ONE"},
+            {"role": "assistant", "content": None, "reasoning_content": "THOUGHT_NEEDLE",
+             "tool_calls": [call("call_a", "PARIS")]},
+            {"role": "tool", "tool_call_id": "call_a", "content": "RESULT_A"}]
+    qwen3 = render("Qwen-Qwen3-0.6B.jinja", conv, TOOLS).prompt  # reads message.reasoning_content
+    assert "<think>\nTHOUGHT_NEEDLE\n</think>" in qwen3
+    oss = render("openai-gpt-oss-120b.jinja", conv, TOOLS).prompt  # reads message.thinking
+    assert "<|channel|>analysis<|message|>THOUGHT_NEEDLE<|end|>" in oss
+    done = conv + [{"role": "assistant", "content": "ANSWER", "reasoning_content": "OLD_THOUGHT"},
+                   {"role": "user", "content": "USER_TWO"}]
+    assert "OLD_THOUGHT" not in render("Qwen-Qwen3-0.6B.jinja", done, TOOLS).prompt  # dropped once answered

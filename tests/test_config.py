@@ -56,6 +56,7 @@ BAD_MODELS = [
     ('[m]\nsource = "hf://o/r/m.gguf"\ncontext = "4096"\n', "m.context", "integer"),
     ('[m]\nsource = "hf://o/r/m.gguf"\nparallel = 2.0\n', "m.parallel", "integer"),
     ('[m]\nsource = \n', "", "invalid TOML"),
+    ('[m]\nsource = "hf://o/r/m.gguf"\nreasoning = "hidden"\n', "m.reasoning", "'separate' or 'inline'"),
 ]
 
 
