@@ -37,6 +37,19 @@ def _raise(message: str) -> None:
     raise TemplateRefused(message)
 
 
+def _tojson(x: Any, ensure_ascii: bool = False, indent: int | None = None,
+            separators: tuple[str, str] | None = None, sort_keys: bool = False) -> str:
+    """HF's tojson, also for what Jinja's filters return lazily (`tools | map(...)` is a
+    generator; llama.cpp's own DeepSeek R1 template dumps one)."""
+    def lists(o: Any) -> Any:
+        if hasattr(o, "__iter__") and not isinstance(o, (str, bytes, dict)):
+            return list(o)
+        raise TypeError(f"Object of type {type(o).__name__} is not JSON serializable")
+
+    return json.dumps(x, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys,
+                      default=lists)
+
+
 @dataclass(frozen=True)
 class Caps:
     """What a template accepts, each found by rendering a probe conversation."""
@@ -64,7 +77,7 @@ class Template:
         # may be appended to (Kimi K2's do; minja allows it). Messages are copies.
         env = SandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=[
             Jinja2ChatFormatter.IgnoreGenerationTags, jinja2.ext.loopcontrols])
-        env.filters["tojson"] = Jinja2ChatFormatter.tojson
+        env.filters["tojson"] = _tojson
         env.globals.update(raise_exception=_raise, strftime_now=Jinja2ChatFormatter.strftime_now)
         try:
             self._jinja = env.from_string(source)

@@ -26,6 +26,9 @@ def _dsml(name: str, block: str) -> Syntax:
 _LLAMA3 = Syntax("llama3", "object", ("<|python_tag|>", '{"name"', '{"type"'), sep=";", args_key="parameters",
                  preserved=("<|python_tag|>",))
 
+_LFM2 = Syntax("lfm2", "python", ("<|tool_call_start|>",), end="<|tool_call_end|>",
+               preserved=("<|tool_call_start|>", "<|tool_call_end|>"))
+
 _DS = ("<｜tool▁calls▁begin｜>", "<｜tool▁call▁begin｜>", "<｜tool▁sep｜>", "<｜tool▁call▁end｜>", "<｜tool▁calls▁end｜>")
 
 # (markers that must all be in the template, syntax)
@@ -116,9 +119,10 @@ FAMILIES: tuple[tuple[tuple[str, ...], Syntax], ...] = (
     (("<|tools_prefix|>",), Syntax(
         "apertus", "object", ("<|tools_prefix|>",), open_list=True, end="<|tools_suffix|>", sep=",",
         name_key=None, preserved=("<|tools_prefix|>", "<|tools_suffix|>"))),
-    (("<|tool_call_start|>",), Syntax(
-        "lfm2", "python", ("<|tool_call_start|>",), end="<|tool_call_end|>",
-        preserved=("<|tool_call_start|>", "<|tool_call_end|>"))),
+    (("<|tool_call_start|>",), _LFM2),
+    # LFM2 templates that list tools but write no calls in history (the model writes _LFM2's)
+    (("<|tool_list_start|>",), _LFM2),
+    (("List of tools: [",), _LFM2),
     (("functools[",), Syntax("firefunction-v2", "object", ("functools",), open_list=True, sep=",")),
     (("<|tool_call|>",), Syntax("granite", "object", ("<|tool_call|>",), open_list=True, sep=",",
                                 preserved=("<|tool_call|>",))),

@@ -176,7 +176,7 @@ def write_calls(syn: Syntax, calls: list[tuple[str, Any]]) -> str:
             obj = {name: args} if syn.name_key is None else {syn.name_key: name, syn.args_key: args}
             return syn.call_open + json.dumps(obj, ensure_ascii=False) + syn.call_close
         if syn.kind == "python":
-            return f"{name}(" + ", ".join(f"{k}={v!r}" for k, v in (args or {}).items()) + ")"
+            return f"{name}(" + ", ".join(f"{k}={_py(v)}" for k, v in (args or {}).items()) + ")"
         params = "".join(
             syn.param_fmt.replace("{key}", k).replace("{is_str}", str(isinstance(v, str)).lower())
             .replace("{type}", "string" if isinstance(v, str) else "number")
@@ -192,3 +192,14 @@ def write_calls(syn: Syntax, calls: list[tuple[str, Any]]) -> str:
     if syn.kind == "python" or syn.open_list:
         return start + syn.list_intro + "[" + (", " if syn.kind == "python" else syn.sep + " ").join(parts) + "]" + syn.end
     return start + (syn.sep or "").join(parts) + syn.end
+
+
+def _py(v: Any) -> str:
+    """A value as a Python literal the way LFM2 writes them (strings double-quoted)."""
+    if isinstance(v, bool) or v is None:
+        return repr(v)
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(_py(x) for x in v) + "]"
+    if isinstance(v, dict):
+        return "{" + ", ".join(f"{json.dumps(str(k))}: {_py(x)}" for k, x in v.items()) + "}"
+    return json.dumps(v, ensure_ascii=False)
