@@ -203,3 +203,14 @@ async def test_non_streamed_failure_midway_is_a_500_and_usage_sums_the_generatio
     assert [json.loads(e)["choices"][0]["finish_reason"] for e in events[:-2] if json.loads(e)["choices"]] == [
         None, "length", None, "stop"]
     assert (ok.facts.prompt_tokens, ok.facts.completion_tokens, ok.facts.ttft_s, ok.facts.stream) == (5, 2, 0.5, True)
+
+
+def test_logprobs_of_held_back_tokens_come_with_the_next_chunk() -> None:
+    ch = ChatChoices(HEAD, _tool_prompt(), n=1, stream=True, logprobs=True)
+    first = ch.add(0, Delta(0, "ok", [lp("ok", -0.1)]))
+    held = ch.add(0, Delta(0, " <tool", [lp(" <tool", -0.2)]))  # ' ' streams, '<tool' is held back
+    later = ch.add(0, Delta(0, "s are fun", [lp("s are fun", -0.3)], finish_reason="stop"))
+    tokens = [t["token"] for c in first + held + later
+              for t in ((c["choices"][0]["logprobs"] or {}).get("content") or [])]
+    assert tokens == ["ok", " <tool", "s are fun"]  # every token's logprob, once, in order
+    assert "".join(c["choices"][0]["delta"].get("content", "") for c in first + held + later) == "ok <tools are fun"

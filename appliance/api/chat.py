@@ -37,6 +37,7 @@ class _Choice:
     finish: str | None = None
     started: bool = False  # its first (role-carrying) delta was streamed
     sent: DeltaStream = field(default_factory=DeltaStream)  # what was streamed of reasoning, content, calls
+    pending_lp: list[TokenLogprob] = field(default_factory=list)  # of tokens held back, for the next chunk
 
 
 class ChatChoices:
@@ -57,23 +58,25 @@ class ChatChoices:
             ch.finish = d.finish_reason
         if not self.stream:
             return []
-        lp = d.logprobs if self.want_lp else None
         if self.prompt.reader.plain:
             deltas = [{"content": d.text}] if d.text or d.logprobs or not ch.started else []
         else:
             deltas = ch.sent.update(self.prompt.reader.read(ch.text, final=bool(d.finish_reason)),
                                     final=bool(d.finish_reason))
+        if self.want_lp:
+            ch.pending_lp.extend(d.logprobs)
+        if d.finish_reason and not ch.started and not deltas:
+            deltas = [{"content": ""}]
         out = []
-        for k, delta in enumerate(deltas):
+        for delta in deltas:
             if not ch.started:
                 delta = {"role": "assistant", **delta}
                 ch.started = True
-            out.append(chunks.chat_delta(self.head, d.index, delta, logprobs=lp if k == 0 else None))
+            lp, ch.pending_lp = (ch.pending_lp, []) if self.want_lp else (None, ch.pending_lp)
+            out.append(chunks.chat_delta(self.head, d.index, delta, logprobs=lp))
         if d.finish_reason:
-            if not ch.started:
-                out.append(chunks.chat_delta(self.head, d.index, {"role": "assistant", "content": ""}))
-                ch.started = True
-            out.append(chunks.chat_delta(self.head, d.index, {}, self._finish(ch, bool(ch.sent.calls))))
+            lp = ch.pending_lp if self.want_lp and ch.pending_lp else None
+            out.append(chunks.chat_delta(self.head, d.index, {}, self._finish(ch, bool(ch.sent.calls)), logprobs=lp))
         return out
 
     @staticmethod
