@@ -241,3 +241,17 @@ def test_requests_get_the_family_grammar_not_the_generic_one(name: str) -> None:
     assert forced.grammar and forced.grammar_triggers == ()
     for marker in syn.preserved:  # the parser's markers are not cut off as stop strings
         assert marker not in forced.stop
+
+
+def test_every_family_grammar_reads_in_llguidance() -> None:
+    """Constrained decoding moves to llguidance (branch hostile): its GBNF reader must take
+    every family's grammar as it is."""
+    llg = pytest.importorskip("llguidance")
+    from llguidance.gbnf_to_lark import any_to_lark
+
+    from appliance.engine.tools.grammar import tool_call_grammar
+
+    for syn in UNIQUE:
+        for only, parallel in ((None, True), ("get_weather", False)):
+            grammar = llg.LLMatcher.grammar_from_lark(any_to_lark(tool_call_grammar(syn, TOOLS, only, parallel)))
+            assert llg.LLMatcher.validate_grammar(grammar) == "", syn.name  # no errors

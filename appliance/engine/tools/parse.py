@@ -18,7 +18,6 @@ from .scan import held_back, json_end
 from .syntax import Syntax
 
 
-
 @dataclass
 class Call:
     name: str
