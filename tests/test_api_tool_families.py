@@ -88,6 +88,12 @@ async def test_required_and_named_tool_calls_validate_against_the_schema(env, fa
         assert len(ch.message.tool_calls) == 1 and not ch.message.content  # no call syntax leaks into content
         call = ch.message.tool_calls[0]
         _valid(call.function.name, call.function.arguments)
+        # the call and its result go back (the template renders them natively) and the model answers
+        history = ASK + [ch.message.model_dump(exclude_none=True),
+                         {"role": "tool", "tool_call_id": call.id, "content": '{"temp_c": 21}'}]
+        again = await c.chat.completions.create(model=family, messages=history, tools=TOOLS, max_tokens=3,
+                                                logit_bias={"2": -100})
+        assert again.choices[0].finish_reason in ("length", "tool_calls", "stop")
 
         stream = await c.chat.completions.create(
             model=family, messages=ASK, tools=TOOLS, tool_choice={"type": "function", "function": {"name": "get_time"}},
