@@ -168,6 +168,7 @@ class ModelConfig(_Strict):
     pinned: bool = False
     embedding: bool = False
     chat_template: str | None = None
+    reasoning: Literal["separate", "inline"] = "separate"  # thinking into reasoning_content, or kept in content
     aliases: list[str] = []
     # Defaults applied when a request leaves them out (Ollama's Modelfile SYSTEM and PARAMETER).
     system: str | None = None
