@@ -155,8 +155,8 @@ def test_show_reads_the_header_template_and_files(configured: Path) -> None:
     s = cli("", "show", "thinker")
     assert s.returncode == 0, s.stderr
     out = s.stdout
-    for said in ["architecture    llama", "quantization    F32", "trained: ", "tool calls      hermes",
-                 "reasoning       <think>…</think>", 'default system  "Think first."', "chat template (from models.toml)"]:
+    for said in ["architecture    llama", "quantization    F32", "trained: ", "tool calls      hermes (native)",
+                 "reasoning       <think>…</think> (reasoning = 'separate')", 'default system  "Think first."', "chat template (from models.toml)"]:
         assert said in out, (said, out)
     assert "sha256 " in out and "tiny-b.gguf" in out
     j = cli("", "show", "tiny", "--json")
@@ -212,3 +212,17 @@ def test_until_unload_reads_keep_alive_and_the_idle_time(tmp_path: Path) -> None
     assert until_unload({"id": "f"}, cat) == "forever"
     assert until_unload({"id": "m", "pinned": True}, cat) == "forever (pinned)"
     assert until_unload({"id": "elsewhere"}, cat) == "?"
+
+
+@pytest.mark.parametrize("template,tools,reasoning", [
+    ("Qwen-Qwen3-0.6B", "hermes (native)", "<think>…</think>"),
+    ("openai-gpt-oss-120b", "gpt-oss (native)", "harmony analysis channel"),
+    ("meta-llama-Llama-3.1-8B-Instruct", "llama3 (native)", None),
+    ("deepseek-ai-DeepSeek-R1-Distill-Qwen-32B", "deepseek-r1 (native)", "<think>…</think>"),
+    ("google-gemma-2-2b-it", "generic", None),
+])
+def test_show_reads_tool_format_and_reasoning_as_the_daemon_does(template: str, tools: str, reasoning: str | None) -> None:
+    from appliance.cli.show import template_facts
+
+    got_tools, got_reasoning = template_facts((ROOT / "tests" / "data" / "templates" / f"{template}.jinja").read_text(), True)
+    assert got_tools.startswith(tools) and got_reasoning == reasoning

@@ -13,12 +13,7 @@ from ..config import ModelConfig, load_settings
 from ..units import format_size
 from .models import _resolve, _store, _when
 
-TOOL_FORMATS = {"hermes": "hermes (<tool_call> JSON </tool_call>)", "llama3": "llama3 (JSON, <|python_tag|>)",
-                "generic": "generic (a JSON object in the reply: the template names no tool format)"}
 TEMPLATE_LINES = 12  # shown unless --template asks for all of it
-# Markup by which a template tells that the model thinks before it answers.
-REASONING_MARKERS = {"<think>": "<think>…</think>", "enable_thinking": "<think>…</think> (enable_thinking)",
-                     "reasoning_content": "reasoning_content", "<|channel|>": "harmony channels"}
 
 
 def _params(n: int) -> str:
@@ -28,12 +23,23 @@ def _params(n: int) -> str:
     return str(n)
 
 
-def reasoning_support(template: str) -> str | None:
-    """How the template marks reasoning, or None when it shows none."""
-    for marker, what in REASONING_MARKERS.items():
-        if marker in template:
-            return what
-    return None
+def template_facts(template: str, own: bool) -> tuple[str, str | None]:
+    """(tool-call format, reasoning tags) as the daemon reads them from this template
+    (engine/tools/families.py, engine/reasoning.py). `own`: the model brought the template
+    (the built-in default speaks no native syntax)."""
+    from ..engine.reasoning import thinking_for
+    from ..engine.template import compiled
+    from ..engine.tools.families import detect
+
+    try:
+        family = detect(template, compiled(template).caps.call_text) if own else None
+    except Exception as e:  # a template that does not compile: the daemon would refuse chats too
+        return f"? (the template does not compile: {e})", None
+    tools = f"{family.name} (native)" if family else "generic (a JSON object in <tool_call> tags; the template names no syntax)"
+    if family is not None and family.kind == "harmony":  # gpt-oss: reasoning on its own channel
+        return tools, "harmony analysis channel"
+    thinking = thinking_for(template, "")
+    return tools, f"{thinking.open}…{thinking.close}" if thinking else None
 
 
 def _license(in_gguf: object, rec: Any) -> str | None:
@@ -46,7 +52,7 @@ def _license(in_gguf: object, rec: Any) -> str | None:
 
 def describe(mid: str, cfg: ModelConfig, store: Any) -> dict[str, Any]:
     """Everything `show` prints, as data (also its --json)."""
-    from ..engine.chat import default_template, tool_format
+    from ..engine.chat import default_template
     from ..store import read_gguf_info
     from ..store.ggufmeta import read_meta
 
@@ -74,13 +80,14 @@ def describe(mid: str, cfg: ModelConfig, store: Any) -> dict[str, Any]:
     template, origin = (cfg.chat_template, "models.toml") if cfg.chat_template else (
         (in_gguf, "gguf") if isinstance(in_gguf, str) and in_gguf else
         (default_template(info.architecture), f"built-in default for {info.architecture}; the GGUF has none"))
+    tools, thinking = template_facts(template, own=origin in ("models.toml", "gguf"))
     out.update(
         architecture=info.architecture, name=info.name, parameters=info.parameters,
         quantization=info.quantization, context_train=info.context_train, layers=info.layers,
         embedding_length=info.embedding, vocab_size=info.vocab_size,
         license=_license(meta.get("general.license"), rec),
         chat_template=template, chat_template_from=origin,
-        tool_format=tool_format(template), reasoning=reasoning_support(template),
+        tool_format=tools, reasoning=thinking, reasoning_mode=cfg.reasoning,
     )
     return out
 
@@ -104,8 +111,9 @@ def _print(d: dict[str, Any], full_template: bool) -> None:
         line("embedding", d["embedding_length"])
         line("vocabulary", d["vocab_size"])
         line("license", d.get("license"))
-        line("tool calls", TOOL_FORMATS.get(d["tool_format"], d["tool_format"]))
-        line("reasoning", d.get("reasoning") or "not marked in the template")
+        line("tool calls", d["tool_format"])
+        line("reasoning", f"{d['reasoning']} (reasoning = {d['reasoning_mode']!r})" if d.get("reasoning")
+             else "not marked in the template")
     else:
         line("header", f"not pulled: run `appliance pull {d['id']}`")
     for k, v in d["defaults"].items():
