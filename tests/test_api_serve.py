@@ -48,7 +48,7 @@ def test_serve_listens_and_stops_on_sigterm(tmp_path: Path) -> None:
             assert r.status == 200
         assert p.stderr is not None
         logged = _until(p, "catalog: ")
-        assert f"config: {tmp_path / 'appliance.toml'}; catalog: {tmp_path / 'models.toml'}" in logged
+        assert f"config: {tmp_path / 'appliance.toml'}; catalog: {tmp_path / 'models.toml'}; keys: {tmp_path / 'keys.toml'}; store: {tmp_path / 'store'}" in logged
         assert "has no models" not in logged
         with urllib.request.urlopen(url + "/v1/models", timeout=10) as r:  # open: loopback, no keys
             assert [m["id"] for m in json.load(r)["data"]] == ["m"]

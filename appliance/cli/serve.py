@@ -48,8 +48,8 @@ def log_sources(settings: Settings) -> None:
     """Which files this daemon runs from: the first question when it serves the wrong thing."""
     log = logging.getLogger("appliance.service")
     cat = settings.catalog
-    log.info("config: %s; catalog: %s%s; store: %s", settings.config_path or "none found (defaults)",
-             cat.path, "" if cat.exists else " (not found)", settings.config.store.path)
+    log.info("config: %s; catalog: %s%s; keys: %s; store: %s", settings.config_path or "none found (defaults)",
+             cat.path, "" if cat.exists else " (not found)", settings.keys_path, settings.config.store.path)
     if not cat.models:
         log.warning("the catalog %s has no models: requests will get model_not_found; add one with "
                     "`appliance pull owner/repo` or `appliance import FILE.gguf --name ID`", cat.path)
