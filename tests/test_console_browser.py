@@ -165,11 +165,14 @@ async def test_chat_streams_a_reply_and_stop_cancels_it_on_the_server(env, brows
         assert done.status == 200 and done.stream and done.completion_tokens == 12
         assert done.key_name == "alice"
 
-        # a long reply, stopped once it streams: the server sees the client leave (499)
+        # a long reply, stopped once it streams: the server sees the client leave (499). The
+        # page must stay responsive while tokens pour in (it once laid out the growing reply
+        # per token, and on a busy machine answered nothing, Stop included, until the end).
         await page.fill("#c-max-tokens", str(LONG))
         await page.fill("#c-input", "Tell me a long story")
         await page.click("#c-send")
-        await expect(page.locator("#c-stats")).to_contain_text("tok/s")
+        streaming = page.locator('.msg.streaming[data-role="assistant"] .body')
+        await expect(streaming).not_to_be_empty()  # this reply's tokens arrive
         await page.click("#c-stop")
         await expect(page.locator("#c-stats")).to_contain_text("stopped")
         stopped = await finished.get()
