@@ -259,12 +259,35 @@ async def test_fits_a_phone_screen(env, browser) -> None:  # noqa: ANN001
         assert problems == []
 
 
+async def test_json_mode_lines_up_with_the_other_chat_controls(env, browser) -> None:  # noqa: ANN001
+    """The checkbox sits on the fields' left edge, its words beside it on one line (it once
+    took the column's full width: drawn centred, its label squeezed onto two lines)."""
+    settings, store, keys = env
+    async with serving(settings, store=store) as d:
+        for viewport in ({"width": 1180, "height": 700}, {"width": 390, "height": 844}):
+            page, problems = await open_console(browser, d.url, keys["user"], viewport=viewport)
+            await page.get_by_role("tab", name="Chat").click()
+            await expect(page.locator("#c-model")).to_have_value("tiny")
+            box = await page.evaluate("""() => {
+                const r = (sel) => document.querySelector(sel).getBoundingClientRect();
+                const label = document.querySelector("#c-json").parentElement;
+                return { model: r("#c-model").left, check: r("#c-json").left, checkWidth: r("#c-json").width,
+                         label: label.getBoundingClientRect().height,
+                         line: parseFloat(getComputedStyle(label).lineHeight) };
+            }""")
+            assert box["check"] == box["model"], (viewport, box)
+            assert box["checkWidth"] < 2 * box["line"], (viewport, box)
+            assert box["label"] < 2 * box["line"], (viewport, box)  # one line
+            assert problems == []
+
+
 @pytest.mark.skipif(not os.environ.get("CONSOLE_SCREENSHOTS"), reason="set CONSOLE_SCREENSHOTS=DIR to write them")
-async def test_screenshots(env, browser) -> None:  # noqa: ANN001
+async def test_screenshots(env, browser, request: pytest.FixtureRequest) -> None:  # noqa: ANN001
     """The docs' pictures (console.png, console-chat.png, console-phone.png in the folder
     named by CONSOLE_SCREENSHOTS): a model loaded after a little traffic, one missing."""
     settings, store, keys = env
-    out = Path(os.environ["CONSOLE_SCREENSHOTS"])
+    # relative to where pytest was started: the tests run in a temporary directory
+    out = request.config.invocation_params.dir / os.environ["CONSOLE_SCREENSHOTS"]
     async with serving(settings, store=store) as d:
         async with aiohttp.ClientSession() as s:
             for i in range(3):
