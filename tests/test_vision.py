@@ -62,3 +62,78 @@ def test_undecodable_image_is_refused(loaded) -> None:
     _, _, proj = loaded
     with pytest.raises(InvalidRequest, match="image 1 could not be decoded"):
         proj.tokenize(f"{MARKER} x", [b"not an image"], add_special=True)
+
+
+# --- the engine: images read inside the continuous-batching steps ---------------------------
+
+from appliance.config import ModelConfig  # noqa: E402
+from appliance.engine.runner import Runner  # noqa: E402
+from appliance.engine.types import GenerationRequest, SamplingParams  # noqa: E402
+
+N_IMG = ProjShape().n_image_tokens
+
+
+@pytest.fixture(scope="module")
+def runner(tmp_path_factory: pytest.TempPathFactory):
+    d = tmp_path_factory.mktemp("vrunner")
+    model = make_gguf(d / "m.gguf")
+    r = Runner([model], ModelConfig(source=f"file://{model}", context=256, parallel=4), model_id="tiny-vl",
+               n_threads=1, mmproj=make_mmproj(d / "p.gguf"))
+    yield r
+    r.close()
+
+
+def greedy(r: Runner, n: int = 6) -> SamplingParams:
+    return SamplingParams(max_tokens=n, temperature=0, logit_bias={t: -100.0 for t in r.vocab.eog_ids})
+
+
+async def run(r: Runner, reqs: list[GenerationRequest]) -> list[tuple[str, object]]:
+    out = []
+    for g in r.generate_batch(reqs):
+        text = "".join([d.text async for d in g])
+        out.append((text, g.usage))
+    return out
+
+
+async def test_an_image_request_counts_the_image_tokens_in_usage(runner: Runner) -> None:
+    prompt = f"Describe {MARKER} please"
+    [(text, u)] = await run(runner, [GenerationRequest(prompt, greedy(runner), images=(png(),))])
+    n_text = len(runner.tokenize("Describe ")) + len(runner.tokenize(" please", add_special=False))
+    assert u.prompt_tokens == n_text + N_IMG  # type: ignore[attr-defined]
+    assert text
+
+
+async def test_image_requests_batch_with_text_requests_and_decode_as_they_do_alone(runner: Runner) -> None:
+    red, blue = png(), png(color=(0, 0, 255))
+    reqs = [
+        GenerationRequest(f"A {MARKER} red", greedy(runner), images=(red,)),
+        GenerationRequest("just some text", greedy(runner)),
+        GenerationRequest(f"B {MARKER} and {MARKER} two", greedy(runner), images=(blue, red)),
+        GenerationRequest("more text here", greedy(runner)),
+    ]
+    alone = [(await run(runner, [q]))[0][0] for q in reqs]
+    together = await run(runner, reqs)
+    assert [t for t, _ in together] == alone
+    assert together[2][1].prompt_tokens == len(runner.tokenize("B ")) + 2 * N_IMG + len(  # type: ignore[attr-defined]
+        runner.tokenize(" and ", add_special=False)) + len(runner.tokenize(" two", add_special=False))
+
+
+async def test_prefix_reuse_is_keyed_on_the_image_content(runner: Runner) -> None:
+    p = greedy(runner, 2)
+    await run(runner, [GenerationRequest(f"Reuse {MARKER} this", p, images=(png(7, 9),))])
+    [(_, same)] = await run(runner, [GenerationRequest(f"Reuse {MARKER} this", p, images=(png(7, 9),))])
+    assert same.cached_tokens == same.prompt_tokens - 1  # type: ignore[attr-defined]
+    [(_, other)] = await run(runner, [GenerationRequest(f"Reuse {MARKER} this", p, images=(png(7, 9, (1, 2, 3)),))])
+    assert other.cached_tokens == len(runner.tokenize("Reuse "))  # type: ignore[attr-defined]
+
+
+async def test_bad_images_are_refused_before_anything_is_decoded(runner: Runner, tiny_gguf: Path) -> None:
+    evaluated = runner.stats.prompt_tokens_evaluated
+    with pytest.raises(InvalidRequest, match="could not be decoded"):
+        runner.generate(GenerationRequest(f"x {MARKER} y", greedy(runner), images=(b"\x89PNG broken",)))
+    with pytest.raises(InvalidRequest, match="markers for 2 images"):
+        runner.generate(GenerationRequest(f"x {MARKER} y", greedy(runner), images=(png(), png())))
+    with Runner([tiny_gguf], ModelConfig(source=f"file://{tiny_gguf}", context=256), n_threads=1) as plain:
+        with pytest.raises(InvalidRequest, match="does not take images"):
+            plain.generate(GenerationRequest(f"x {MARKER} y", greedy(plain), images=(png(),)))
+    assert runner.stats.prompt_tokens_evaluated == evaluated

@@ -46,6 +46,7 @@ class GenerationRequest:
     params: SamplingParams = SamplingParams()
     add_special: bool = True  # add BOS; False for chat prompts whose template already has it
     request_id: str = ""
+    images: tuple[bytes, ...] = ()  # encoded images, one per vision.MARKER in `prompt` (a str)
 
 
 @dataclass(frozen=True)

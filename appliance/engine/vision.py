@@ -57,10 +57,9 @@ class VisionPrompt:
     def image_at(self, pos: int) -> ImageSpan | None:
         return next((s for s in self.images if s.start == pos), None)
 
-    def text_run(self, pos: int) -> int:
-        """Tokens from `pos` up to the next image (or the end)."""
-        nxt = min((s.start for s in self.images if s.start >= pos), default=len(self.tokens))
-        return nxt - pos
+    def boundary(self, keep: int) -> int:
+        """`keep` cached positions, moved back to an image's start if it falls inside one."""
+        return next((s.start for s in self.images if s.start < keep < s.start + s.length), keep)
 
 
 def pseudo_ids(digest: bytes, n: int) -> list[int]:
