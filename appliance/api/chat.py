@@ -21,6 +21,7 @@ from . import chunks
 from .chat_render import ChatPrompt, render
 from .chunks import Chunk, Head
 from .context import CTX_KEY, key_name, resolve_model
+from .images import IMAGES_KEY, ImageLimits, load_images
 from .model_defaults import with_model_defaults
 from .relay import relay
 from .sampling import sampling_params
@@ -101,6 +102,8 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     body = parse_body(ChatCompletionRequest, await read_json(request))
     mid, cfg = resolve_model(request, body.model)
     body = with_model_defaults(body, cfg)
+    # read and checked before a model is leased: a bad image costs nobody a slot
+    images = await load_images([u for m in body.messages for u in m.image_urls], request.app.get(IMAGES_KEY, ImageLimits()))
     head = Head.new("chat", mid, body.include_usage)
     async with request.app[CTX_KEY].backend.lease(mid, key_name(request), slots=body.n) as runner:
         # Jinja rendering and JSON-schema -> grammar conversion are CPU work: off the loop.
@@ -116,6 +119,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
             grammar_triggers=prompt.grammar_triggers,
             preserved=prompt.preserved,
         )
-        req = GenerationRequest(prompt.text, params, add_special=prompt.add_special, request_id=request[REQUEST_ID])
+        req = GenerationRequest(prompt.text, params, add_special=prompt.add_special, request_id=request[REQUEST_ID],
+                                images=tuple(images))
         choices = ChatChoices(head, prompt, body.n, body.stream, body.logprobs)
         return await relay(request, head, body.stream, choices, [lambda: runner.generate(req)])
