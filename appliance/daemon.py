@@ -94,6 +94,7 @@ def build_scheduler(settings: Settings, store: Any, clock: Clock) -> Scheduler:
     loader: Loader = store_loader
 
     return Scheduler(settings.config, settings.catalog, store_paths=store.model_paths, loader=loader,
+                     store_mmproj=store.mmproj_path,
                      hardware=detect(), clock=clock, config_path=settings.config_path)
 
 

@@ -137,3 +137,38 @@ async def test_bad_images_are_refused_before_anything_is_decoded(runner: Runner,
         with pytest.raises(InvalidRequest, match="does not take images"):
             plain.generate(GenerationRequest(f"x {MARKER} y", greedy(plain), images=(png(),)))
     assert runner.stats.prompt_tokens_evaluated == evaluated
+
+
+# --- memory: the projector's weights and its encoder's compute buffer in the estimate -------
+
+import re  # noqa: E402
+
+from appliance.scheduler.estimate import projector_need  # noqa: E402
+
+
+def test_projector_estimate_matches_what_libmtmd_allocates(loaded, tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
+    model, _, _ = loaded
+    path = make_mmproj(tmp_path / "big.gguf", ProjShape(n_embd=256, n_ff=1024, n_head=4, image_size=224, patch_size=14))
+    capfd.readouterr()
+    Projector(path, model, use_gpu=False, n_threads=1).close()
+    log = capfd.readouterr().err
+    mib = 1024 * 1024
+    weights = float(re.search(r"model size:\s+([\d.]+) MiB", log).group(1)) * mib  # type: ignore[union-attr]
+    compute = float(re.search(r"compute buffer size =\s+([\d.]+) MiB", log).group(1)) * mib  # type: ignore[union-attr]
+    need = projector_need(path)
+    assert abs(need.weights - weights) < 0.01 * mib
+    assert 0.95 <= need.compute / compute < 1.15
+
+
+@pytest.mark.parametrize("with_projector, all_layers", [(False, True), (True, False)])
+async def test_the_scheduler_counts_the_projector_when_placing_a_model(tmp_path: Path, with_projector: bool,
+                                                                       all_layers: bool) -> None:
+    from tests.schedharness import GB, make, use
+
+    proj = make_mmproj(tmp_path / "mmproj.gguf", ProjShape(n_embd=256, n_ff=1024, n_head=4, image_size=224, patch_size=14))
+    assert projector_need(proj).total > 8_000_000
+    h = make(tmp_path, {"x": 10 * GB}, gpus=(11 * GB + 5_000_000,), layers=10,
+             models={"x": {"gpu_layers": "auto", "mmproj": "file:///models/x-mmproj.gguf"}},
+             mmproj={"x": proj} if with_projector else None)
+    await use(h, "x")
+    assert h.runners[-1].placement.all_layers is all_layers

@@ -123,8 +123,8 @@ class Projector:
             mtmd.mtmd_input_chunks_free(chunks)
             raise
         finally:
-            for bm in bitmaps:
-                mtmd.mtmd_bitmap_free(bm)
+            for b in bitmaps:
+                mtmd.mtmd_bitmap_free(b)
         weakref.finalize(prompt, mtmd.mtmd_input_chunks_free, chunks)
         prompt._keep = chunks
         return prompt
