@@ -143,15 +143,16 @@ async def test_bad_images_are_refused_before_anything_is_decoded(runner: Runner,
 
 import re  # noqa: E402
 
+from appliance.engine import llamalog  # noqa: E402
 from appliance.scheduler.estimate import projector_need  # noqa: E402
 
 
-def test_projector_estimate_matches_what_libmtmd_allocates(loaded, tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
+def test_projector_estimate_matches_what_libmtmd_allocates(loaded, tmp_path: Path) -> None:
     model, _, _ = loaded
     path = make_mmproj(tmp_path / "big.gguf", ProjShape(n_embd=256, n_ff=1024, n_head=4, image_size=224, patch_size=14))
-    capfd.readouterr()
-    Projector(path, model, use_gpu=False, n_threads=1).close()
-    log = capfd.readouterr().err
+    with llamalog.capture() as chunks:  # libmtmd's log goes the way llama.cpp's does
+        Projector(path, model, use_gpu=False, n_threads=1).close()
+    log = "".join(chunks)
     mib = 1024 * 1024
     weights = float(re.search(r"model size:\s+([\d.]+) MiB", log).group(1)) * mib  # type: ignore[union-attr]
     compute = float(re.search(r"compute buffer size =\s+([\d.]+) MiB", log).group(1)) * mib  # type: ignore[union-attr]
