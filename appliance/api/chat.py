@@ -103,7 +103,8 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     mid, cfg = resolve_model(request, body.model)
     body = with_model_defaults(body, cfg)
     # read and checked before a model is leased: a bad image costs nobody a slot
-    images = await load_images([u for m in body.messages for u in m.image_urls], request.app.get(IMAGES_KEY, ImageLimits()))
+    urls = [u for i, m in enumerate(body.messages) for u in m.image_urls(i)]
+    images = await load_images(urls, request.app.get(IMAGES_KEY, ImageLimits()))
     head = Head.new("chat", mid, body.include_usage)
     async with request.app[CTX_KEY].backend.lease(mid, key_name(request), slots=body.n) as runner:
         # Jinja rendering and JSON-schema -> grammar conversion are CPU work: off the loop.

@@ -33,15 +33,19 @@ class ImageLimits:
 IMAGES_KEY = web.AppKey("image_limits", ImageLimits)
 
 
-async def load_images(urls: list[str], limits: ImageLimits) -> list[bytes]:
-    """The images' bytes, in order; InvalidRequest names the first bad one."""
+async def load_images(urls: list[tuple[str, str]], limits: ImageLimits) -> list[bytes]:
+    """The images' bytes, in order, from (param, url) pairs; InvalidRequest names the first
+    bad one's param (messages[0].content[1].image_url.url)."""
     if len(urls) > limits.max_images:
         raise InvalidRequest(f"the request has {len(urls)} images; at most {limits.max_images} are allowed",
                              param="messages")
     out = []
-    for i, url in enumerate(urls, 1):
-        data = await _read(url, i, limits)
-        _check(data, i, limits.max_pixels)
+    for i, (param, url) in enumerate(urls, 1):
+        try:
+            data = await _read(url, i, limits)
+            _check(data, i, limits.max_pixels)
+        except InvalidRequest as e:
+            raise InvalidRequest(str(e), param=param) from None
         out.append(data)
     return out
 

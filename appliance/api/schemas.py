@@ -81,11 +81,12 @@ class ChatMessage(_Body):
             return self.content
         return "".join(p.text if isinstance(p, TextPart) else IMAGE_MARKER for p in self.content)
 
-    @property
-    def image_urls(self) -> list[str]:
+    def image_urls(self, i: int) -> list[tuple[str, str]]:
+        """(param, url) of each image part; `i`: this message's index."""
         if not isinstance(self.content, list):
             return []
-        return [p.image_url.url for p in self.content if isinstance(p, ImagePart)]
+        return [(f"messages[{i}].content[{j}].image_url.url", p.image_url.url)
+                for j, p in enumerate(self.content) if isinstance(p, ImagePart)]
 
     def as_dict(self) -> dict[str, Any]:
         """Plain dict for the chat template, content flattened to a string."""
