@@ -109,6 +109,9 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     async with request.app[CTX_KEY].backend.lease(mid, key_name(request), slots=body.n) as runner:
         # Jinja rendering and JSON-schema -> grammar conversion are CPU work: off the loop.
         prompt: ChatPrompt = await asyncio.to_thread(render, runner, body)
+        # images decoded and tokenized by the projector: CPU work, off the loop too
+        vision = await asyncio.to_thread(runner.tokenize_images, prompt.text, images, prompt.add_special) \
+            if images else None
         params = sampling_params(
             body,
             cfg,
@@ -121,6 +124,6 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
             preserved=prompt.preserved,
         )
         req = GenerationRequest(prompt.text, params, add_special=prompt.add_special, request_id=request[REQUEST_ID],
-                                images=tuple(images))
+                                vision=vision)
         choices = ChatChoices(head, prompt, body.n, body.stream, body.logprobs)
         return await relay(request, head, body.stream, choices, [lambda: runner.generate(req)])

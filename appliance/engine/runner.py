@@ -47,7 +47,7 @@ from .step import Part, StepPlan, plan_step
 from .textout import TextStream
 from .types import EmbeddingResult, GenerationRequest
 from .validate import check_ids, check_params, check_length, max_new_tokens, prompt_tokens
-from .vision import Projector
+from .vision import Projector, VisionPrompt
 from .vocab import Vocab
 
 log = logging.getLogger(__name__)
@@ -251,17 +251,23 @@ class Runner:
             self.ctx = self.model = None
             raise
 
+    def tokenize_images(self, text: str, images: list[bytes], add_special: bool) -> VisionPrompt:
+        if self.projector is None:
+            raise InvalidRequest(f"model {self.model_id!r} does not take images (it has no mmproj projector)",
+                                 param="messages")
+        return self.projector.tokenize(text, images, add_special=add_special)
+
     def _prepare(self, req: GenerationRequest) -> Job:
         if self.embedding:
             raise InvalidRequest(f"model {self.model_id!r} is an embedding model", param="model")
         p = req.params
         check_params(p, parallel=self.parallel, n_vocab=self.vocab.n_vocab)
-        vision = None
-        if req.images:
-            if self.projector is None or not isinstance(req.prompt, str):
-                raise InvalidRequest(f"model {self.model_id!r} does not take images (it has no mmproj projector)",
-                                     param="messages")
-            vision = self.projector.tokenize(req.prompt, list(req.images), add_special=req.add_special)
+        vision = req.vision
+        if vision is None and req.images and isinstance(req.prompt, str):
+            vision = self.tokenize_images(req.prompt, list(req.images), req.add_special)
+        elif vision is None and req.images:
+            raise InvalidRequest("images need a text prompt with one image marker each", param="prompt")
+        if vision is not None:
             prompt = check_length(vision.tokens, self.context)
             if prompt[-1] < 0:
                 raise InvalidRequest("the prompt must not end with an image", param="messages")
