@@ -3,14 +3,20 @@
 from __future__ import annotations
 
 import io
+import re
 from pathlib import Path
 
 import llama_cpp as ll
 import pytest
 from PIL import Image
 
+from appliance.config import ModelConfig
+from appliance.engine import llamalog
+from appliance.engine.runner import Runner
+from appliance.engine.types import GenerationRequest, SamplingParams
 from appliance.engine.vision import MARKER, Projector, pseudo_ids
 from appliance.errors import InvalidRequest
+from appliance.scheduler.estimate import projector_need
 from tests.ggufmaker import make_gguf
 from tests.mmprojmaker import ProjShape, make_mmproj
 
@@ -66,9 +72,6 @@ def test_undecodable_image_is_refused(loaded) -> None:
 
 # --- the engine: images read inside the continuous-batching steps ---------------------------
 
-from appliance.config import ModelConfig  # noqa: E402
-from appliance.engine.runner import Runner  # noqa: E402
-from appliance.engine.types import GenerationRequest, SamplingParams  # noqa: E402
 
 N_IMG = ProjShape().n_image_tokens
 
@@ -141,10 +144,7 @@ async def test_bad_images_are_refused_before_anything_is_decoded(runner: Runner,
 
 # --- memory: the projector's weights and its encoder's compute buffer in the estimate -------
 
-import re  # noqa: E402
 
-from appliance.engine import llamalog  # noqa: E402
-from appliance.scheduler.estimate import projector_need  # noqa: E402
 
 
 def test_projector_estimate_matches_what_libmtmd_allocates(loaded, tmp_path: Path) -> None:
