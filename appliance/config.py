@@ -77,6 +77,9 @@ class ServerConfig(_Strict):
     max_body_bytes: Size = 8 * 1024**2
     cors_origins: list[str] = []
     metrics_public: bool = False
+    fetch_image_urls: bool = False  # http(s) image_url parts (data: URLs always work)
+    max_images: int = Field(8, ge=0)  # per chat request
+    max_image_pixels: int = Field(16_777_216, ge=1)  # per image
     drain_timeout: Duration = 30.0
     log_format: Literal["text", "json"] = "text"
 

@@ -82,16 +82,19 @@ def build_scheduler(settings: Settings, store: Any, clock: Clock) -> Scheduler:
     from .scheduler.core import Loader
     from .scheduler.loader import engine_loader
 
-    loader: Loader = engine_loader
-    if settings.config.store.verify_on_load:
-        def verified_loader(model_id: str, cfg: ModelConfig, paths: list[Path], placement: Placement) -> EngineRunner:
-            """Re-hash before loading: a blob that no longer matches is deleted, never loaded."""
-            store.verify(model_id, cfg)
-            return engine_loader(model_id, cfg, paths, placement)
+    verify = settings.config.store.verify_on_load
 
-        loader = verified_loader
+    def store_loader(model_id: str, cfg: ModelConfig, paths: list[Path], placement: Placement) -> EngineRunner:
+        """The store's projector beside the shards; with verify_on_load, re-hash first: a blob
+        that no longer matches is deleted, never loaded."""
+        if verify:
+            store.verify(model_id, cfg)
+        return engine_loader(model_id, cfg, paths, placement, mmproj=store.mmproj_path(model_id, cfg))
+
+    loader: Loader = store_loader
 
     return Scheduler(settings.config, settings.catalog, store_paths=store.model_paths, loader=loader,
+                     store_mmproj=store.mmproj_path,
                      hardware=detect(), clock=clock, config_path=settings.config_path)
 
 

@@ -27,6 +27,7 @@ from .errors import MAX_BODY_KEY
 from .middleware import add_request_headers, auth, body_limit, cors, draining, errors, request_context
 from .models_routes import add_model_routes
 from .probes import add_probe_routes
+from .images import IMAGES_KEY, ImageLimits
 from .state import STATE_KEY, AppState
 
 
@@ -52,6 +53,8 @@ def create_app(
     # client_max_size: aiohttp's own 413 for bodies that lie about (or omit) their length.
     app = web.Application(middlewares=middlewares, client_max_size=server.max_body_bytes)
     app[MAX_BODY_KEY] = server.max_body_bytes
+    app[IMAGES_KEY] = ImageLimits(fetch_urls=server.fetch_image_urls, max_images=server.max_images,
+                                  max_pixels=server.max_image_pixels, max_bytes=server.max_body_bytes)
     app[STATE_KEY] = state or AppState()
     app[CTX_KEY] = ApiContext(
         directory=ModelDirectory(catalog or (lambda: settings.catalog), store, started=time.time()),

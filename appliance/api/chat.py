@@ -21,6 +21,7 @@ from . import chunks
 from .chat_render import ChatPrompt, render
 from .chunks import Chunk, Head
 from .context import CTX_KEY, key_name, resolve_model
+from .images import IMAGES_KEY, ImageLimits, load_images
 from .model_defaults import with_model_defaults
 from .relay import relay
 from .sampling import sampling_params
@@ -101,10 +102,16 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     body = parse_body(ChatCompletionRequest, await read_json(request))
     mid, cfg = resolve_model(request, body.model)
     body = with_model_defaults(body, cfg)
+    # read and checked before a model is leased: a bad image costs nobody a slot
+    urls = [u for i, m in enumerate(body.messages) for u in m.image_urls(i)]
+    images = await load_images(urls, request.app.get(IMAGES_KEY, ImageLimits()))
     head = Head.new("chat", mid, body.include_usage)
     async with request.app[CTX_KEY].backend.lease(mid, key_name(request), slots=body.n) as runner:
         # Jinja rendering and JSON-schema -> grammar conversion are CPU work: off the loop.
         prompt: ChatPrompt = await asyncio.to_thread(render, runner, body)
+        # images decoded and tokenized by the projector: CPU work, off the loop too
+        vision = await asyncio.to_thread(runner.tokenize_images, prompt.text, images, prompt.add_special) \
+            if images else None
         params = sampling_params(
             body,
             cfg,
@@ -116,6 +123,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
             grammar_triggers=prompt.grammar_triggers,
             preserved=prompt.preserved,
         )
-        req = GenerationRequest(prompt.text, params, add_special=prompt.add_special, request_id=request[REQUEST_ID])
+        req = GenerationRequest(prompt.text, params, add_special=prompt.add_special, request_id=request[REQUEST_ID],
+                                vision=vision)
         choices = ChatChoices(head, prompt, body.n, body.stream, body.logprobs)
         return await relay(request, head, body.stream, choices, [lambda: runner.generate(req)])

@@ -14,6 +14,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from pydantic_core import ErrorDetails
 
 from ..errors import InvalidJSON, InvalidRequest
+
+IMAGE_MARKER = "<__media__>"  # libmtmd's default marker (engine/vision.MARKER, without loading llama.cpp)
 from ..validation import error_path, error_text
 
 
@@ -29,6 +31,21 @@ class TextPart(_Body):
     text: str
 
 
+class ImageURL(_Body):
+    url: str
+    detail: Literal["auto", "low", "high"] | None = None
+
+
+class ImagePart(_Body):
+    """An image (api/images.py reads it); in the rendered prompt it is libmtmd's marker."""
+
+    type: Literal["image_url"]
+    image_url: ImageURL
+
+
+ContentPart = Annotated[TextPart | ImagePart, Field(discriminator="type")]
+
+
 class FunctionCall(_Body):
     name: str
     arguments: str = ""
@@ -42,7 +59,7 @@ class ToolCall(_Body):
 
 class ChatMessage(_Body):
     role: Literal["system", "developer", "user", "assistant", "tool"]
-    content: str | list[TextPart] | None = None
+    content: str | list[ContentPart] | None = None
     name: str | None = None
     tool_calls: list[ToolCall] | None = None
     tool_call_id: str | None = None
@@ -62,7 +79,14 @@ class ChatMessage(_Body):
             return ""
         if isinstance(self.content, str):
             return self.content
-        return "".join(p.text for p in self.content)
+        return "".join(p.text if isinstance(p, TextPart) else IMAGE_MARKER for p in self.content)
+
+    def image_urls(self, i: int) -> list[tuple[str, str]]:
+        """(param, url) of each image part; `i`: this message's index."""
+        if not isinstance(self.content, list):
+            return []
+        return [(f"messages[{i}].content[{j}].image_url.url", p.image_url.url)
+                for j, p in enumerate(self.content) if isinstance(p, ImagePart)]
 
     def as_dict(self) -> dict[str, Any]:
         """Plain dict for the chat template, content flattened to a string."""

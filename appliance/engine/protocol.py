@@ -16,6 +16,7 @@ from .types import EmbeddingResult, GenerationRequest
 
 if TYPE_CHECKING:
     from .llamalog import BufferSizes
+    from .vision import VisionPrompt
 
 
 class DrivenRunner(Protocol):
@@ -77,6 +78,11 @@ class ServingRunner(Protocol):
         ...
 
     def generate(self, req: GenerationRequest) -> Generation: ...
+
+    def tokenize_images(self, text: str, images: list[bytes], add_special: bool) -> VisionPrompt:
+        """A prompt with images, tokenized by the model's projector (CPU work: call it off
+        the event loop and pass the result as GenerationRequest.vision)."""
+        ...
 
     async def embed(self, inputs: list[str | list[int]]) -> EmbeddingResult: ...
 

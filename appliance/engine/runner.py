@@ -43,10 +43,11 @@ from .params import N_BATCH, context_params, model_params
 from .sampling import (Resident, RowLogprobs, SlotSampler, make_grammar, random_seed, row_logprobs,
                        use_backend_sampling)
 from .slots import Choice, Job, Slot, SlotTable
-from .step import StepPlan, plan_step
+from .step import Part, StepPlan, plan_step
 from .textout import TextStream
 from .types import EmbeddingResult, GenerationRequest
-from .validate import check_ids, check_params, max_new_tokens, prompt_tokens
+from .validate import check_ids, check_params, check_length, max_new_tokens, prompt_tokens
+from .vision import Projector, VisionPrompt
 from .vocab import Vocab
 
 log = logging.getLogger(__name__)
@@ -93,6 +94,7 @@ class Runner:
         extra_buffers: bool | None = None,
         resample_pool: Executor | None = None,
         arrival_wait_s: float = ARRIVAL_WAIT_S,
+        mmproj: Path | None = None,
     ) -> None:
         llamalog.install()
         ll.llama_backend_init()
@@ -126,6 +128,7 @@ class Runner:
                 self.model = None
                 raise EngineError(f"llama.cpp could not create a context for {paths[0]} "
                                   f"(n_ctx={cp.n_ctx}, n_seq_max={cp.n_seq_max})")
+            self.projector = self._load_projector(mmproj, use_gpu=n_gpu_layers != 0, threads=threads)
         self.load_log = llamalog.join_lines(chunks)
         self.buffers = llamalog.parse_buffer_sizes(self.load_log)
         self.n_batch = int(cp.n_batch)
@@ -237,12 +240,39 @@ class Runner:
             self._cond.notify()
         return [j.gen for j in jobs]
 
+    def _load_projector(self, mmproj: Path | None, *, use_gpu: bool, threads: int) -> Projector | None:
+        if mmproj is None or self.model is None:
+            return None
+        try:
+            return Projector(mmproj, self.model, use_gpu=use_gpu, n_threads=threads)
+        except BaseException:
+            ll.llama_free(self.ctx)
+            ll.llama_model_free(self.model)
+            self.ctx = self.model = None
+            raise
+
+    def tokenize_images(self, text: str, images: list[bytes], add_special: bool) -> VisionPrompt:
+        if self.projector is None:
+            raise InvalidRequest(f"model {self.model_id!r} does not take images (it has no mmproj projector)",
+                                 param="messages")
+        return self.projector.tokenize(text, images, add_special=add_special)
+
     def _prepare(self, req: GenerationRequest) -> Job:
         if self.embedding:
             raise InvalidRequest(f"model {self.model_id!r} is an embedding model", param="model")
         p = req.params
         check_params(p, parallel=self.parallel, n_vocab=self.vocab.n_vocab)
-        prompt = prompt_tokens(self.vocab, req, self.context)
+        vision = req.vision
+        if vision is None and req.images and isinstance(req.prompt, str):
+            vision = self.tokenize_images(req.prompt, list(req.images), req.add_special)
+        elif vision is None and req.images:
+            raise InvalidRequest("images need a text prompt with one image marker each", param="prompt")
+        if vision is not None:
+            prompt = check_length(vision.tokens, self.context)
+            if prompt[-1] < 0:
+                raise InvalidRequest("the prompt must not end with an image", param="messages")
+        else:
+            prompt = prompt_tokens(self.vocab, req, self.context)
         max_tokens = max_new_tokens(p, len(prompt), self.context)
         base_seed = p.seed if p.seed is not None else random_seed()
         samplers: list[SlotSampler] = []
@@ -259,7 +289,7 @@ class Runner:
         job: Job
         gen = Generation(loop, p.n, lambda: self._cancel(job), req.request_id)
         job = Job(gen=gen, prompt=prompt, params=p, max_tokens=max_tokens, samplers=samplers,
-                  t_submit=time.monotonic(), preserved=self.vocab.special_ids(p.preserved))
+                  t_submit=time.monotonic(), preserved=self.vocab.special_ids(p.preserved), vision=vision)
         return job
 
     def render_chat(
@@ -418,11 +448,14 @@ class Runner:
             self._flush()  # cancelled jobs' ends
             return
         self.in_call_since = time.monotonic()
-        ret = ll.llama_decode(self._ctx, self._fill(plan).struct())
-        if ret == 0:
-            self._after(plan)
-        else:
-            self._decode_failed(plan, ret)
+        for img in plan.images:
+            self._read_image(img)
+        if plan.parts:
+            ret = ll.llama_decode(self._ctx, self._fill(plan).struct())
+            if ret == 0:
+                self._after(plan)
+            else:
+                self._decode_failed(plan, ret)
         self.in_call_since = None
         self.stats.steps += 1
         self.last_progress = time.monotonic()
@@ -525,6 +558,24 @@ class Runner:
                 assert s.choice is not None
                 s.choice.pending = None
                 self._sample(s, p.row)
+
+    def _read_image(self, p: Part) -> None:
+        """Encode one image of a prompt and evaluate it into the slot (its own decode: the
+        batch holds token ids, an image is embeddings)."""
+        s = self._slots[p.seq]
+        job = s.job
+        span = job.vision.image_at(p.pos0) if job and job.vision else None
+        if job is None or job.done or span is None or self.projector is None:
+            return
+        try:
+            self.projector.decode(self._ctx, span, p.pos0, p.seq, self.n_batch)
+        except EngineError as e:
+            ll.llama_memory_seq_rm(self.mem, p.seq, len(s.cached), -1)
+            self._fail_job(job, e)
+            return
+        s.cached.extend(p.tokens)
+        self.stats.prompt_tokens_evaluated += len(p.tokens)
+        job.evaluated += len(p.tokens)
 
     def _prompt_read(self, first: Slot, idx: int) -> None:
         job = first.job
@@ -698,6 +749,8 @@ class Runner:
         for r in self._resident.values():  # out of the graph before the context goes
             r.free()
         self._resident.clear()
+        if self.projector is not None:
+            self.projector.close()
         if self.ctx:
             ll.llama_free(self.ctx)
             self.ctx = None

@@ -8,7 +8,10 @@ returned `Generation` (an async iterator of `Delta`s). Closing the iteration ear
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal, Mapping
+from typing import TYPE_CHECKING, Literal, Mapping
+
+if TYPE_CHECKING:
+    from .vision import VisionPrompt
 
 FinishReason = Literal["stop", "length"]  # failures raise EngineError; "tool_calls" is the API's
 
@@ -46,6 +49,8 @@ class GenerationRequest:
     params: SamplingParams = SamplingParams()
     add_special: bool = True  # add BOS; False for chat prompts whose template already has it
     request_id: str = ""
+    images: tuple[bytes, ...] = ()  # encoded images, one per vision.MARKER in `prompt` (a str)
+    vision: VisionPrompt | None = None  # the same, already tokenized (Runner.tokenize_images)
 
 
 @dataclass(frozen=True)
