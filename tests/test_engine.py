@@ -21,6 +21,7 @@ from appliance.config import ModelConfig
 from appliance.engine.chat import parse_tool_calls, render_chat
 from appliance.engine.generation import Generation
 from appliance.engine.grammar import grammar_for_response_format
+from appliance.engine.guidance import compile_async
 from appliance.engine.runner import Runner
 from appliance.engine.types import Delta, GenerationRequest, SamplingParams
 from appliance.errors import ContextLengthExceeded, EngineError, InvalidRequest
@@ -366,10 +367,11 @@ async def test_tool_call_round_trip_with_forced_function(make_runner) -> None:
     chat = r.render_chat([{"role": "user", "content": "Weather in Paris?"}], tools,
                          {"type": "function", "function": {"name": "get_weather"}})
     assert "get_weather" in chat.prompt and chat.grammar
+    c = await compile_async(chat.grammar, r.vocab, param="tools")
     g = r.generate(GenerationRequest(chat.prompt, SamplingParams(max_tokens=80, temperature=0,
-                                                                 grammar=chat.grammar), add_special=chat.add_special))
+                                                                 constraint=c), add_special=chat.add_special))
     texts, _, finish, _ = await drain(g)
-    assert finish == {0: "stop"}
+    assert finish == {0: "stop"}, texts
     content, calls = parse_tool_calls(texts[0], chat.tool_parser)
     assert content is None and len(calls) == 1
     assert calls[0].name == "get_weather"
@@ -381,8 +383,8 @@ async def test_lazy_tool_grammar_leaves_plain_text_alone(make_runner) -> None:
     tools = [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}]
     chat = render_chat(None, [{"role": "user", "content": "hi"}], tools, "auto", bos=r.bos_text)
     assert chat.grammar_triggers == ("<tool_call>",)
-    params = SamplingParams(max_tokens=10, temperature=0, ignore_eos=True, grammar=chat.grammar,
-                            grammar_triggers=chat.grammar_triggers)
+    c = await compile_async(chat.grammar, r.vocab, param="tools")
+    params = SamplingParams(max_tokens=10, temperature=0, ignore_eos=True, constraint=c)
     texts, toks, finish, _ = await drain(r.generate(GenerationRequest(chat.prompt, params)))
     assert finish == {0: "length"} and len(toks[0]) == 10
     assert parse_tool_calls(texts[0], chat.tool_parser) == (texts[0], [])

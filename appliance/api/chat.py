@@ -17,6 +17,7 @@ from typing import Any
 
 from aiohttp import web
 
+from ..engine.guidance import compile_async
 from ..engine.types import GenerationRequest
 from ..errors import ApplianceError
 from .chat_render import ChatPrompt, render
@@ -56,14 +57,18 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
 
     async with request.app[CTX_KEY].backend.lease(mid, key_name(request), slots=body.n) as runner:
         prompt: ChatPrompt = render(runner, body)
+        constraint = None
+        if prompt.grammar is not None:  # compiled off the event loop, under a deadline
+            constraint = await compile_async(prompt.grammar, runner.vocab,
+                                             param="tools" if prompt.parses_tools and body.response_format is None
+                                             else "response_format")
         params = sampling_params(
             body,
             max_tokens=body.token_limit,
             stop=tuple(body.stops) + prompt.stop,
             logprobs=body.logprobs,
             top_logprobs=body.top_logprobs or 0,
-            grammar=prompt.grammar,
-            grammar_triggers=prompt.grammar_triggers,
+            constraint=constraint,
         )
         gen = runner.generate(GenerationRequest(prompt.text, params, add_special=prompt.add_special,
                                                 request_id=request[REQUEST_ID]))

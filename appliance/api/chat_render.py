@@ -31,12 +31,12 @@ class ChatPrompt:
 
 
 def response_grammar(body: ChatCompletionRequest) -> str | None:
-    from ..engine.grammar import grammar_for_response_format
+    from ..engine.guidance import response_format_grammar
 
     rf = body.response_format
     if rf is None:
         return None
-    return grammar_for_response_format(rf.model_dump(by_alias=True, exclude_none=True))
+    return response_format_grammar(rf.model_dump(by_alias=True, exclude_none=True))
 
 
 def render(runner: Any, body: ChatCompletionRequest) -> ChatPrompt:

@@ -26,7 +26,7 @@ import jinja2
 from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
 from ..errors import InvalidRequest
-from .grammar import rename_root, schema_to_gbnf
+from .guidance import tool_call_grammar
 
 ToolFormat = Literal["hermes", "llama3", "generic"]
 
@@ -68,8 +68,8 @@ class ToolCall:
 class ChatPrompt:
     prompt: str
     add_special: bool  # False when the template already put the BOS text at the start
-    grammar: str | None  # GBNF for the tool calls (or None)
-    grammar_triggers: tuple[str, ...]  # non-empty: the grammar is lazy (tool_choice "auto")
+    grammar: str | None  # llguidance grammar for the tool calls (or None)
+    grammar_triggers: tuple[str, ...]  # non-empty: the grammar is lazy (tool_choice "auto"), built in
     tool_parser: ToolFormat | None  # how to read tool calls back (None: no tools offered)
     stop: tuple[str, ...]  # the template's turn-end markers, to pass as stop strings
 
@@ -149,32 +149,11 @@ def _check_tools(tools: Any) -> list[dict[str, Any]]:
     return tools
 
 
-def tool_grammar(tools: list[dict[str, Any]], fmt: ToolFormat, only: str | None = None) -> str:
-    """GBNF for one tool call (named `only`) or one or more calls of any of `tools`."""
-    variants = []
-    args_key = "parameters" if fmt == "llama3" else "arguments"
-    for t in tools:
-        fn = t["function"]
-        if only is not None and fn["name"] != only:
-            continue
-        params = fn.get("parameters") or {"type": "object"}
-        variants.append({
-            "type": "object",
-            "properties": {"name": {"const": fn["name"]}, args_key: params},
-            "required": ["name", args_key],
-            "additionalProperties": False,
-        })
-    if not variants:
-        raise InvalidRequest(f"tool_choice names a function that is not in tools: {only!r}", param="tool_choice")
-    schema = variants[0] if len(variants) == 1 else {"oneOf": variants}
-    call = rename_root(schema_to_gbnf(schema, param="tools"), "tool-call-json")
-    if fmt == "llama3":
-        root = 'root ::= "<|python_tag|>"? tool-call-json\n'
-    else:
-        block = 'tool-call-block ::= "<tool_call>" "\\n"? tool-call-json "\\n"? "</tool_call>"\n'
-        more = "" if only is not None else ' ("\\n"? tool-call-block)*'
-        root = f"root ::= tool-call-block{more}\n" + block
-    return root + call
+def tool_grammar(tools: list[dict[str, Any]], fmt: ToolFormat, only: str | None = None,
+                 lazy: bool = False) -> str:
+    """llguidance grammar for one tool call (named `only`) or one or more calls of any of
+    `tools`; `lazy`: free text until the family's trigger (tool_choice "auto")."""
+    return tool_call_grammar(tools, fmt, only, lazy)
 
 
 def render_chat(
@@ -210,7 +189,7 @@ def render_chat(
     grammar, triggers = None, ()
     if tools and tool_choice != "none":
         if tool_choice in (None, "auto"):
-            grammar = tool_grammar(tools, fmt or "generic")
+            grammar = tool_grammar(tools, fmt or "generic", lazy=True)
             triggers = ('{"name"', "<|python_tag|>") if fmt == "llama3" else ("<tool_call>",)
         elif tool_choice == "required":
             grammar = tool_grammar(tools, fmt or "generic")

@@ -34,6 +34,7 @@ from .batch import Batch
 from .chat import ChatPrompt, render_chat
 from .cpufeatures import extra_buffers_safe
 from .generation import _END, Generation, post_many
+from .guidance import StepMasks, logits_row
 from .sampling import SlotSampler, make_grammar, random_seed, row_logprobs
 from .textout import TextStream
 from .types import Delta, EmbeddingResult, GenerationRequest, SamplingParams, TokenLogprob, TopLogprob, Usage
@@ -68,6 +69,7 @@ class _Choice:
     generated: int = 0
     pending: int | None = None  # sampled, not yet decoded
     deferred: "Future[int] | None" = None  # a grammar resample running off the decode thread
+    matcher: Any = None  # llguidance matcher of a constrained choice (engine/guidance.py)
 
 
 @dataclass(eq=False)
@@ -89,6 +91,7 @@ class _Job:
     t_last: float | None = None
     out: list[object] = field(default_factory=list)  # items for the consumer, sent once per step
     queued: bool = False  # in the runner's outbox for this step's delivery
+    matchers: list[Any] = field(default_factory=list)  # one per choice when constrained
 
 
 @dataclass(eq=False)
@@ -218,6 +221,7 @@ class Runner:
         self._tasks: deque[_Task] = deque()
         self._outbox: list[_Job] = []  # jobs with items to deliver at the end of this step
         self._resampler = resample_pool  # grammar resamples (made on first use unless given)
+        self._masks: StepMasks | None = None  # llguidance masks (made on first constrained step)
         self._own_resampler = resample_pool is None
         self._arrival_wait_s = arrival_wait_s
         self._cond = threading.Condition()
@@ -342,7 +346,8 @@ class Runner:
         job: _Job
         gen = Generation(loop, p.n, lambda: self._cancel(job), req.request_id)
         job = _Job(gen=gen, prompt=prompt, params=p, max_tokens=max_tokens, samplers=samplers,
-                   t_submit=time.monotonic())
+                   t_submit=time.monotonic(),
+                   matchers=p.constraint.fork(p.n) if p.constraint is not None else [])  # type: ignore[attr-defined]
         return job
 
     def _refuse_hopeless(self, text: str) -> None:
@@ -570,7 +575,10 @@ class Runner:
             return
         self.in_call_since = time.monotonic()
         b = self._fill(parts)
+        self._start_masks(parts)  # constrained streams' masks, computed while the batch decodes
         ret = ll.llama_decode(self.ctx, b.struct())
+        if self._masks is not None:
+            self._masks.wait()
         if ret == 0:
             self._after(parts)
         else:
@@ -579,6 +587,18 @@ class Runner:
         self.stats.steps += 1
         self.last_progress = time.monotonic()
         self._flush()
+
+    def _start_masks(self, parts: list[_Part]) -> None:
+        items = []
+        for p in parts:
+            if not p.output or p.slot.job is None:
+                continue
+            slots = p.slot.job.slots if p.prompt else [p.slot]  # a prompt's row serves all its choices
+            items += [(s.choice.matcher, s.seq) for s in slots if s.choice is not None and s.choice.matcher is not None]
+        if items:
+            if self._masks is None:
+                self._masks = StepMasks(self.parallel, self.vocab.n_vocab)
+            self._masks.start(items)
 
     def _let_arrivals_queue(self, loop: asyncio.AbstractEventLoop) -> None:
         """Idle, woken by a request: let the event loop finish what it is running before the
@@ -620,7 +640,8 @@ class Runner:
             job.slots = [first, *others]
             for i, s in enumerate(job.slots):
                 s.job = job
-                s.choice = _Choice(i, job.samplers[i], TextStream(job.params.stop))
+                s.choice = _Choice(i, job.samplers[i], TextStream(job.params.stop),
+                                   matcher=job.matchers[i] if job.matchers else None)
                 s.waiting = i > 0
                 s.reading = i == 0
             job.active = len(job.slots)
@@ -723,6 +744,10 @@ class Runner:
     def _sample(self, s: _Slot, idx: int) -> None:
         job, ch = s.job, s.choice
         assert job is not None and ch is not None
+        if ch.matcher is not None and self._masks is not None and idx >= 0:
+            if not self._masks.apply(s.seq, logits_row(self.ctx, idx, self.vocab.n_vocab)):
+                self._fail_job(job, EngineError("the grammar allows no token here"))
+                return
         try:
             if job.params.logprobs:  # logprobs read the context's row after the pick: stay here
                 tok = ch.sampler.sample(self.ctx, idx)
@@ -791,6 +816,9 @@ class Runner:
         if self.vocab.is_eog(tok) and not p.ignore_eos:
             text = ch.text.flush()
             finish = "stop"
+        elif ch.matcher is not None and not ch.matcher.consume_token(tok):
+            self._fail_job(job, EngineError(f"the grammar refused a token: {ch.matcher.get_error()}"))
+            return
         else:
             piece = self.vocab.piece(tok)
             if p.logprobs:
@@ -911,6 +939,8 @@ class Runner:
             self._tasks.clear()
         for t in tasks:  # let waiters (warmup, embed) see the error instead of hanging
             t.fail(EngineError("the model was unloaded"))
+        if self._masks is not None:
+            self._masks.close()
         if self._resampler is not None and self._own_resampler:
             self._resampler.shutdown(wait=True)  # samplers are freed above, after their resample
         if self.ctx:

@@ -33,6 +33,9 @@ class SamplingParams:
     n: int = 1  # choices decoded from one prompt, each in its own slot
     grammar: str | None = None  # GBNF; applied the fast way (check, resample on rejection)
     grammar_triggers: tuple[str, ...] = ()  # lazy grammar: active only after one of these
+    # A compiled llguidance grammar (engine.guidance.Constraint): masks computed beside the
+    # decode, one matcher per choice. What the API uses; `grammar` stays for GBNF callers.
+    constraint: object | None = field(default=None, compare=False)
     ignore_eos: bool = False
 
 
