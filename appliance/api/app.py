@@ -1,7 +1,7 @@
 """`create_app`: the aiohttp application with every middleware and route, nothing started.
 
 Middlewares, outermost first: request context (id, log line, hooks) -> errors (one
-mapping) -> CORS preflight -> draining -> body limit -> auth (+ rate limit). Routes:
+mapping) -> browser guard (Host, cross-site POSTs) -> CORS preflight -> draining -> body limit -> auth (+ rate limit). Routes:
 probes, /v1 (OpenAI), /admin (scheduler's, admin scope by path). The daemon owns the
 AppRunner/TCPSite (handler_cancellation=True) so the drain can keep the listener open.
 """
@@ -16,6 +16,7 @@ from aiohttp import web
 from ..auth import Keyring, RateLimiter
 from ..config import Catalog, Settings
 from .backend import Backend
+from .browser import browser_guard
 from .chat import chat_completions
 from .completions import completions
 from .context import CTX_KEY, ApiContext
@@ -26,6 +27,7 @@ from .middleware import add_request_headers, auth, body_limit, cors, draining, e
 from .models_routes import add_model_routes
 from .probes import add_probe_routes
 from .state import STATE_KEY, AppState
+from .timeouts import TIMEOUTS_KEY, Timeouts
 
 
 def create_app(
@@ -45,12 +47,14 @@ def create_app(
     gets its admin routes mounted under /admin (admin scope)."""
     server = settings.config.server
     cors_mw = cors(list(server.cors_origins))
-    middlewares = [request_context, errors, cors_mw, draining, body_limit,
+    guard = browser_guard(server.host, server.allowed_hosts, server.cors_origins)
+    middlewares = [request_context, errors, guard, cors_mw, draining, body_limit,
                    auth(keyring, limiter or RateLimiter(), open_without_keys=open_without_keys,
                         metrics_public=server.metrics_public)]
     # client_max_size: aiohttp's own 413 for bodies that lie about (or omit) their length.
     app = web.Application(middlewares=middlewares, client_max_size=server.max_body_bytes)
     app[MAX_BODY_KEY] = server.max_body_bytes
+    app[TIMEOUTS_KEY] = Timeouts(body_s=server.body_timeout, write_s=server.write_timeout)
     app[STATE_KEY] = state or AppState()
     app[CTX_KEY] = ApiContext(
         directory=ModelDirectory(catalog or (lambda: settings.catalog), store, started=time.time()),

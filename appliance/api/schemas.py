@@ -13,6 +13,8 @@ from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from ..errors import InvalidJSON, InvalidRequest
+from . import budgets
+from .timeouts import read_body
 
 
 class _Body(BaseModel):
@@ -30,6 +32,18 @@ class TextPart(_Body):
 class FunctionCall(_Body):
     name: str
     arguments: str = ""
+
+    @field_validator("arguments")
+    @classmethod
+    def _json_arguments(cls, v: str) -> str:
+        """Templates parse the arguments back: they must be JSON, nested within the budget."""
+        if v.strip():
+            try:
+                obj = json.loads(v)
+            except (ValueError, RecursionError):
+                raise ValueError("tool call arguments must be a JSON string") from None
+            budgets.check_json(obj, "arguments")
+        return v
 
 
 class ToolCall(_Body):
@@ -135,6 +149,20 @@ class _Sampling(_Body):
     frequency_penalty: Penalty | None = None
     logit_bias: dict[str, Annotated[float, Field(ge=-100.0, le=100.0)]] | None = None
 
+    @model_validator(mode="before")
+    @classmethod
+    def _budgets(cls, raw: Any) -> Any:
+        """Counts first, before validating a hundred thousand items one by one."""
+        if isinstance(raw, dict):
+            budgets.check_stop(raw.get("stop"))
+            budgets.at_most(raw.get("logit_bias"), budgets.MAX_LOGIT_BIAS, "logit_bias", "logit_bias entries")
+            budgets.at_most(raw.get("messages"), budgets.MAX_MESSAGES, "messages", "messages")
+            budgets.at_most(raw.get("tools"), budgets.MAX_TOOLS, "tools", "tools")
+            prompt = raw.get("prompt")
+            if isinstance(prompt, list) and prompt and not isinstance(prompt[0], int):
+                budgets.at_most(prompt, budgets.MAX_PROMPTS, "prompt", "prompts")
+        return raw
+
     @field_validator("stop")
     @classmethod
     def _stop(cls, v: str | list[str] | None) -> str | list[str] | None:
@@ -222,6 +250,15 @@ class EmbeddingRequest(_Body):
     encoding_format: Literal["float", "base64"] = "float"
     dimensions: Annotated[int, Field(ge=1)] | None = None
 
+    @model_validator(mode="before")
+    @classmethod
+    def _budgets(cls, raw: Any) -> Any:
+        if isinstance(raw, dict):
+            i = raw.get("input")
+            if isinstance(i, list) and i and not isinstance(i[0], int):
+                budgets.at_most(i, budgets.MAX_EMBEDDING_INPUTS, "input", "inputs")
+        return raw
+
     @property
     def inputs(self) -> list[str | list[int]]:
         i = self.input
@@ -299,8 +336,12 @@ async def read_json(request: web.Request) -> Any:
     ctype = request.content_type
     if ctype != "application/json" and not ctype.endswith("+json"):
         raise InvalidJSON(f"expected Content-Type: application/json, got {ctype or 'none'!r}")
-    raw = await request.read()
+    raw = await read_body(request)
     try:
-        return json.loads(raw)
+        body = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as e:
         raise InvalidJSON(f"the request body is not valid JSON: {e}") from None
+    except RecursionError:
+        raise InvalidJSON(f"the request body is nested deeper than {budgets.MAX_JSON_DEPTH} levels") from None
+    budgets.check_json(body)
+    return body

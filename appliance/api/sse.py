@@ -10,6 +10,7 @@ from aiohttp import web
 from ..errors import ApplianceError
 from .errors import error_payload
 from .state import request_info
+from .timeouts import write_within
 
 
 class SSEStream:
@@ -32,16 +33,16 @@ class SSEStream:
 
     async def send(self, obj: dict[str, Any]) -> None:
         data = json.dumps(obj, ensure_ascii=False, separators=(",", ":"))
-        await self.response.write(b"data: " + data.encode("utf-8") + b"\n\n")
+        await write_within(self.request, self.response, b"data: " + data.encode("utf-8") + b"\n\n")
 
     async def error(self, exc: ApplianceError) -> web.StreamResponse:
         """A failure after streaming began: recorded for the request's log line (as the error
         middleware does for plain HTTP errors), one error event, then the stream ends."""
         request_info(self.request)["error_code"] = exc.code
         await self.send(error_payload(exc))
-        await self.response.write_eof()
+        await write_within(self.request, self.response, None)
         return self.response
 
     async def done(self) -> None:
-        await self.response.write(b"data: [DONE]\n\n")
-        await self.response.write_eof()
+        await write_within(self.request, self.response, b"data: [DONE]\n\n")
+        await write_within(self.request, self.response, None)
