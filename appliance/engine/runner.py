@@ -6,6 +6,11 @@ releases the GIL, so the event loop keeps serving). Each choice is sampled by it
 sampler chain from its output row. A long prompt is read in chunks so it never stalls the
 slots that are generating.
 
+A step reads: admit (slots.SlotTable) -> plan (step.plan_step, pure) -> decode -> sample
+(sampling.SlotSampler) -> emit (output.OutputProcessor). Request checks are in validate.py,
+embeddings in embeddings.py. This module owns the thread, the llama.cpp objects and the
+hand-off of each step's deltas to the event loop.
+
 Everything that touches the llama context runs on the runner's thread; the asyncio side
 only tokenizes (read-only vocabulary), validates, and queues requests.
 """
@@ -14,37 +19,40 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import os
 import threading
 import time
 from collections import deque
-from concurrent.futures import Executor, Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from concurrent.futures import Executor, ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Sequence, TypeVar
 
 import llama_cpp as ll
-import numpy as np
 
 from ..config import ModelConfig
-from ..errors import ContextLengthExceeded, EngineError, InvalidRequest
+from ..errors import EngineError, InvalidRequest
 from . import llamalog
 from .batch import Batch
 from .chat import ChatPrompt, render_chat
 from .cpufeatures import extra_buffers_safe
+from .embeddings import embed_batches, embedding_inputs
 from .generation import _END, Generation, post_many
+from .output import OutputProcessor, usage
 from .guidance import StepMasks, logits_row
-from .sampling import SlotSampler, make_grammar, random_seed, row_logprobs
+from .sampling import RowLogprobs, SlotSampler, make_grammar, random_seed, row_logprobs
+from .slots import Choice, Job, Slot, SlotTable
+from .step import StepPlan, plan_step
 from .textout import TextStream
-from .types import Delta, EmbeddingResult, GenerationRequest, SamplingParams, TokenLogprob, TopLogprob, Usage
+from .types import EmbeddingResult, GenerationRequest
+from .validate import check_ids, check_params, max_new_tokens, prompt_tokens
 from .vocab import Vocab
 
 log = logging.getLogger(__name__)
+_T = TypeVar("_T")
 
 DEFAULT_N_BATCH = 512
 ARRIVAL_WAIT_S = 0.02  # at most this long for the event loop before an idle runner's first step
-MAX_TOP_LOGPROBS = 20
 _KV_TYPES = {"f16": ll.GGML_TYPE_F16, "q8_0": ll.GGML_TYPE_Q8_0, "q4_0": ll.GGML_TYPE_Q4_0}
 _SPLIT = {"none": ll.LLAMA_SPLIT_MODE_NONE, "layer": ll.LLAMA_SPLIT_MODE_LAYER}
 
@@ -61,77 +69,12 @@ class RunnerStats:
     decode_failures: int = 0
 
 
-@dataclass(eq=False)
-class _Choice:
-    index: int
-    sampler: SlotSampler
-    text: TextStream
-    generated: int = 0
-    pending: int | None = None  # sampled, not yet decoded
-    deferred: "Future[int] | None" = None  # a grammar resample running off the decode thread
-    matcher: Any = None  # llguidance matcher of a constrained choice (engine/guidance.py)
-
-
-@dataclass(eq=False)
-class _Job:
-    gen: Generation
-    prompt: list[int]
-    params: SamplingParams
-    max_tokens: int
-    samplers: list[SlotSampler]
-    t_submit: float
-    cancelled: bool = False
-    done: bool = False
-    slots: list["_Slot"] = field(default_factory=list)
-    active: int = 0
-    cached: int = 0
-    evaluated: int = 0
-    completion: int = 0
-    t_first: float | None = None
-    t_last: float | None = None
-    out: list[object] = field(default_factory=list)  # items for the consumer, sent once per step
-    queued: bool = False  # in the runner's outbox for this step's delivery
-    matchers: list[Any] = field(default_factory=list)  # one per choice when constrained
-
-
-@dataclass(eq=False)
-class _Slot:
-    seq: int
-    cached: list[int] = field(default_factory=list)  # tokens whose KV sits at positions 0..len-1
-    job: _Job | None = None
-    choice: _Choice | None = None
-    reading: bool = False  # reading the prompt (the first slot of a job)
-    waiting: bool = False  # n > 1: waiting for the first slot to finish the prompt
-    last_used: float = 0.0
-
-
 @dataclass(frozen=True)
 class _Task:
     """Work that must run on the runner's thread (warm-up, embeddings), with its failure path."""
 
     run: Callable[[], None]
     fail: Callable[[BaseException], None]
-
-
-@dataclass(eq=False)
-class _Part:
-    """A slot's tokens in this step's batch."""
-
-    slot: _Slot
-    tokens: list[int]
-    pos0: int
-    output: bool
-    prompt: bool
-    idx: int = -1
-
-
-def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
-    n = min(len(a), len(b))
-    if n == 0:
-        return 0
-    x = np.asarray(a[:n], dtype=np.int32) != np.asarray(b[:n], dtype=np.int32)
-    i = int(np.argmax(x))
-    return n if not x[i] else i
 
 
 class Runner:
@@ -216,10 +159,12 @@ class Runner:
         self.context_bytes = self.buffers.total("KV", "RS", "compute", "output")
         self.mem = ll.llama_get_memory(self.ctx)
         self._batch = Batch(self.n_batch)
-        self._slots = [_Slot(seq=i) for i in range(self.parallel)]
-        self._pending: deque[_Job] = deque()
+        self._table = SlotTable(self.parallel, self._trim)
+        self._slots = self._table.slots
+        self._pending = self._table.pending
+        self._output = OutputProcessor(self.vocab, self._row_logprobs)
         self._tasks: deque[_Task] = deque()
-        self._outbox: list[_Job] = []  # jobs with items to deliver at the end of this step
+        self._outbox: list[Job] = []  # jobs with items to deliver at the end of this step
         self._resampler = resample_pool  # grammar resamples (made on first use unless given)
         self._masks: StepMasks | None = None  # llguidance masks (made on first constrained step)
         self._own_resampler = resample_pool is None
@@ -236,7 +181,7 @@ class Runner:
 
     @property
     def busy_slots(self) -> int:
-        return sum(1 for s in self._slots if s.job is not None)
+        return self._table.busy
 
     @property
     def queued(self) -> int:
@@ -265,7 +210,7 @@ class Runner:
         return self.vocab.tokenize(text, add_special, parse_special)
 
     def detokenize(self, tokens: list[int], special: bool = False) -> str:
-        self._check_ids(tokens, "tokens")
+        check_ids(tokens, self.vocab.n_vocab, "tokens")
         return self.vocab.detokenize(tokens, special)
 
     def piece(self, token: int) -> bytes:
@@ -286,7 +231,7 @@ class Runner:
         """Queue several requests at once: they are admitted in the same step (benchmarks, tests
         that need a fixed batch makeup). All are validated before any is queued."""
         self._check_open()
-        jobs: list[_Job] = []
+        jobs: list[Job] = []
         try:
             for req in reqs:
                 jobs.append(self._prepare(req))
@@ -305,32 +250,13 @@ class Runner:
             self._cond.notify()
         return [j.gen for j in jobs]
 
-    def _prepare(self, req: GenerationRequest) -> _Job:
+    def _prepare(self, req: GenerationRequest) -> Job:
         if self.embedding:
             raise InvalidRequest(f"model {self.model_id!r} is an embedding model", param="model")
         p = req.params
-        self._validate(p)
-        if isinstance(req.prompt, str):
-            self._refuse_hopeless(req.prompt)
-            prompt = self.vocab.tokenize(req.prompt, add_special=req.add_special, parse_special=True)
-        else:
-            prompt = [int(t) for t in req.prompt]
-            self._check_ids(prompt, "prompt")
-        if not prompt:
-            raise InvalidRequest("the prompt is empty", param="prompt")
-        if len(prompt) >= self.context:
-            raise ContextLengthExceeded(
-                f"the prompt has {len(prompt)} tokens; this model's context is {self.context} tokens",
-                param="prompt",
-            )
-        room = self.context - len(prompt)
-        if p.max_tokens is not None and p.max_tokens > room:
-            raise ContextLengthExceeded(
-                f"the prompt ({len(prompt)} tokens) plus max_tokens ({p.max_tokens}) exceeds "
-                f"this model's context of {self.context} tokens",
-                param="max_tokens",
-            )
-        max_tokens = p.max_tokens if p.max_tokens is not None else room
+        check_params(p, parallel=self.parallel, n_vocab=self.vocab.n_vocab)
+        prompt = prompt_tokens(self.vocab, req, self.context)
+        max_tokens = max_new_tokens(p, len(prompt), self.context)
         base_seed = p.seed if p.seed is not None else random_seed()
         samplers: list[SlotSampler] = []
         try:
@@ -343,25 +269,12 @@ class Runner:
                 smp.free()
             raise
         loop = asyncio.get_running_loop()
-        job: _Job
+        job: Job
         gen = Generation(loop, p.n, lambda: self._cancel(job), req.request_id)
-        job = _Job(gen=gen, prompt=prompt, params=p, max_tokens=max_tokens, samplers=samplers,
-                   t_submit=time.monotonic(),
-                   matchers=p.constraint.fork(p.n) if p.constraint is not None else [])  # type: ignore[attr-defined]
+        job = Job(gen=gen, prompt=prompt, params=p, max_tokens=max_tokens, samplers=samplers,
+                  t_submit=time.monotonic(),
+                  matchers=p.constraint.fork(p.n) if p.constraint is not None else [])  # type: ignore[attr-defined]
         return job
-
-    def _refuse_hopeless(self, text: str) -> None:
-        """Refuse, without tokenizing, a string prompt too long to fit whatever it tokenizes to:
-        tokenizing megabytes runs on the event loop and would stall every stream. Safe: a prompt
-        that fits has fewer than `context` tokens, each covering at most `max_chars_per_token`
-        characters (see Vocab), so it has fewer than context * max_chars_per_token characters."""
-        per_token = self.vocab.max_chars_per_token
-        if per_token is not None and len(text) > self.context * per_token:
-            raise ContextLengthExceeded(
-                f"the prompt has {len(text)} characters, more than this model's context of "
-                f"{self.context} tokens can hold",
-                param="prompt",
-            )
 
     def render_chat(
         self,
@@ -373,47 +286,13 @@ class Runner:
         return render_chat(self.chat_template, messages, tools, tool_choice,
                            bos=self.bos_text, eos=self.eos_text, arch=self.arch)
 
-    def _validate(self, p: SamplingParams) -> None:
-        if p.n < 1:
-            raise InvalidRequest("n must be at least 1", param="n")
-        if p.n > self.parallel:
-            raise InvalidRequest(f"n must be at most {self.parallel} for this model (its parallel slots)", param="n")
-        if p.max_tokens is not None and p.max_tokens < 1:
-            raise InvalidRequest("max_tokens must be at least 1", param="max_tokens")
-        if not (p.temperature >= 0 and math.isfinite(p.temperature)):
-            raise InvalidRequest("temperature must be >= 0", param="temperature")
-        if not (0 < p.top_p <= 1):
-            raise InvalidRequest("top_p must be in (0, 1]", param="top_p")
-        if p.top_k < 0:
-            raise InvalidRequest("top_k must be >= 0", param="top_k")
-        if not (0 <= p.min_p <= 1):
-            raise InvalidRequest("min_p must be in [0, 1]", param="min_p")
-        if not (p.repeat_penalty > 0 and math.isfinite(p.repeat_penalty)):
-            raise InvalidRequest("repeat_penalty must be > 0", param="repeat_penalty")
-        for name in ("presence_penalty", "frequency_penalty"):
-            if not math.isfinite(getattr(p, name)):
-                raise InvalidRequest(f"{name} must be finite", param=name)
-        if not (0 <= p.top_logprobs <= MAX_TOP_LOGPROBS):
-            raise InvalidRequest(f"top_logprobs must be in [0, {MAX_TOP_LOGPROBS}]", param="top_logprobs")
-        self._check_ids(list(p.logit_bias), "logit_bias")
-        for v in p.logit_bias.values():
-            if math.isnan(v):
-                raise InvalidRequest("logit_bias values must be numbers", param="logit_bias")
-
-    def _check_ids(self, ids: Sequence[int], param: str) -> None:
-        n = self.vocab.n_vocab
-        for t in ids:
-            if not (0 <= int(t) < n):
-                raise InvalidRequest(f"token id {t} is out of range for this model's vocabulary (0..{n - 1})",
-                                     param=param)
-
     def _check_open(self) -> None:
         if self._closed:
             raise EngineError("the model was unloaded")
         if self._broken is not None:
             raise EngineError(f"the model's decoder stopped: {self._broken}")
 
-    def _cancel(self, job: _Job) -> None:
+    def _cancel(self, job: Job) -> None:
         with self._cond:
             if not job.done and not job.cancelled:
                 job.cancelled = True
@@ -426,49 +305,15 @@ class Runner:
         self._check_open()
         if not self.embedding:
             raise InvalidRequest(f"model {self.model_id!r} is not an embedding model", param="model")
-        if not inputs:
-            raise InvalidRequest("input must not be empty", param="input")
-        token_lists: list[list[int]] = []
-        for i, item in enumerate(inputs):
-            if isinstance(item, str):
-                toks = self.vocab.tokenize(item, add_special=True, parse_special=True)
-            else:
-                toks = [int(t) for t in item]
-                self._check_ids(toks, "input")
-            if not toks:
-                raise InvalidRequest(f"input {i} is empty", param="input")
-            if len(toks) > self.context:
-                raise ContextLengthExceeded(
-                    f"input {i} has {len(toks)} tokens; this model's context is {self.context} tokens",
-                    param="input")
-            token_lists.append(toks)
-        vectors = await self._call(lambda: self._embed_batches(token_lists))
+        token_lists = embedding_inputs(self.vocab, inputs, self.context)
+        vectors = await self._call(lambda: embed_batches(
+            self.ctx, self._batch, token_lists, max_seqs=self.parallel, n_embd=self.n_embd,
+            decode=self._decode_prompts))
         return EmbeddingResult(vectors=vectors, prompt_tokens=sum(map(len, token_lists)))
 
-    def _embed_batches(self, token_lists: list[list[int]]) -> list[list[float]]:
-        out: list[list[float]] = []
-        i = 0
-        while i < len(token_lists):
-            b = self._batch
-            b.clear()
-            seqs = 0
-            while i < len(token_lists) and seqs < self.parallel and b.free >= len(token_lists[i]):
-                b.add_span(token_lists[i], 0, seqs, output_last=True)
-                seqs += 1
-                i += 1
-            b.logits[: b.n] = 1  # pooling reads every token
-            self._decode_or_raise(b)
-            for s in range(seqs):
-                ptr = ll.llama_get_embeddings_seq(self.ctx, s)
-                if not ptr:
-                    raise EngineError("the model gives no pooled embeddings")
-                v = np.ctypeslib.as_array(ptr, shape=(self.n_embd,)).astype(np.float64)
-                norm = float(np.linalg.norm(v))
-                out.append((v / norm if norm > 0 else v).tolist())
-            if self.mem:
-                ll.llama_memory_clear(self.mem, True)
-            self.stats.prompt_tokens_evaluated += b.n
-        return out
+    def _decode_prompts(self, b: Batch) -> None:
+        self._decode_or_raise(b)
+        self.stats.prompt_tokens_evaluated += b.n
 
     # --- warm-up ---------------------------------------------------------------------------
 
@@ -511,10 +356,10 @@ class Runner:
         if err:
             raise err[0]
 
-    async def _call(self, fn: Callable[[], object]) -> object:
+    async def _call(self, fn: Callable[[], _T]) -> _T:
         """Run `fn` on the runner's thread (it owns the context) and await its result."""
         loop = asyncio.get_running_loop()
-        fut: asyncio.Future[object] = loop.create_future()
+        fut: asyncio.Future[_T] = loop.create_future()
 
         def task() -> None:
             try:
@@ -561,6 +406,7 @@ class Runner:
             self._fail_all(EngineError(f"the model's decoder stopped: {e}"))
 
     def _step(self) -> None:
+        """One step: admit, plan, decode, sample, emit; deliver every stream's items once."""
         with self._cond:
             self._drop_cancelled()
             loop = self._pending[0].gen._loop if self._pending and not self.busy_slots else None
@@ -569,31 +415,32 @@ class Runner:
         with self._cond:
             self._admit()
         self._collect_resamples()
-        parts = self._plan()
-        if not parts:
+        plan = plan_step(self._slots, self.n_batch)
+        if not plan:
             self._flush()  # cancelled jobs' ends
             return
         self.in_call_since = time.monotonic()
-        b = self._fill(parts)
-        self._start_masks(parts)  # constrained streams' masks, computed while the batch decodes
-        ret = ll.llama_decode(self.ctx, b.struct())
+        batch = self._fill(plan)
+        self._start_masks(plan)  # constrained streams' masks, computed while the batch decodes
+        ret = ll.llama_decode(self.ctx, batch.struct())
         if self._masks is not None:
             self._masks.wait()
         if ret == 0:
-            self._after(parts)
+            self._after(plan)
         else:
-            self._decode_failed(parts, ret)
+            self._decode_failed(plan, ret)
         self.in_call_since = None
         self.stats.steps += 1
         self.last_progress = time.monotonic()
         self._flush()
 
-    def _start_masks(self, parts: list[_Part]) -> None:
+    def _start_masks(self, plan: StepPlan) -> None:
         items = []
-        for p in parts:
-            if not p.output or p.slot.job is None:
+        for p in plan.parts:
+            job = self._slots[p.seq].job
+            if not p.output or job is None:
                 continue
-            slots = p.slot.job.slots if p.prompt else [p.slot]  # a prompt's row serves all its choices
+            slots = job.slots if p.prompt else [self._slots[p.seq]]  # a prompt's row serves all its choices
             items += [(s.choice.matcher, s.seq) for s in slots if s.choice is not None and s.choice.matcher is not None]
         if items:
             if self._masks is None:
@@ -621,60 +468,26 @@ class Runner:
             self._end_job(job)
 
     def _admit(self) -> None:
-        """Give waiting requests free slots, in arrival order; the first slot reuses the longest cached prefix."""
-        while self._pending:
-            job = self._pending[0]
-            free = [s for s in self._slots if s.job is None]
-            if len(free) < job.params.n:
-                return
-            self._pending.popleft()
-            lcps = {id(s): _common_prefix(s.cached, job.prompt) for s in free}
-            first = max(free, key=lambda s: (lcps[id(s)], -s.last_used))
-            keep = min(lcps[id(first)], len(job.prompt) - 1)  # always evaluate >= 1 token
-            if keep < len(first.cached):
-                if not ll.llama_memory_seq_rm(self.mem, first.seq, keep, -1):
-                    ll.llama_memory_seq_rm(self.mem, first.seq, -1, -1)
-                    keep = 0
-                first.cached = first.cached[:keep]
-            others = sorted((s for s in free if s is not first), key=lambda s: s.last_used)[: job.params.n - 1]
-            job.slots = [first, *others]
+        """Waiting requests into free slots (slots.SlotTable.admit); each slot gets its choice."""
+        for job in self._table.admit():
             for i, s in enumerate(job.slots):
-                s.job = job
-                s.choice = _Choice(i, job.samplers[i], TextStream(job.params.stop),
-                                   matcher=job.matchers[i] if job.matchers else None)
-                s.waiting = i > 0
-                s.reading = i == 0
-            job.active = len(job.slots)
-            job.cached = keep
+                s.choice = Choice(i, job.samplers[i], TextStream(job.params.stop),
+                                  matcher=job.matchers[i] if job.matchers else None)
             self.stats.requests += 1
-            self.stats.cached_tokens += keep
+            self.stats.cached_tokens += job.cached
 
-    def _plan(self) -> list[_Part]:
-        parts: list[_Part] = []
-        for s in self._slots:
-            if s.choice is not None and s.choice.pending is not None:
-                parts.append(_Part(s, [s.choice.pending], len(s.cached), output=True, prompt=False))
-        budget = self.n_batch - len(parts)
-        readers = sorted((s for s in self._slots if s.reading), key=lambda s: s.job.t_submit)  # type: ignore[union-attr]
-        for s in readers:
-            if budget <= 0:
-                break
-            job = s.job
-            assert job is not None
-            rest = job.prompt[len(s.cached):]
-            chunk = rest[:budget]
-            parts.append(_Part(s, chunk, len(s.cached), output=len(chunk) == len(rest), prompt=True))
-            budget -= len(chunk)
-        return parts
+    def _trim(self, seq: int, keep: int) -> bool:
+        """Drop a slot's KV from position `keep` on (-1: all of it)."""
+        return bool(ll.llama_memory_seq_rm(self.mem, seq, keep, -1))
 
-    def _fill(self, parts: list[_Part]) -> Batch:
+    def _fill(self, plan: StepPlan) -> Batch:
         b = self._batch
         b.clear()
-        for p in parts:
+        for p in plan.parts:
             if len(p.tokens) == 1:
-                p.idx = b.add(p.tokens[0], p.pos0, p.slot.seq, p.output)
+                b.add(p.tokens[0], p.pos0, p.seq, p.output)
             else:
-                p.idx = b.add_span(p.tokens, p.pos0, p.slot.seq, p.output)
+                b.add_span(p.tokens, p.pos0, p.seq, p.output)
         return b
 
     def _decode_or_raise(self, b: Batch) -> None:
@@ -686,32 +499,33 @@ class Runner:
         if ret != 0:
             raise EngineError(f"llama_decode failed ({ret})")
 
-    def _decode_failed(self, parts: list[_Part], ret: int) -> None:
+    def _decode_failed(self, plan: StepPlan, ret: int) -> None:
         """Isolate the failure: retry each request's tokens alone; fail only those that still fail."""
         self.stats.decode_failures += 1
         log.warning("runner %s: llama_decode returned %d for %d tokens; retrying per request",
-                    self.model_id, ret, sum(len(p.tokens) for p in parts))
-        for p in parts:  # drop whatever a partly processed batch left behind
-            ll.llama_memory_seq_rm(self.mem, p.slot.seq, len(p.slot.cached), -1)
-        by_job: dict[int, list[_Part]] = {}
-        for p in parts:
-            by_job.setdefault(id(p.slot.job), []).append(p)
-        for jparts in by_job.values():
-            job = jparts[0].slot.job
-            b = self._fill(jparts)
-            r = ll.llama_decode(self.ctx, b.struct())
+                    self.model_id, ret, plan.n_tokens)
+        for p in plan.parts:  # drop whatever a partly processed batch left behind
+            ll.llama_memory_seq_rm(self.mem, p.seq, len(self._slots[p.seq].cached), -1)
+        by_job: dict[int, list[int]] = {}
+        for p in plan.parts:
+            by_job.setdefault(id(self._slots[p.seq].job), []).append(p.seq)
+        for seqs in by_job.values():
+            job = self._slots[seqs[0]].job
+            alone = plan.only(seqs)
+            r = ll.llama_decode(self.ctx, self._fill(alone).struct())
             if r == 0:
-                self._after(jparts)
+                self._after(alone)
                 continue
-            for p in jparts:
-                ll.llama_memory_seq_rm(self.mem, p.slot.seq, len(p.slot.cached), -1)
+            for seq in seqs:
+                ll.llama_memory_seq_rm(self.mem, seq, len(self._slots[seq].cached), -1)
             what = "no room in the KV cache" if r == 1 else f"llama_decode returned {r}"
             assert job is not None
             self._fail_job(job, EngineError(f"decoding failed for this request: {what}"))
 
-    def _after(self, parts: list[_Part]) -> None:
-        for p in parts:
-            s = p.slot
+    def _after(self, plan: StepPlan) -> None:
+        """The batch is decoded: extend the slots' caches, sample where the plan has outputs."""
+        for p in plan.parts:
+            s = self._slots[p.seq]
             job = s.job
             if job is None or job.done:
                 continue
@@ -721,13 +535,13 @@ class Runner:
                 job.evaluated += len(p.tokens)
                 if p.output:
                     s.reading = False
-                    self._prompt_read(s, p.idx)
+                    self._prompt_read(s, p.row)
             else:
                 assert s.choice is not None
                 s.choice.pending = None
-                self._sample(s, p.idx)
+                self._sample(s, p.row)
 
-    def _prompt_read(self, first: _Slot, idx: int) -> None:
+    def _prompt_read(self, first: Slot, idx: int) -> None:
         job = first.job
         assert job is not None
         for s in job.slots[1:]:
@@ -741,7 +555,7 @@ class Runner:
                 return
             self._sample(s, idx)
 
-    def _sample(self, s: _Slot, idx: int) -> None:
+    def _sample(self, s: Slot, idx: int) -> None:
         job, ch = s.job, s.choice
         assert job is not None and ch is not None
         if ch.matcher is not None and self._masks is not None and idx >= 0:
@@ -799,96 +613,53 @@ class Runner:
         with self._cond:
             self._cond.notify_all()
 
-    def _emit(self, s: _Slot, tok: int, idx: int) -> None:
-        """Deliver a picked token: text, stops, length; `idx` is its row for logprobs (or -1)."""
+    def _emit(self, s: Slot, tok: int, idx: int) -> None:
+        """Deliver a picked token (output.OutputProcessor); `idx` is its row for logprobs (or -1)."""
         job, ch = s.job, s.choice
         assert job is not None and ch is not None
-        now = time.monotonic()
-        if job.t_first is None:
-            job.t_first = now
-        job.t_last = now
-        ch.generated += 1
-        job.completion += 1
-        self.stats.tokens_generated += 1
-        p = job.params
-        logprobs: list[TokenLogprob] = []
-        finish = None
-        if self.vocab.is_eog(tok) and not p.ignore_eos:
-            text = ch.text.flush()
-            finish = "stop"
-        elif ch.matcher is not None and not ch.matcher.consume_token(tok):
+        if ch.matcher is not None and not self.vocab.is_eog(tok) and not ch.matcher.consume_token(tok):
             self._fail_job(job, EngineError(f"the grammar refused a token: {ch.matcher.get_error()}"))
             return
-        else:
-            piece = self.vocab.piece(tok)
-            if p.logprobs:
-                logprobs.append(self._logprob(idx, tok, piece, p.top_logprobs))
-            text = ch.text.feed(piece)
-            if ch.text.stopped:
-                finish = "stop"
-            elif ch.generated >= job.max_tokens:
-                text += ch.text.flush()
-                finish = "length"
-            else:
-                ch.pending = tok
-        job.out.append(Delta(ch.index, text, logprobs, finish, (tok,)))
-        if finish is not None:
+        delta = self._output.token(job, ch, tok, idx, time.monotonic())
+        self.stats.tokens_generated += 1
+        job.out.append(delta)
+        if delta.finish_reason is not None:
             self._release(s)
+        else:
+            ch.pending = tok
 
-    def _logprob(self, idx: int, tok: int, piece: bytes, top_n: int) -> TokenLogprob:
-        r = row_logprobs(self.ctx, idx, self.vocab.n_vocab, tok, top_n)
-        top = []
-        for t, lp in r.top:
-            pc = self.vocab.piece(t)
-            top.append(TopLogprob(pc.decode("utf-8", errors="replace"), lp, list(pc)))
-        return TokenLogprob(piece.decode("utf-8", errors="replace"), r.logprob, list(piece), top)
+    def _row_logprobs(self, idx: int, tok: int, top_n: int) -> RowLogprobs:
+        return row_logprobs(self.ctx, idx, self.vocab.n_vocab, tok, top_n)
 
     # --- releasing -------------------------------------------------------------------------------
 
-    def _release(self, s: _Slot) -> None:
+    def _release(self, s: Slot) -> None:
         """Free a slot; its KV (exactly `s.cached`) stays for prefix reuse."""
-        job, ch = s.job, s.choice
-        s.job = s.choice = None
-        s.reading = s.waiting = False
-        s.last_used = time.monotonic()
+        ch = s.choice
+        ended = self._table.release(s)
         if ch is not None:
             ch.sampler.free()
-        if job is not None:
-            job.active -= 1
-            if job.active == 0:
-                self._end_job(job)
+        if ended is not None:
+            self._end_job(ended)
 
-    def _usage(self, job: _Job) -> Usage:
-        u = Usage(prompt_tokens=len(job.prompt), completion_tokens=job.completion,
-                  cached_tokens=job.cached, prompt_eval_tokens=job.evaluated)
-        if job.t_first is not None:
-            u.ttft_s = job.t_first - job.t_submit
-            if job.t_last is not None and job.completion > job.params.n and job.t_last > job.t_first:
-                u.decode_tokens_per_s = (job.completion - job.params.n) / (job.t_last - job.t_first)
-        return u
-
-    def _end_job(self, job: _Job) -> None:
+    def _end_job(self, job: Job) -> None:
         if job.done:
             return
         job.done = True
         for smp in job.samplers:
             smp.free()  # idempotent: already freed for released slots
-        job.out.append(self._usage(job))
+        job.out.append(usage(job))
         job.out.append(_END)
         self._send(job)
 
-    def _fail_job(self, job: _Job, exc: BaseException) -> None:
+    def _fail_job(self, job: Job, exc: BaseException) -> None:
         if job.done:
             return
-        for s in list(job.slots):
-            if s.job is job:
-                s.job = s.choice = None
-                s.reading = s.waiting = False
-                s.last_used = time.monotonic()
+        self._table.detach(job)
         job.done = True
         for smp in job.samplers:
             smp.free()
-        job.out.append(self._usage(job))
+        job.out.append(usage(job))
         job.out.append(exc)
         self._send(job)
 
@@ -901,7 +672,7 @@ class Runner:
                 self._fail_job(job, exc)
         self._flush()
 
-    def _send(self, job: _Job) -> None:
+    def _send(self, job: Job) -> None:
         """Queue the job's items for the next flush (one delivery per step for all jobs)."""
         if job.out and not job.queued:
             job.queued = True

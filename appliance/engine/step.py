@@ -1,0 +1,104 @@
+"""What one decode step does: a frozen plan, made by a pure function of the slots and a budget.
+
+Like vLLM's `SchedulerOutput`: the runner asks `plan_step()` what goes into the next
+`llama_decode`, fills the batch from the plan, decodes, and samples the plan's output rows.
+The policy lives here alone and is tested without llama.cpp:
+- every slot with a sampled token decodes it (one token each, always an output row);
+- prompts still being read fill the rest of the budget, oldest request first, in chunks;
+  a prompt's last chunk asks for an output row (its first token is sampled from it).
+A long prompt is thus read over several steps and never stalls generating slots.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterable, Protocol, Sequence
+
+
+class SlotState(Protocol):
+    """What the planner reads of a slot (slots.Slot provides it)."""
+
+    @property
+    def seq(self) -> int: ...
+
+    @property
+    def n_cached(self) -> int:
+        """Tokens whose KV the slot holds: the next token goes at this position."""
+        ...
+
+    @property
+    def next_token(self) -> int | None:
+        """A sampled token waiting to be decoded."""
+        ...
+
+    @property
+    def unread(self) -> Sequence[int]:
+        """Prompt tokens still to decode (empty unless the slot reads a prompt)."""
+        ...
+
+    @property
+    def submitted(self) -> float:
+        """When the slot's request arrived (prompts are read oldest first)."""
+        ...
+
+
+@dataclass(frozen=True)
+class Part:
+    """One slot's tokens in the step's batch, at consecutive rows ending at `row`."""
+
+    seq: int
+    tokens: tuple[int, ...]
+    pos0: int  # position of the first token in the slot's sequence
+    row: int  # batch row of the last token: its logits row when `output`
+    output: bool  # sample from the last token
+    prompt: bool  # prompt tokens (else one generated token)
+
+
+@dataclass(frozen=True)
+class StepPlan:
+    parts: tuple[Part, ...] = ()
+
+    @property
+    def n_tokens(self) -> int:
+        return sum(len(p.tokens) for p in self.parts)
+
+    def __bool__(self) -> bool:
+        return bool(self.parts)
+
+    def only(self, seqs: Iterable[int]) -> StepPlan:
+        """The same work for some slots alone, rows renumbered (retrying a failed decode
+        request by request)."""
+        keep = set(seqs)
+        return _numbered([p for p in self.parts if p.seq in keep])
+
+
+def plan_step(slots: Sequence[SlotState], budget: int) -> StepPlan:
+    """The next step: generated tokens first, then prompt chunks up to `budget` tokens in all.
+
+    Generated tokens are never cut (there is at most one per slot, and the context holds at
+    most `budget` slots); prompts take what is left, oldest request first."""
+    parts: list[Part] = []
+    for s in slots:
+        tok = s.next_token
+        if tok is not None:
+            parts.append(Part(s.seq, (tok,), s.n_cached, len(parts), output=True, prompt=False))
+    rows = len(parts)
+    readers = sorted((s for s in slots if s.unread), key=lambda s: s.submitted)
+    for s in readers:
+        if rows >= budget:
+            break
+        rest = s.unread
+        chunk = tuple(rest[: budget - rows])
+        rows += len(chunk)
+        parts.append(Part(s.seq, chunk, s.n_cached, rows - 1, output=len(chunk) == len(rest), prompt=True))
+    return StepPlan(tuple(parts))
+
+
+def _numbered(parts: Sequence[Part]) -> StepPlan:
+    """Assign batch rows in order: each part's last token's row."""
+    out: list[Part] = []
+    n = 0
+    for p in parts:
+        n += len(p.tokens)
+        out.append(Part(p.seq, p.tokens, p.pos0, n - 1, p.output, p.prompt))
+    return StepPlan(tuple(out))
