@@ -306,9 +306,14 @@ class Runner:
         if not self.embedding:
             raise InvalidRequest(f"model {self.model_id!r} is not an embedding model", param="model")
         token_lists = embedding_inputs(self.vocab, inputs, self.context)
-        vectors = await self._call(lambda: embed_batches(
-            self.ctx, self._batch, token_lists, max_seqs=self.parallel, n_embd=self.n_embd,
-            decode=self._decode_prompts))
+        gone = threading.Event()
+        try:
+            vectors = await self._call(lambda: embed_batches(
+                self.ctx, self._batch, token_lists, max_seqs=self.parallel, n_embd=self.n_embd,
+                decode=self._decode_prompts, stop=gone.is_set))
+        except asyncio.CancelledError:
+            gone.set()  # the runner's thread stops at the next batch
+            raise
         return EmbeddingResult(vectors=vectors, prompt_tokens=sum(map(len, token_lists)))
 
     def _decode_prompts(self, b: Batch) -> None:
