@@ -225,3 +225,29 @@ async def test_cancelled_embeddings_stop_holding_the_model(tiny_models: dict[str
         assert r.stats.prompt_tokens_evaluated < total  # the rest was never decoded
     finally:
         r.close()
+
+
+async def test_scopes_limited_admin_same_404_and_escaped_logs(
+        tmp_path: Path, tiny_models: dict[str, Path], caplog: pytest.LogCaptureFixture) -> None:
+    """Finding 9: a model-limited admin key acted on every model; forged log lines."""
+    from appliance.auth import create_key
+
+    s = write_config(tmp_path, {m: {"source": f"file://{tiny_models[m]}", "context": 128} for m in ("a", "b")})
+    pull_all(s)
+    token, _ = create_key(s.keys_path, "ops", scope="admin", models=["a"])
+    auth = {"Authorization": f"Bearer {token}"}
+    async with serving(s) as d, aiohttp.ClientSession(d.url, headers=auth) as http:
+        async with http.get("/admin/models") as r:
+            assert [m["id"] for m in (await r.json())["data"]] == ["a"]
+        for path in ("/admin/models/b/load", "/admin/models/b/unload", "/admin/models/zz/load"):
+            async with http.post(path) as r:
+                assert r.status == 404 and (await r.json())["error"]["code"] == "model_not_found", path
+        async with http.get("/admin/models/b") as r:
+            assert r.status == 404
+        async with http.post("/admin/models/a/load") as r:
+            assert r.status == 200
+        with caplog.at_level("INFO", logger="appliance.access"):
+            async with http.get("/v1/x%0AGET%20/forged%20200%1B[31m") as r:
+                assert r.status == 404
+        lines = [r.getMessage() for r in caplog.records if r.name == "appliance.access"]
+        assert lines and all("\n" not in ln and "\x1b" not in ln for ln in lines)

@@ -23,6 +23,7 @@ from aiohttp.web_protocol import RequestHandler
 
 from ..errors import ApplianceError, InvalidRequest, MethodNotAllowed, RequestTooLarge
 from .errors import error_payload
+from .middleware import log_safe
 
 log = logging.getLogger(__name__)
 
@@ -64,17 +65,12 @@ class JsonErrorRequestHandler(RequestHandler):
         else:
             detail = getattr(exc, "message", None) or message or "malformed HTTP request"
             err = {405: MethodNotAllowed, 413: RequestTooLarge}.get(status, InvalidRequest)(
-                f"malformed HTTP request: {_printable(str(detail))}")
+                f"malformed HTTP request: {log_safe(str(detail))}")
             err.status = status
-            log.info("refused a malformed HTTP request (%d): %s", status, _printable(str(detail)))
+            log.info("refused a malformed HTTP request (%d): %s", status, log_safe(str(detail)))
         resp = web.Response(status=status, text=json.dumps(error_payload(err)), content_type="application/json")
         resp.force_close()
         return resp
-
-
-def _printable(s: str, limit: int = 200) -> str:
-    s = "".join(c if c.isprintable() else "?" for c in s)
-    return s if len(s) <= limit else s[:limit] + "..."
 
 
 class _Refused(asyncio.Protocol):
