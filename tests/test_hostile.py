@@ -251,3 +251,26 @@ async def test_scopes_limited_admin_same_404_and_escaped_logs(
                 assert r.status == 404
         lines = [r.getMessage() for r in caplog.records if r.name == "appliance.access"]
         assert lines and all("\n" not in ln and "\x1b" not in ln for ln in lines)
+
+
+async def test_revoking_a_key_ends_its_running_stream(tmp_path: Path, tiny_models: dict[str, Path]) -> None:
+    """Finding 9: a stream went on for 382 events after its key was revoked."""
+    from appliance.auth import create_key, revoke_key
+
+    s = settings_with(tmp_path, tiny_models["a"])
+    pull_all(s)
+    token, _ = create_key(s.keys_path, "leaver")
+    body = {"model": "tiny", "prompt": "hi", "stream": True, "max_tokens": 4000, "logit_bias": NO_EOS}
+    async with serving(s) as d, aiohttp.ClientSession(d.url, headers={"Authorization": f"Bearer {token}"}) as http:
+        async with http.post("/v1/completions", json=body, timeout=aiohttp.ClientTimeout(SAFETY_S)) as r:
+            assert r.status == 200
+            events = []
+            async for line in r.content:
+                if not line.startswith(b"data: "):
+                    continue
+                events.append(line[6:].strip())
+                if len(events) == 1:
+                    revoke_key(s.keys_path, "leaver")
+            last = json.loads(events[-1])
+        assert last["error"]["code"] == "invalid_api_key"
+        assert b"[DONE]" not in events and len(events) < 4000

@@ -19,7 +19,7 @@ from .backend import Backend
 from .browser import browser_guard
 from .chat import chat_completions
 from .completions import completions
-from .context import CTX_KEY, ApiContext
+from .context import CTX_KEY, KEYRING_KEY, ApiContext
 from .directory import ModelDirectory
 from .embeddings import embeddings
 from .errors import MAX_BODY_KEY
@@ -54,6 +54,7 @@ def create_app(
     # client_max_size: aiohttp's own 413 for bodies that lie about (or omit) their length.
     app = web.Application(middlewares=middlewares, client_max_size=server.max_body_bytes)
     app[MAX_BODY_KEY] = server.max_body_bytes
+    app[KEYRING_KEY] = keyring
     app[TIMEOUTS_KEY] = Timeouts(body_s=server.body_timeout, write_s=server.write_timeout)
     app[STATE_KEY] = state or AppState()
     app[CTX_KEY] = ApiContext(

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import time
 from typing import Any
 
 from aiohttp import web
 
-from ..errors import ApplianceError
+from ..errors import ApplianceError, InvalidAPIKey
+from .context import KEYRING_KEY, api_key
 from .errors import error_payload
 from .state import request_info
 from .timeouts import write_within
@@ -17,8 +19,12 @@ class SSEStream:
     """One streamed response. Open it only once the first token is in hand, so a request
     that fails early still gets a real HTTP status instead of a 200 stream."""
 
+    KEY_CHECK_S = 1.0  # how often a stream re-checks its key: revocation ends it within this
+
     def __init__(self, request: web.Request) -> None:
         self.request = request
+        self._key = api_key(request)
+        self._key_checked = time.monotonic()
         self.response = web.StreamResponse(
             status=200,
             headers={
@@ -32,6 +38,20 @@ class SSEStream:
         await self.response.prepare(self.request)
 
     async def send(self, obj: dict[str, Any]) -> None:
+        self._check_key()
+        await self._send(obj)
+
+    def _check_key(self) -> None:
+        """A revoked key's stream ends (the handler turns this into an error event)."""
+        now = time.monotonic()
+        if self._key is None or now - self._key_checked < self.KEY_CHECK_S:
+            return
+        self._key_checked = now
+        keyring = self.request.app.get(KEYRING_KEY)
+        if keyring is not None and not keyring.active(self._key):
+            raise InvalidAPIKey(f"the API key {self._key.name!r} was revoked")
+
+    async def _send(self, obj: dict[str, Any]) -> None:
         data = json.dumps(obj, ensure_ascii=False, separators=(",", ":"))
         await write_within(self.request, self.response, b"data: " + data.encode("utf-8") + b"\n\n")
 
@@ -39,7 +59,7 @@ class SSEStream:
         """A failure after streaming began: recorded for the request's log line (as the error
         middleware does for plain HTTP errors), one error event, then the stream ends."""
         request_info(self.request)["error_code"] = exc.code
-        await self.send(error_payload(exc))
+        await self._send(error_payload(exc))
         await write_within(self.request, self.response, None)
         return self.response
 
