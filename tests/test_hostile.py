@@ -178,7 +178,8 @@ async def test_connection_cap_refuses_with_one_503_and_health_survives(
                         if r.status == 200:
                             break
                 except aiohttp.ClientError:
-                    await asyncio.sleep(0.05)
+                    pass
+                await asyncio.sleep(0.05)  # a retry interval, not a synchronisation
             else:
                 pytest.fail("/health never came back")
 
@@ -274,3 +275,24 @@ async def test_revoking_a_key_ends_its_running_stream(tmp_path: Path, tiny_model
             last = json.loads(events[-1])
         assert last["error"]["code"] == "invalid_api_key"
         assert b"[DONE]" not in events and len(events) < 4000
+
+
+async def test_cancelled_streams_count_their_tokens(tmp_path: Path, tiny_models: dict[str, Path]) -> None:
+    """Finding 9: cancelled requests were logged tokens=0+0 and reached no token metric."""
+    s = settings_with(tmp_path, tiny_models["a"])
+    pull_all(s)
+    records: list[Any] = []
+    logged = asyncio.Event()
+    body = {"model": "tiny", "prompt": "hi", "stream": True, "max_tokens": 4000, "logit_bias": NO_EOS}
+    async with serving(s) as d:
+        d.on_request(lambda rec: (records.append(rec), logged.set()))
+        async with aiohttp.ClientSession(d.url) as http:
+            async with http.post("/v1/completions", json=body) as r:
+                seen = 0
+                async for line in r.content:
+                    seen += line.startswith(b"data: ")
+                    if seen == 5:
+                        break  # hang up mid-stream
+        await asyncio.wait_for(logged.wait(), SAFETY_S)  # the server notices the hang-up
+    (rec,) = records
+    assert rec.status == 499 and rec.prompt_tokens > 0 and rec.completion_tokens >= 5

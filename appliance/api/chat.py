@@ -113,7 +113,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
                     raise
                 return await sse.error(e)
         finally:
-            await close(gen)
+            await close(gen, info)
     u = gen.usage
     note_usage(info, u)
     usage = usage_dict(u.prompt_tokens, u.completion_tokens, u.cached_tokens)

@@ -85,7 +85,7 @@ async def completions(request: web.Request) -> web.StreamResponse:
                         raise
                     return await sse.error(e)
             finally:
-                await close(gen)
+                await close(gen, info)
             note_usage(info, gen.usage)
     usage = usage_dict(info["prompt_tokens"], info["completion_tokens"])
     if sse is not None:

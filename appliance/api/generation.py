@@ -52,7 +52,13 @@ async def next_delta(gen: Any) -> Delta | None:
     return checked(d)
 
 
-async def close(gen: Any) -> None:
+async def close(gen: Any, info: dict[str, Any] | None = None) -> None:
+    """Cancel the Generation if it is still running; a request cut short (client gone,
+    error) still counts what it cost in `info` (log line, usage and token metrics)."""
+    if info is not None and not getattr(gen, "finished", True):
+        delivered = getattr(gen, "delivered", None)
+        if delivered is not None:
+            note_usage(info, delivered)
     aclose = getattr(gen, "aclose", None)
     if aclose is not None:
         await aclose()

@@ -271,6 +271,7 @@ class Runner:
         loop = asyncio.get_running_loop()
         job: Job
         gen = Generation(loop, p.n, lambda: self._cancel(job), req.request_id)
+        gen.delivered.prompt_tokens = len(prompt)
         job = Job(gen=gen, prompt=prompt, params=p, max_tokens=max_tokens, samplers=samplers,
                   t_submit=time.monotonic(),
                   matchers=p.constraint.fork(p.n) if p.constraint is not None else [])  # type: ignore[attr-defined]
