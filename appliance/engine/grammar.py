@@ -1,5 +1,8 @@
 """OpenAI `response_format` and tool schemas -> GBNF, through llama-cpp-python's converter.
 
+For direct engine callers of `SamplingParams.grammar`; the API constrains output with
+llguidance instead (engine/guidance.py: the GBNF path explodes on hostile schemas).
+
 The schema size is capped: a grammar's cost grows with it, and it is checked against a
 token on every step of the stream that asked for it.
 """
@@ -12,8 +15,8 @@ from typing import Any
 from llama_cpp.llama_grammar import JSON_GBNF, json_schema_to_gbnf
 
 from ..errors import InvalidRequest
+from .guidance import MAX_SCHEMA_BYTES, response_format_schema
 
-MAX_SCHEMA_BYTES = 64 * 1024
 
 
 def schema_to_gbnf(schema: Any, param: str = "response_format") -> str:
@@ -36,22 +39,10 @@ def grammar_for_response_format(rf: dict[str, Any] | None) -> str | None:
     "schema" if given, as llama-cpp-python accepts); {"type": "json_schema", "json_schema":
     {"schema": {...}}} -> that schema.
     """
-    if rf is None:
+    constrained, schema = response_format_schema(rf)
+    if not constrained:
         return None
-    if not isinstance(rf, dict):
-        raise InvalidRequest("response_format must be an object", param="response_format")
-    kind = rf.get("type", "text")
-    if kind == "text":
-        return None
-    if kind == "json_object":
-        schema = rf.get("schema")
-        return schema_to_gbnf(schema) if schema is not None else JSON_GBNF
-    if kind == "json_schema":
-        js = rf.get("json_schema")
-        if not isinstance(js, dict) or "schema" not in js:
-            raise InvalidRequest("response_format.json_schema.schema is required", param="response_format")
-        return schema_to_gbnf(js["schema"])
-    raise InvalidRequest(f"unsupported response_format type {kind!r}", param="response_format")
+    return schema_to_gbnf(schema) if schema is not None else JSON_GBNF
 
 
 def rename_root(gbnf: str, name: str) -> str:

@@ -87,25 +87,33 @@ def json_object_grammar() -> str:
     return schema_grammar({"type": "object"})
 
 
-def response_format_grammar(rf: dict[str, Any] | None) -> str | None:
-    """OpenAI response_format -> grammar; None for plain text. json_object may carry a
-    "schema" (as llama-cpp-python accepts); json_schema needs json_schema.schema."""
+def response_format_schema(rf: dict[str, Any] | None) -> tuple[bool, Any]:
+    """OpenAI response_format -> (constrained, schema): (False, None) for plain text, (True,
+    None) for any JSON object, else the schema. json_object may carry a "schema" (as
+    llama-cpp-python accepts); json_schema needs json_schema.schema."""
     if rf is None:
-        return None
+        return False, None
     if not isinstance(rf, dict):
         raise InvalidRequest("response_format must be an object", param="response_format")
     kind = rf.get("type", "text")
     if kind == "text":
-        return None
+        return False, None
     if kind == "json_object":
-        schema = rf.get("schema")
-        return schema_grammar(schema) if schema is not None else json_object_grammar()
+        return True, rf.get("schema")
     if kind == "json_schema":
         js = rf.get("json_schema")
         if not isinstance(js, dict) or "schema" not in js:
             raise InvalidRequest("response_format.json_schema.schema is required", param="response_format")
-        return schema_grammar(js["schema"])
+        return True, js["schema"]
     raise InvalidRequest(f"unsupported response_format type {kind!r}", param="response_format")
+
+
+def response_format_grammar(rf: dict[str, Any] | None) -> str | None:
+    """OpenAI response_format -> llguidance grammar; None for plain text."""
+    constrained, schema = response_format_schema(rf)
+    if not constrained:
+        return None
+    return schema_grammar(schema) if schema is not None else json_object_grammar()
 
 
 def gbnf_grammar(text: str, param: str = "grammar") -> str:
