@@ -20,7 +20,7 @@ import os
 import stat
 import tempfile
 from pathlib import Path
-from typing import Iterator
+from typing import BinaryIO, Iterator
 
 log = logging.getLogger(__name__)
 
@@ -41,15 +41,21 @@ def _copy_access(fd: int, path: Path, new_mode: int, keep_mask: int) -> None:
     os.fchmod(fd, mode)
 
 
-def write_atomic(path: Path, text: str, *, new_mode: int, keep_mask: int = 0o777) -> None:
-    """Write `text` to `path` via temp file + fsync + rename. A new file gets `new_mode`; an
-    existing one keeps its owner (as root), group and mode masked by `keep_mask`."""
+@contextlib.contextmanager
+def atomic_writer(path: Path, *, new_mode: int, keep_mask: int | None = 0o777) -> Iterator[BinaryIO]:
+    """A binary file that replaces `path` when the block ends (temp file beside it, fsync,
+    rename) and vanishes if the block raises. A new file gets `new_mode`; an existing one
+    keeps its owner (as root), group and mode masked by `keep_mask` (None: always `new_mode`,
+    for files every user may read whoever wrote them last)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            _copy_access(f.fileno(), path, new_mode, keep_mask)
-            f.write(text)
+        with os.fdopen(fd, "wb") as f:
+            if keep_mask is None:
+                os.fchmod(f.fileno(), new_mode)
+            else:
+                _copy_access(f.fileno(), path, new_mode, keep_mask)
+            yield f
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -59,6 +65,12 @@ def write_atomic(path: Path, text: str, *, new_mode: int, keep_mask: int = 0o777
         except FileNotFoundError:
             pass
         raise
+
+
+def write_atomic(path: Path, text: str, *, new_mode: int, keep_mask: int | None = 0o777) -> None:
+    """Replace `path` with `text` (UTF-8) the way `atomic_writer` does."""
+    with atomic_writer(path, new_mode=new_mode, keep_mask=keep_mask) as f:
+        f.write(text.encode("utf-8"))
 
 
 def lock_path(path: Path) -> Path:

@@ -31,8 +31,8 @@ class SystemClock:
         return time.monotonic()
 
     async def sleep_until(self, deadline: float) -> None:
-        delay = deadline - time.monotonic()
-        if delay > 0:
+        # asyncio may wake a timer up to its clock resolution early: sleep again until it is due
+        while (delay := deadline - time.monotonic()) > 0:
             await asyncio.sleep(delay)
 
 

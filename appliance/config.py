@@ -29,6 +29,7 @@ from pydantic import (
 
 from .errors import ConfigError
 from .units import parse_duration, parse_size
+from .validation import error_path, error_text
 
 CONFIG_NAME = "appliance.toml"
 MODELS_NAME = "models.toml"
@@ -269,21 +270,10 @@ def _read_toml(path: Path) -> dict[str, Any]:
         raise ConfigError(str(path), "", f"cannot read: {e.strerror}") from None
 
 
-def _first_error(e: ValidationError, prefix: tuple[str | int, ...] = ()) -> tuple[str, str]:
+def _first_error(e: ValidationError, prefix: tuple[str, ...] = ()) -> tuple[str, str]:
     err = e.errors()[0]
-    loc = [str(p) for p in prefix + tuple(err["loc"]) if not _is_union_tag(p)]
-    msg = err["msg"]
-    if err["type"] == "extra_forbidden":
-        msg = "unknown key"
-    msg = msg.removeprefix("Value error, ")
-    return ".".join(loc), msg
-
-
-def _is_union_tag(part: object) -> bool:
-    """Pydantic puts union member names into locations ('literal['auto']', 'int'); drop them."""
-    return isinstance(part, str) and (
-        part.startswith(("literal[", "list[", "function-")) or part in ("int", "str", "float", "bool")
-    )
+    msg = "unknown key" if err["type"] == "extra_forbidden" else error_text(err)
+    return error_path(err["loc"], prefix), msg
 
 
 def _env_int(var: str, value: str) -> int:

@@ -41,6 +41,7 @@ class Seen:
 class Behaviour:
     corrupt: bool = False
     cut_after: int | None = None  # close the connection after this many body bytes
+    cut_every: int | None = None  # every response, ranged ones too: at most this many bytes
     hold_after: int | None = None  # send this many bytes, set `held`, wait for `release`, then...
     close_after_hold: bool = True  # ...close the connection (False: send the rest)
     held: threading.Event = field(default_factory=threading.Event)
@@ -71,7 +72,8 @@ class FakeHub:
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        # shutdown() waits up to one poll interval (0.5 s by default) on every test's exit
+        self._thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
 
     def add(self, repo: str, path: str, data: bytes, **kw: str) -> HubFile:
         f = self.files[(repo, path)] = HubFile(data, **kw)
@@ -137,6 +139,11 @@ class FakeHub:
                     h.close_connection = True
                     return
                 h.wfile.write(data[b.hold_after :])
+                return
+            if b.cut_every is not None:
+                h.wfile.write(data[: b.cut_every])
+                h.wfile.flush()
+                h.close_connection = True
                 return
             if b.cut_after is not None and not start:
                 h.wfile.write(data[: b.cut_after])

@@ -12,11 +12,21 @@ seed-dependent next token, so models of different seeds continue a prompt differ
 Its rows for control, unknown and byte tokens are zero: greedy decoding emits only normal
 text tokens (never EOS by chance, never half a UTF-8 character) unless a grammar or logit
 bias asks for them.
+
+Writing one takes seconds (the vocab is parsed, 32000 rows drawn), so each is built once per
+content hash (this file, the vocab, shape, seed, library versions) into a cache directory
+($APPLIANCE_TEST_CACHE, default ~/.cache/appliance-tests) and copied to where a test wants
+it. Two pytest processes may build the same one at once: each writes a temp name and renames.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import hashlib
+import os
+import secrets
+import shutil
+from dataclasses import asdict, dataclass
+from importlib.metadata import version
 from pathlib import Path
 
 import gguf
@@ -24,6 +34,8 @@ import numpy as np
 
 DATA = Path(__file__).parent / "data"
 VOCAB = DATA / "ggml-vocab-llama-spm.gguf"
+# Read at import, before the tests' isolated_env points HOME elsewhere.
+CACHE = Path(os.environ.get("APPLIANCE_TEST_CACHE") or Path.home() / ".cache" / "appliance-tests") / "ggufs"
 
 
 @dataclass(frozen=True)
@@ -53,9 +65,39 @@ def _copy_tokenizer(w: gguf.GGUFWriter, vocab: Path) -> np.ndarray:
 
 
 def make_gguf(path: Path, shape: Shape = Shape(), seed: int = 0) -> Path:
-    """Write a random-weight llama GGUF of `shape` to `path` (F32 weights, untied output)."""
-    rng = np.random.default_rng(seed)
+    """A random-weight llama GGUF of `shape` at `path` (F32 weights, untied output): a copy of
+    the cached build, so a test may change or delete its file."""
     path.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(cached_gguf(shape, seed), path)
+    return path
+
+
+def cache_key(shape: Shape, seed: int) -> str:
+    """Everything the file's bytes depend on."""
+    h = hashlib.sha256()
+    for part in (Path(__file__).read_bytes(), VOCAB.read_bytes(), repr(sorted(asdict(shape).items())).encode(),
+                 str(seed).encode(), version("gguf").encode(), np.__version__.encode()):
+        h.update(hashlib.sha256(part).digest())
+    return h.hexdigest()
+
+
+def cached_gguf(shape: Shape, seed: int = 0) -> Path:
+    """The cached build for these inputs, written (temp name, rename) if missing."""
+    out = CACHE / f"{shape.name}-{cache_key(shape, seed)[:24]}.gguf"
+    if out.is_file():
+        return out
+    CACHE.mkdir(parents=True, exist_ok=True)
+    tmp = CACHE / f".{out.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp"
+    try:
+        _write_gguf(tmp, shape, seed)
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return out
+
+
+def _write_gguf(path: Path, shape: Shape, seed: int) -> None:
+    rng = np.random.default_rng(seed)
     w = gguf.GGUFWriter(str(path), "llama")
     w.add_name(shape.name)
     w.add_context_length(shape.n_ctx_train)
@@ -95,6 +137,61 @@ def make_gguf(path: Path, shape: Shape = Shape(), seed: int = 0) -> Path:
         t(f"blk.{i}.ffn_gate.weight", shape.n_ff, e)
         t(f"blk.{i}.ffn_down.weight", e, shape.n_ff)
         t(f"blk.{i}.ffn_up.weight", shape.n_ff, e)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+
+
+def make_big_vocab_gguf(path: Path, n_vocab: int = 262144, seed: int = 0) -> Path:
+    """A one-layer llama GGUF with Gemma 3's vocabulary size (262k tokens) and tiny tensors:
+    its header is what is slow to parse (three 262k-element tokenizer arrays), not its
+    weights. The spm vocabulary's tokens come first, then unique filler tokens."""
+    rng = np.random.default_rng(seed)
+    r = gguf.GGUFReader(VOCAB)
+    base_tokens = [bytes(x).decode() if not isinstance(x, str) else x for x in r.fields["tokenizer.ggml.tokens"].contents()]
+    base_scores = list(r.fields["tokenizer.ggml.scores"].contents())
+    base_types = list(r.fields["tokenizer.ggml.token_type"].contents())
+    extra = n_vocab - len(base_tokens)
+    tokens = base_tokens + [f"\u2581w{i}" for i in range(extra)]
+    scores = [float(x) for x in base_scores] + [-1e4 - i for i in range(extra)]
+    types = [int(x) for x in base_types] + [int(gguf.TokenType.NORMAL)] * extra
+    path.parent.mkdir(parents=True, exist_ok=True)
+    w = gguf.GGUFWriter(str(path), "llama")
+    e, n_head, n_ff = 16, 2, 32
+    w.add_name(path.stem)
+    w.add_context_length(4096)
+    w.add_embedding_length(e)
+    w.add_block_count(1)
+    w.add_feed_forward_length(n_ff)
+    w.add_head_count(n_head)
+    w.add_head_count_kv(1)
+    w.add_layer_norm_rms_eps(1e-5)
+    w.add_rope_dimension_count(e // n_head)
+    w.add_file_type(gguf.LlamaFileType.ALL_F32)
+    w.add_tokenizer_model("llama")
+    w.add_token_list(tokens)
+    w.add_token_scores(scores)
+    w.add_token_types(types)
+    for key in ("tokenizer.ggml.bos_token_id", "tokenizer.ggml.eos_token_id", "tokenizer.ggml.unknown_token_id"):
+        w.add_uint32(key, int(r.fields[key].contents()))
+    kv = e // n_head
+
+    def t(name: str, *dims: int) -> None:
+        arr = np.ones(dims, dtype=np.float32) if len(dims) == 1 else (rng.standard_normal(dims) * 0.02).astype(np.float32)
+        w.add_tensor(name, arr)
+
+    t("token_embd.weight", n_vocab, e)  # tied: no output.weight
+    t("output_norm.weight", e)
+    t("blk.0.attn_norm.weight", e)
+    t("blk.0.attn_q.weight", e, e)
+    t("blk.0.attn_k.weight", kv, e)
+    t("blk.0.attn_v.weight", kv, e)
+    t("blk.0.attn_output.weight", e, e)
+    t("blk.0.ffn_norm.weight", e)
+    t("blk.0.ffn_gate.weight", n_ff, e)
+    t("blk.0.ffn_down.weight", e, n_ff)
+    t("blk.0.ffn_up.weight", n_ff, e)
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()

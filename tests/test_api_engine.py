@@ -53,6 +53,12 @@ async def test_completion_n2_usage_and_lengths(env) -> None:  # noqa: ANN001
         assert [ch.index for ch in multi.choices] == [0, 1]
         echo = await c.completions.create(model="tiny", prompt="Echo me", max_tokens=2, echo=True, logit_bias=NO_EOS)
         assert echo.choices[0].text.startswith("Echo me")
+        prompt = "The same long prompt, twice: its prefix stays in a slot's cache. " * 3
+        first = await c.completions.create(model="tiny", prompt=prompt, max_tokens=2, logit_bias=NO_EOS)
+        again = await c.completions.create(model="tiny", prompt=prompt, max_tokens=2, logit_bias=NO_EOS)
+        assert first.usage.prompt_tokens == again.usage.prompt_tokens
+        assert again.usage.prompt_tokens_details is not None
+        assert again.usage.prompt_tokens_details.cached_tokens == again.usage.prompt_tokens - 1
 
 
 async def test_chat_non_streaming_strict(env) -> None:  # noqa: ANN001

@@ -79,16 +79,19 @@ def test_llama_cpp_python_server_is_pinned() -> None:
 
 
 def test_appliance_config_is_valid_and_pinned(tmp_path: Path) -> None:
+    """Paths with a quote and a backslash (TOML string escapes) come back as they were."""
     from appliance.config import load_settings
 
-    model = tmp_path / "m.gguf"
+    odd = tmp_path / 'it\'s "odd" \\ dir'
+    model = odd / "m.gguf"
+    model.parent.mkdir()
     model.write_bytes(b"")
     s = servers.Settings(model=model, context=300, parallel=3, gpu_layers=None, max_waiting=5)
-    cfg, models = servers.appliance_files(tmp_path / "wd", s, 8555)
+    cfg, models = servers.appliance_files(odd / "wd", s, 8555)
     loaded = load_settings(cfg, models)
     assert loaded.config.server.port == 8555 and loaded.config.server.host == "127.0.0.1"
     assert loaded.config.queue.max_waiting == 5
-    assert loaded.config.store.path == tmp_path / "wd" / "store"
+    assert loaded.config.store.path == odd / "wd" / "store"
     (mid,) = loaded.catalog.models
     m = loaded.catalog.models[mid]
     assert mid == servers.MODEL_ID and m.source == f"file://{model}"

@@ -4,7 +4,6 @@ run the CLI and fingerprint a whole store tree. (No tests here.)"""
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import io
 import os
@@ -17,10 +16,10 @@ from pathlib import Path
 
 import pytest
 
-from appliance.cli import main
 from appliance.config import load_catalog
 from appliance.store.core import Store
 from appliance.store.records import BlobRef
+from cli_support import run_cli
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -48,13 +47,8 @@ def make_site(d: Path, models_toml: str = "") -> Site:
 
 def cli(*argv: str) -> tuple[int, str, str]:
     """Run `appliance ARGV` in this process; returns (exit code, stdout, stderr)."""
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            rc = main(list(argv))
-        except SystemExit as e:  # argparse usage errors
-            rc = int(e.code or 0)
-    return rc, out.getvalue(), err.getvalue()
+    r = run_cli(*argv)
+    return r.returncode, r.stdout, r.stderr
 
 
 def cli_subprocess(*argv: str, **kwargs: object) -> subprocess.CompletedProcess[bytes]:

@@ -41,6 +41,8 @@ BAD_MODELS = [
         "duplicate alias 'x'",
     ),
     ('[m]\nsource = "hf://o/r/m.gguf"\n[n]\nsource = "hf://o/r/n.gguf"\naliases = ["m"]\n', "n.aliases[0]", "a model id"),
+    # pydantic's own errors name list items the same way (api/schemas.py does too)
+    ('[m]\nsource = "hf://o/r/m.gguf"\naliases = ["ok", 5]\n', "m.aliases[1]", "string"),
     ('[m]\nsource = "http://example.com/m.gguf"\n', "m.source", "must start with hf:// or file://"),
     ('[m]\nsource = "file://relative/m.gguf"\n', "m.source", "absolute path"),
     ('[m]\nsource = "hf://o/r/m.bin"\n', "m.source", ".gguf"),

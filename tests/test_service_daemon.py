@@ -5,6 +5,7 @@ chunks; socket timeouts are only a safety net."""
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import signal
@@ -15,12 +16,13 @@ import threading
 import urllib.error
 import urllib.request
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import pytest
 
 from appliance.config import load_settings
 from appliance.service import adminclient
+from cli_support import Ran, run_cli_env
 
 ROOT = Path(__file__).resolve().parent.parent
 SAFETY_S = 60  # never reached when things work
@@ -75,9 +77,10 @@ class Notifications:
 
 
 class Served:
-    def __init__(self, proc: subprocess.Popen[str], url: str, notify: Notifications, env: dict[str, str],
-                 cwd: Path) -> None:
-        self.proc, self.url, self.notify, self.env, self.cwd = proc, url, notify, env, cwd
+    def __init__(self, proc: subprocess.Popen[str], url: str, notify: Notifications,
+                 cli: Callable[..., Ran]) -> None:
+        self.proc, self.url, self.notify = proc, url, notify
+        self.cli = cli  # `appliance ARGS` in this process, on the daemon's config and store
 
     def get(self, path: str, token: str | None = None) -> tuple[int, dict[str, str], bytes]:
         return self._send(urllib.request.Request(self.url + path), token)
@@ -97,10 +100,6 @@ class Served:
         except urllib.error.HTTPError as e:
             return e.code, dict(e.headers), e.read()
 
-    def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "appliance", *args], env=self.env,
-                              cwd=self.cwd, capture_output=True, text=True, timeout=SAFETY_S)
-
     def stop(self) -> int:
         self.proc.send_signal(signal.SIGTERM)
         return self.proc.wait(SAFETY_S)
@@ -113,7 +112,7 @@ def write_catalog(path: Path, models: dict[str, Path]) -> None:
 
 
 @pytest.fixture
-def served(tmp_path: Path, tiny_models: dict[str, Path]) -> Iterator[Served]:
+def served(tmp_path: Path, tiny_models: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> Iterator[Served]:
     write_catalog(tmp_path / "models.toml", {"tiny": tiny_models["a"]})
     # A generous drain: a drain ends as soon as the last request finishes, and on a loaded
     # machine a 3000-token stream took over 90 s here (the 30 s default would cancel it).
@@ -124,8 +123,8 @@ def served(tmp_path: Path, tiny_models: dict[str, Path]) -> Iterator[Served]:
         NOTIFY_SOCKET=str(tmp_path / "notify.sock"), WATCHDOG_USEC="2000000",
     )
     notify = Notifications(tmp_path / "notify.sock")
-    pull = subprocess.run([sys.executable, "-m", "appliance", "pull", "tiny"], env=env, cwd=tmp_path,
-                          capture_output=True, text=True, timeout=SAFETY_S)
+    cli = functools.partial(run_cli_env, monkeypatch, {"APPLIANCE_STORE": str(tmp_path / "store")})
+    pull = cli("pull", "tiny")  # the cwd is tmp_path (isolated_env), as the daemon's
     assert pull.returncode == 0, pull.stderr
     proc = subprocess.Popen(
         [sys.executable, "-m", "appliance", "serve", "--port", "0"], env=env, cwd=tmp_path,
@@ -134,7 +133,7 @@ def served(tmp_path: Path, tiny_models: dict[str, Path]) -> Iterator[Served]:
     try:
         line = proc.stdout.readline() if proc.stdout else ""
         assert "serving on" in line, (tmp_path / "serve.log").read_text()
-        yield Served(proc, line.split("serving on ")[1].strip(), notify, env, tmp_path)
+        yield Served(proc, line.split("serving on ")[1].strip(), notify, cli)
     finally:
         if proc.poll() is None:
             proc.kill()

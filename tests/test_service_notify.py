@@ -93,10 +93,17 @@ def test_abstract_socket(monkeypatch: pytest.MonkeyPatch) -> None:
     sock.close()
 
 
-def test_without_notify_socket_nothing_is_sent() -> None:
-    n = Notifier()
+async def test_without_notify_socket_nothing_is_sent(notify_socket: socket.socket) -> None:
+    """An environment without NOTIFY_SOCKET sends nothing, even though this process's own
+    environment names a listening socket (sdnotify would read that one by itself)."""
+    n = Notifier(env={})
     assert not n.enabled
-    n.ready(); n.watchdog(); n.status("x"); n.stopping()  # noqa: E702 - no error, no socket
+    n.ready(); n.watchdog(); n.status("x"); n.extend_timeout(5); n.stopping()  # noqa: E702
+    async with n.extending(FakeClock()):
+        await asyncio.sleep(0)
+    assert drain(notify_socket) == []
+    Notifier().ready()  # the socket is live: the same call with NOTIFY_SOCKET arrives
+    assert drain(notify_socket) == ["READY=1"]
 
 
 def test_watchdog_interval() -> None:

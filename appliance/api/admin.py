@@ -10,19 +10,23 @@ them, pulling is not offered here and `bundle_signer` is null.
 from __future__ import annotations
 
 import asyncio
-from typing import Any, Awaitable, Callable
+from typing import TYPE_CHECKING, Any, Awaitable, Callable
 
 from aiohttp import web
 
 from ..config import Catalog
 from ..errors import ModelNotFound, NotFound
+from .backend import AdminBackend
 from .state import API_KEY
+
+if TYPE_CHECKING:
+    from ..scheduler.core import ModelStatus
 
 PullFn = Callable[[str], Awaitable[Any]]
 SignerFn = Callable[[str], "str | None"]
-PULL_KEY = web.AppKey("appliance_pull", PullFn)  # type: ignore[arg-type]
-SIGNER_KEY = web.AppKey("appliance_signer", SignerFn)  # type: ignore[arg-type]
-SCHEDULER_KEY = web.AppKey("appliance_scheduler", object)
+PULL_KEY: web.AppKey[PullFn] = web.AppKey("appliance_pull")
+SIGNER_KEY: web.AppKey[SignerFn] = web.AppKey("appliance_signer")
+SCHEDULER_KEY: web.AppKey[AdminBackend] = web.AppKey("appliance_scheduler")
 
 
 def mount_store(app: web.Application, store: Any, catalog: Callable[[], Catalog]) -> None:
@@ -46,7 +50,7 @@ def mount_store(app: web.Application, store: Any, catalog: Callable[[], Catalog]
     app[SIGNER_KEY] = signer
 
 
-def add_admin_routes(app: web.Application, scheduler: Any) -> None:
+def add_admin_routes(app: web.Application, scheduler: AdminBackend) -> None:
     app[SCHEDULER_KEY] = scheduler
     app.router.add_get("/admin/models", list_models)
     app.router.add_get("/admin/models/{id}", get_model)
@@ -55,17 +59,17 @@ def add_admin_routes(app: web.Application, scheduler: Any) -> None:
     app.router.add_post("/admin/models/{id}/pull", pull_model)
 
 
-def _sched(request: web.Request) -> Any:
+def _sched(request: web.Request) -> AdminBackend:
     return request.app[SCHEDULER_KEY]
 
 
-def _mine(request: web.Request, status: Any) -> bool:
+def _mine(request: web.Request, status: ModelStatus) -> bool:
     """An admin key limited to models sees and acts on those only (open mode: everything)."""
     key = request.get(API_KEY)
     return key is None or key.may_use(status.id)
 
 
-def _status(request: web.Request) -> Any:
+def _status(request: web.Request) -> ModelStatus:
     """The named model's row, or the same 404 as a missing model when it is not this key's."""
     status = _sched(request).status(request.match_info["id"])
     if not _mine(request, status):
@@ -73,7 +77,7 @@ def _status(request: web.Request) -> Any:
     return status
 
 
-def _row(request: web.Request, status: Any) -> dict[str, Any]:
+def _row(request: web.Request, status: ModelStatus) -> dict[str, Any]:
     """A scheduler status row plus the store's bundle signer (a key fingerprint, or null)."""
     row = status.to_json()
     signer = request.app.get(SIGNER_KEY)

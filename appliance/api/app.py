@@ -2,8 +2,9 @@
 
 Middlewares, outermost first: request context (id, log line, hooks) -> errors (one
 mapping) -> browser guard (Host, cross-site POSTs) -> CORS preflight -> draining -> body limit -> auth (+ rate limit). Routes:
-probes, /v1 (OpenAI), /admin (scheduler's, admin scope by path). The daemon owns the
-AppRunner/TCPSite (handler_cancellation=True) so the drain can keep the listener open.
+probes, /v1 (OpenAI), /admin (scheduler's, admin scope by path), the web console at /
+(appliance/console). The daemon owns the AppRunner/TCPSite (handler_cancellation=True) so
+the drain can keep the listener open.
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ from aiohttp import web
 
 from ..auth import Keyring, RateLimiter
 from ..config import Catalog, Settings
-from .backend import Backend
+from .admin import add_admin_routes
+from .backend import AdminBackend
 from .browser import browser_guard
 from .chat import chat_completions
 from .completions import completions
@@ -33,22 +35,21 @@ from .timeouts import TIMEOUTS_KEY, Timeouts
 def create_app(
     settings: Settings,
     *,
-    backend: Backend,
+    backend: AdminBackend,
     keyring: Keyring,
     state: AppState | None = None,
     catalog: Callable[[], Catalog] | None = None,
     store: Any = None,
     limiter: RateLimiter | None = None,
     open_without_keys: bool = True,
-    scheduler: Any = None,
 ) -> web.Application:
     """Build the app. `catalog` returns the live catalog (models.toml may be re-read);
-    `open_without_keys` is True only when listening on loopback; `scheduler`, when given,
-    gets its admin routes mounted under /admin (admin scope)."""
+    `open_without_keys` is True only when listening on loopback; the backend's admin routes
+    are mounted under /admin (admin scope)."""
     server = settings.config.server
     cors_mw = cors(list(server.cors_origins))
     guard = browser_guard(server.host, server.allowed_hosts, server.cors_origins)
-    middlewares = [request_context, errors, guard, cors_mw, draining, body_limit,
+    middlewares = [request_context, errors, guard, cors_mw.middleware, draining, body_limit,
                    auth(keyring, limiter or RateLimiter(), open_without_keys=open_without_keys,
                         metrics_public=server.metrics_public)]
     # client_max_size: aiohttp's own 413 for bodies that lie about (or omit) their length.
@@ -68,8 +69,9 @@ def create_app(
     app.router.add_post("/v1/chat/completions", chat_completions)
     app.router.add_post("/v1/completions", completions)
     app.router.add_post("/v1/embeddings", embeddings)
-    if scheduler is not None:
-        from .admin import add_admin_routes
+    add_admin_routes(app, backend)
+    from ..console import add_console
 
-        add_admin_routes(app, scheduler)
+    add_console(app, settings, catalog=catalog or (lambda: settings.catalog), keyring=keyring,
+                state=app[STATE_KEY], scheduler=backend, store=store)
     return app

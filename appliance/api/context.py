@@ -8,10 +8,9 @@ from aiohttp import web
 
 from ..auth import ApiKey, Keyring
 from ..config import ModelConfig
-from ..errors import InvalidRequest
 from .backend import Backend
 from .directory import ModelDirectory
-from .state import API_KEY, request_info
+from .state import API_KEY, request_facts
 
 
 @dataclass
@@ -37,14 +36,5 @@ def key_name(request: web.Request) -> str:
 
 def resolve_model(request: web.Request, name: str) -> tuple[str, ModelConfig]:
     mid, cfg = request.app[CTX_KEY].directory.resolve(name, api_key(request))
-    request_info(request)["model"] = mid
+    request_facts(request).model = mid
     return mid, cfg
-
-
-def check_n(n: int, cfg: ModelConfig, mid: str) -> None:
-    """n choices decode in n slots at once; more than the model has can never be served."""
-    if n > cfg.parallel:
-        raise InvalidRequest(
-            f"n={n} is more than the {cfg.parallel} parallel sequences of the model {mid!r}",
-            param="n",
-        )

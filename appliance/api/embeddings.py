@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import inspect
 import sys
 from array import array
 from typing import Any
@@ -13,7 +12,7 @@ from aiohttp import web
 from ..errors import InvalidRequest
 from .context import CTX_KEY, key_name, resolve_model
 from .schemas import EmbeddingRequest, parse_body, read_json
-from .state import request_info
+from .state import request_facts
 
 
 def encode_base64(vector: list[float]) -> str:
@@ -31,9 +30,7 @@ async def embeddings(request: web.Request) -> web.Response:
         raise InvalidRequest(f"the model {mid!r} does not serve embeddings (embedding = false in models.toml)", param="model")
     inputs = body.inputs
     async with request.app[CTX_KEY].backend.lease(mid, key_name(request), slots=1) as runner:
-        result = runner.embed(inputs)
-        if inspect.isawaitable(result):
-            result = await result
+        result = await runner.embed(inputs)
     if body.dimensions is not None and body.dimensions != len(result.vectors[0]):
         raise InvalidRequest(
             f"the model {mid!r} makes {len(result.vectors[0])}-dimensional embeddings; dimensions cannot change that",
@@ -47,7 +44,7 @@ async def embeddings(request: web.Request) -> web.Response:
         }
         for i, v in enumerate(result.vectors)
     ]
-    request_info(request)["prompt_tokens"] = result.prompt_tokens
+    request_facts(request).prompt_tokens = result.prompt_tokens
     return web.json_response(
         {
             "object": "list",

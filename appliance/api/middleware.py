@@ -4,18 +4,21 @@ limit, authentication. Each has one job; `create_app` stacks them in this order.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import re
 import secrets
 import time
+from dataclasses import dataclass
 from typing import Awaitable, Callable
 
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 
 from ..auth import ADMIN, INFERENCE, Keyring, RateLimiter
 from ..errors import ApplianceError, Draining, InsufficientScope, NotReady, RequestTooLarge
 from .errors import MAX_BODY_KEY, error_response, from_http_exception
-from .state import API_KEY, REQUEST_ID, STATE_KEY, RequestRecord, request_id_var, request_info
+from .state import API_KEY, REQUEST_ID, STATE_KEY, RequestRecord, request_facts, request_id_var
 
 log = logging.getLogger("appliance.api")
 access_log = logging.getLogger("appliance.access")
@@ -49,7 +52,7 @@ async def request_context(request: web.Request, handler: Handler) -> web.StreamR
     request[REQUEST_ID] = rid
     token = request_id_var.set(rid)
     state = request.app[STATE_KEY]
-    info = request_info(request)
+    facts = request_facts(request)
     start = time.perf_counter()
     status = 500
     state.in_flight += 1
@@ -65,15 +68,12 @@ async def request_context(request: web.Request, handler: Handler) -> web.StreamR
         latency = time.perf_counter() - start
         access_log.info(  # client-controlled fields escaped: no forged lines, no terminal escapes
             "%s %s %d %.3fs key=%s model=%s tokens=%d+%d",
-            log_safe(request.method), log_safe(request.path), status, latency, log_safe(info["key_name"] or "-"),
-            log_safe(info["model"] or "-"), info["prompt_tokens"], info["completion_tokens"],
+            log_safe(request.method), log_safe(request.path), status, latency, log_safe(facts.key_name or "-"),
+            log_safe(facts.model or "-"), facts.prompt_tokens, facts.completion_tokens,
         )
         record = RequestRecord(
-            request_id=rid, method=request.method, path=request.path,
-            key_name=info["key_name"], model=info["model"], status=status,
-            prompt_tokens=info["prompt_tokens"], completion_tokens=info["completion_tokens"],
-            latency_s=latency, stream=info["stream"], error_code=info["error_code"],
-            ttft_s=info["ttft_s"], decode_tokens_per_s=info["decode_tokens_per_s"],
+            request_id=rid, method=request.method, path=request.path, status=status, latency_s=latency,
+            **dataclasses.asdict(facts),
         )
         for hook in list(state.on_request):
             try:
@@ -106,17 +106,28 @@ async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         err = mapped
     except asyncio.CancelledError:
         raise
+    except ConnectionResetError:  # aiohttp's ClientConnectionResetError: the client hung up
+        request_facts(request).error_code = "client_closed"
+        return web.Response(status=499)  # logged and counted as such; nobody reads it
     except Exception:
         log.exception("unhandled error in %s %s", request.method, request.path)
         err = ApplianceError("internal error; the server log has details (request id in x-request-id)")
         logged = True
-    request_info(request)["error_code"] = err.code
+    request_facts(request).error_code = err.code
     if err.status >= 500 and not logged:  # the engine's own failures too: the log must say what went wrong
         log.warning("%s: %s", err.code, err.message)
     return error_response(err)
 
 
-def cors(origins: list[str]) -> Callable:
+@dataclass(frozen=True)
+class Cors:
+    """The CORS middleware and the response hook that marks allowed origins' responses."""
+
+    middleware: Middleware
+    on_prepare: Callable[[web.Request, web.StreamResponse], Awaitable[None]]
+
+
+def cors(origins: list[str]) -> Cors:
     """Answer preflights for allowed origins and mark their responses (small on purpose:
     the whole API is header-authenticated, so no cookies and no credentials mode)."""
     allow_any = "*" in origins
@@ -152,16 +163,16 @@ def cors(origins: list[str]) -> Callable:
             if not allow_any:
                 response.headers.add("Vary", "Origin")
 
-    cors_middleware.on_prepare = on_prepare  # type: ignore[attr-defined]
-    return cors_middleware
+    return Cors(cors_middleware, on_prepare)
 
 
 @web.middleware
 async def draining(request: web.Request, handler: Handler) -> web.StreamResponse:
     """While draining, new requests get 503 draining (and Connection: close); while starting
-    (the listener opens before pinned models load), 503 not_ready with Retry-After. Probes pass."""
+    (the listener opens before pinned models load), 503 not_ready with Retry-After. Probes
+    and the console's page pass (the page then shows the state and retries)."""
     state = request.app[STATE_KEY]
-    if request.path not in OPEN_PATHS:
+    if request.path not in OPEN_PATHS and not is_page_path(request.path):
         if state.draining:
             raise Draining("the server is shutting down; retry on another instance or later")
         if not state.ready:
@@ -180,16 +191,23 @@ async def body_limit(request: web.Request, handler: Handler) -> web.StreamRespon
     return await handler(request)
 
 
+def is_page_path(path: str) -> bool:
+    """The web console's page and static files: open, they hold no secret (the key is
+    typed into the page, whose own requests carry it like any client's)."""
+    return path == "/" or path.startswith("/console/static/")
+
+
 def required_scope(path: str, metrics_public: bool) -> str | None:
-    """None for open probes, 'admin' for /admin and /metrics, 'inference' for the rest."""
-    if path in OPEN_PATHS or (path == "/metrics" and metrics_public):
+    """None for open probes and the console's page, 'admin' for /admin and /metrics,
+    'inference' for the rest."""
+    if path in OPEN_PATHS or is_page_path(path) or (path == "/metrics" and metrics_public):
         return None
     if path == "/metrics" or path == "/admin" or path.startswith("/admin/"):
         return ADMIN
     return INFERENCE
 
 
-def auth(keyring: Keyring, limiter: RateLimiter, *, open_without_keys: bool, metrics_public: bool) -> Callable:
+def auth(keyring: Keyring, limiter: RateLimiter, *, open_without_keys: bool, metrics_public: bool) -> Middleware:
     """Bearer-token auth, scope check and per-key rate limit.
 
     `open_without_keys`: with no keys at all, let everything through (the solo developer on
@@ -204,7 +222,7 @@ def auth(keyring: Keyring, limiter: RateLimiter, *, open_without_keys: bool, met
         header = request.headers.get("Authorization", "")
         scheme, _, token = header.partition(" ")
         key = keyring.authenticate(token.strip() if scheme.lower() == "bearer" else None)
-        request_info(request)["key_name"] = key.name
+        request_facts(request).key_name = key.name
         if not key.has_scope(scope):
             raise InsufficientScope(f"key {key.name!r} lacks the {scope!r} scope needed for {request.path}")
         limiter.take(key.name, key.rpm)

@@ -11,10 +11,12 @@ from typing import Annotated, Any, Literal, TypeVar
 
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_core import ErrorDetails
 
 from ..errors import InvalidJSON, InvalidRequest
 from . import budgets
 from .timeouts import read_body
+from ..validation import error_path, error_text
 
 
 class _Body(BaseModel):
@@ -240,7 +242,7 @@ class CompletionRequest(_Sampling):
         if isinstance(p, str):
             return [p]
         if p and isinstance(p[0], int):
-            return [list(p)]  # type: ignore[arg-type]
+            return [list(p)]
         return list(p)  # type: ignore[arg-type]
 
 
@@ -265,7 +267,7 @@ class EmbeddingRequest(_Body):
         if isinstance(i, str):
             return [i]
         if i and isinstance(i[0], int):
-            return [list(i)]  # type: ignore[arg-type]
+            return [list(i)]
         return list(i)  # type: ignore[arg-type]
 
 
@@ -282,34 +284,11 @@ class _ParamError(ValueError):
 
 T = TypeVar("T", bound=BaseModel)
 
-_TAG_WORDS = {"str", "int", "float", "bool", "none", "list", "dict"}
 
-
-def _is_tag(part: object) -> bool:
-    """Union member labels pydantic puts into error locations ('str', 'list[TextPart]', 'TextPart')."""
-    if not isinstance(part, str):
-        return False
-    return part in _TAG_WORDS or "[" in part or "(" in part or part[:1].isupper()
-
-
-def param_of(loc: tuple[Any, ...]) -> str:
-    """('messages', 0, 'role') -> 'messages[0].role'."""
-    out = ""
-    for part in loc:
-        if _is_tag(part):
-            continue
-        if isinstance(part, int):
-            out += f"[{part}]"
-        else:
-            out += ("." if out else "") + str(part)
-    return out
-
-
-def _message(err: dict[str, Any], param: str) -> str:
-    msg = str(err.get("msg", "invalid value")).removeprefix("Value error, ")
-    if err.get("type") == "missing":
+def _message(err: ErrorDetails, param: str) -> str:
+    if err["type"] == "missing":
         return f"missing required parameter: {param!r}"
-    return f"invalid value for {param!r}: {msg}" if param else msg
+    return f"invalid value for {param!r}: {error_text(err)}" if param else error_text(err)
 
 
 def parse_body(model: type[T], body: Any) -> T:
@@ -326,8 +305,8 @@ def parse_body(model: type[T], body: Any) -> T:
             if isinstance(ctx_err, _ParamError):
                 raise InvalidRequest(ctx_err.message, param=ctx_err.param) from None
         # Of a union's alternatives, the one that got furthest says most ("content[0].type").
-        err = max(errs, key=lambda x: len(param_of(tuple(x["loc"]))))
-        param = param_of(tuple(err["loc"]))
+        err = max(errs, key=lambda x: len(error_path(x["loc"])))
+        param = error_path(err["loc"])
         raise InvalidRequest(_message(err, param), param=param or None) from None
 
 

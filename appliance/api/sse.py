@@ -11,7 +11,7 @@ from aiohttp import web
 from ..errors import ApplianceError, InvalidAPIKey
 from .context import KEYRING_KEY, api_key
 from .errors import error_payload
-from .state import request_info
+from .state import STATE_KEY, request_facts
 from .timeouts import write_within
 
 
@@ -25,6 +25,7 @@ class SSEStream:
         self.request = request
         self._key = api_key(request)
         self._key_checked = time.monotonic()
+        self.ended = False  # error() or done() sent the end: later sends are dropped
         self.response = web.StreamResponse(
             status=200,
             headers={
@@ -36,15 +37,20 @@ class SSEStream:
 
     async def open(self) -> None:
         await self.response.prepare(self.request)
+        self._streams().add(self)
+
+    def _streams(self) -> set[Any]:
+        state = self.request.app.get(STATE_KEY)
+        return state.streams if state is not None else set()
 
     async def send(self, obj: dict[str, Any]) -> None:
         self._check_key()
         await self._send(obj)
 
     def _check_key(self) -> None:
-        """A revoked key's stream ends (the handler turns this into an error event)."""
+        """A revoked key's stream ends (the relay turns this into an error event)."""
         now = time.monotonic()
-        if self._key is None or now - self._key_checked < self.KEY_CHECK_S:
+        if self._key is None or self.ended or now - self._key_checked < self.KEY_CHECK_S:
             return
         self._key_checked = now
         keyring = self.request.app.get(KEYRING_KEY)
@@ -52,17 +58,41 @@ class SSEStream:
             raise InvalidAPIKey(f"the API key {self._key.name!r} was revoked")
 
     async def _send(self, obj: dict[str, Any]) -> None:
+        if self.ended:
+            return
         data = json.dumps(obj, ensure_ascii=False, separators=(",", ":"))
         await write_within(self.request, self.response, b"data: " + data.encode("utf-8") + b"\n\n")
 
     async def error(self, exc: ApplianceError) -> web.StreamResponse:
         """A failure after streaming began: recorded for the request's log line (as the error
         middleware does for plain HTTP errors), one error event, then the stream ends."""
-        request_info(self.request)["error_code"] = exc.code
-        await self._send(error_payload(exc))
-        await write_within(self.request, self.response, None)
+        if not self.ended:
+            request_facts(self.request).error_code = exc.code
+            await self._send(error_payload(exc))
+            self._end()
+            await write_within(self.request, self.response, None)
         return self.response
 
     async def done(self) -> None:
+        if self.ended:
+            return
+        self._end()
         await write_within(self.request, self.response, b"data: [DONE]\n\n")
         await write_within(self.request, self.response, None)
+
+    def _end(self) -> None:
+        self.ended = True
+        self._streams().discard(self)
+
+
+async def end_streams(streams: set[Any], exc: ApplianceError) -> int:
+    """End every open stream with `exc` as its error event (the drain timeout passed): the
+    client sees why and a proper end, not a body cut mid-way. Returns how many were ended."""
+    n = 0
+    for s in list(streams):
+        try:
+            await s.error(exc)
+            n += 1
+        except Exception:  # that client is gone already
+            s._end()
+    return n

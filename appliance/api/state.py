@@ -14,6 +14,8 @@ from typing import Any, Callable
 
 from aiohttp import web
 
+from ..engine.types import Usage
+
 request_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
 
 
@@ -26,20 +28,39 @@ class RequestIdFilter(logging.Filter):
 
 
 @dataclass
-class RequestRecord:
+class RequestFacts:
+    """What handlers learn about one request while serving it (who, which model, tokens),
+    read once by the request-context middleware for the log line and the on_request hooks."""
+
+    key_name: str | None = None
+    model: str | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    stream: bool = False
+    error_code: str | None = None
+    ttft_s: float | None = None
+    decode_tokens_per_s: float | None = None
+
+    def add_usage(self, u: Usage) -> None:
+        """Add one Generation's usage. A request with several prompts keeps the first TTFT (the
+        client waited for that one) and the last decode rate."""
+        self.prompt_tokens += u.prompt_tokens
+        self.completion_tokens += u.completion_tokens
+        if self.ttft_s is None:
+            self.ttft_s = u.ttft_s
+        if u.decode_tokens_per_s:
+            self.decode_tokens_per_s = u.decode_tokens_per_s
+
+
+@dataclass(kw_only=True)
+class RequestRecord(RequestFacts):
+    """One finished request, as the on_request hooks (metrics, audit) get it."""
+
     request_id: str
     method: str
     path: str
-    key_name: str | None  # None: no key (open mode or refused before auth)
-    model: str | None
     status: int
-    prompt_tokens: int
-    completion_tokens: int
     latency_s: float
-    stream: bool = False
-    error_code: str | None = None
-    ttft_s: float | None = None  # engine's time to first token (generation requests)
-    decode_tokens_per_s: float | None = None  # engine's decode rate after the first token
 
 
 @dataclass
@@ -48,6 +69,7 @@ class AppState:
     draining: bool = False
     on_request: list[Callable[[RequestRecord], None]] = field(default_factory=list)
     in_flight: int = 0  # requests being handled now (the drain waits for 0)
+    streams: set[Any] = field(default_factory=set)  # open SSE streams (sse.SSEStream)
 
 
 STATE_KEY = web.AppKey("appliance_state", AppState)
@@ -61,22 +83,13 @@ def _rkey(name: str, t: type) -> Any:
 
 
 REQUEST_ID = _rkey("appliance_request_id", str)
-INFO = _rkey("appliance_info", dict)
+FACTS = _rkey("appliance_facts", RequestFacts)
 API_KEY = _rkey("appliance_api_key", object)
 
 
-def request_info(request: web.Request) -> dict:
-    """Per-request facts handlers fill in for the log line and the on_request hooks."""
-    info = request.get(INFO)
-    if info is None:
-        info = request[INFO] = {
-            "key_name": None,
-            "model": None,
-            "prompt_tokens": 0,
-            "completion_tokens": 0,
-            "stream": False,
-            "error_code": None,
-            "ttft_s": None,
-            "decode_tokens_per_s": None,
-        }
-    return info
+def request_facts(request: web.Request) -> RequestFacts:
+    """This request's facts, made on first use."""
+    facts = request.get(FACTS)
+    if facts is None:
+        facts = request[FACTS] = RequestFacts()
+    return facts

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import AsyncIterator
 
 import aiohttp
+import tomlkit
 
 from ..errors import BenchError, UsageError
 from .load import Target
@@ -114,19 +115,24 @@ def llama_cpp_python_argv(s: Settings, port: int) -> list[str]:
 
 
 def appliance_files(workdir: Path, s: Settings, port: int) -> tuple[Path, Path]:
-    """appliance.toml and models.toml for the run (the model comes from a file:// source)."""
+    """appliance.toml and models.toml for the run (the model comes from a file:// source),
+    written by tomlkit so that any path (quotes, backslashes) stays one TOML string."""
     workdir.mkdir(parents=True, exist_ok=True)
     cfg, models = workdir / "appliance.toml", workdir / "models.toml"
-    cfg.write_text(
-        f'[server]\nhost = "127.0.0.1"\nport = {port}\n\n[store]\npath = "{workdir / "store"}"\n\n'
-        f'[memory]\nreserve = "1GiB"\n\n[queue]\nmax_waiting = {s.max_waiting}\n'
-    )
-    gpu_layers = '"all"' if s.gpu_layers is None else str(s.gpu_layers)
-    models.write_text(
-        f'[{MODEL_ID}]\nsource = "file://{s.model.resolve()}"\ncontext = {s.context}\n'
-        f'parallel = {s.parallel}\ngpu_layers = {gpu_layers}\nkv_cache_type = "{s.kv_cache_type}"\n'
-        f'keep_alive = "forever"\n'
-    )
+    cfg.write_text(tomlkit.dumps({
+        "server": {"host": "127.0.0.1", "port": port},
+        "store": {"path": str(workdir / "store")},
+        "memory": {"reserve": "1GiB"},
+        "queue": {"max_waiting": s.max_waiting},
+    }))
+    models.write_text(tomlkit.dumps({MODEL_ID: {
+        "source": f"file://{s.model.resolve()}",
+        "context": s.context,
+        "parallel": s.parallel,
+        "gpu_layers": "all" if s.gpu_layers is None else s.gpu_layers,
+        "kv_cache_type": s.kv_cache_type,
+        "keep_alive": "forever",
+    }}))
     return cfg, models
 
 

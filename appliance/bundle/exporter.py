@@ -7,8 +7,6 @@ longer matches the checksum it is stored under.
 
 from __future__ import annotations
 
-import os
-import tempfile
 import time
 import tomllib
 from dataclasses import dataclass
@@ -18,6 +16,7 @@ from typing import Any, BinaryIO
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from .. import __version__
+from ..atomicfile import atomic_writer
 from ..config import Catalog
 from ..errors import BundleError, ConfigError, UsageError
 from ..store.core import Store
@@ -92,17 +91,7 @@ def export_to_file(
     if dest.is_dir():
         raise BundleError(f"{dest} is a directory; -o takes a file name")
     try:
-        fd, tmp = tempfile.mkstemp(dir=dest.parent if str(dest.parent) else ".", prefix=f".{dest.name}.", suffix=".partial")
+        with atomic_writer(dest, new_mode=0o644, keep_mask=None) as f:
+            return write_export(plan, f, key, progress)
     except OSError as e:
-        raise BundleError(f"cannot write {dest}: {e.strerror}") from None
-    try:
-        with os.fdopen(fd, "wb") as f:
-            signer = write_export(plan, f, key, progress)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, dest)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return signer
+        raise BundleError(f"cannot write {dest}: {e.strerror or e}") from None

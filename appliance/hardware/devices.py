@@ -8,7 +8,7 @@ whose figures they control.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Literal, Protocol
+from typing import Callable, Literal, Protocol
 
 import psutil
 
@@ -37,11 +37,20 @@ class Hardware(Protocol):
 
 
 class RamHardware:
-    """System RAM as the only device: the budget on a machine without a usable GPU."""
+    """System RAM as the only device: the budget on a machine without a usable GPU.
+    `read` gives (total, available) bytes; injected in tests, psutil's reading otherwise."""
+
+    def __init__(self, read: Callable[[], tuple[int, int]] | None = None) -> None:
+        self._read = read or _psutil_ram
 
     def devices(self) -> list[Device]:
-        vm = psutil.virtual_memory()
-        return [Device(0, "cpu", "system RAM", int(vm.total), int(vm.available))]
+        total, available = self._read()
+        return [Device(0, "cpu", "system RAM", int(total), int(available))]
+
+
+def _psutil_ram() -> tuple[int, int]:
+    vm = psutil.virtual_memory()
+    return vm.total, vm.available
 
 
 class FakeHardware:

@@ -8,10 +8,9 @@ plus every setting that changes memory, so a changed setting is estimated afresh
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 
+from ..atomicfile import write_atomic
 from ..config import ModelConfig
 
 
@@ -44,12 +43,4 @@ class Footprints:
         self._data[key] = int(nbytes)
         if self.path is None:
             return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".footprints-", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w") as f:
-                json.dump(self._data, f, indent=1, sort_keys=True)
-            os.replace(tmp, self.path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        write_atomic(self.path, json.dumps(self._data, indent=1, sort_keys=True), new_mode=0o644, keep_mask=None)

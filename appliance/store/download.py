@@ -13,6 +13,7 @@ import hashlib
 import os
 import re
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -21,13 +22,22 @@ from urllib.parse import urlparse
 from tqdm import tqdm
 
 from ..config import ModelConfig
-from ..errors import ChecksumMismatch, DownloadError, OfflineError, StoreError
+from ..errors import ChecksumMismatch, DownloadError, DownloadInterrupted, NotGGUF, OfflineError, StoreError
 from .blobs import CHUNK
+from .ggufmeta import check_gguf
 from .core import Store
 from .records import BlobRef
 
 SHA_RE = re.compile(r"^[0-9a-f]{64}$")
+RETRIES = 5  # a dropped connection is resumed (Range) this many times within one pull
+BACKOFF_S = 0.5  # first wait before a retry; doubles each time, up to BACKOFF_MAX_S
+BACKOFF_MAX_S = 8.0
+sleep: Callable[[float], None] = time.sleep  # tests replace it: backoff without real waits
+
 Echo = Callable[[str], None]
+# (file name, bytes done, bytes in all or None): progress for a caller without a terminal
+# (the web console's pull), given as `progress=` instead of True/False.
+ProgressFn = Callable[[str, int, "int | None"], None]
 
 
 @dataclass
@@ -55,7 +65,27 @@ def split_hf(source: str) -> tuple[str, str]:
     return "/".join(parts[:2]), "/".join(parts[2:])
 
 
-def _bar(total: int | None, desc: str, initial: int = 0, enabled: bool = True) -> tqdm:
+class _Report:
+    """A progress bar's stand-in that reports to a function instead of drawing."""
+
+    def __init__(self, report: ProgressFn, total: int | None, desc: str, initial: int) -> None:
+        self.report, self.total, self.desc, self.done = report, total, desc, initial
+        report(desc, initial, total)
+
+    def update(self, n: int = 1) -> None:
+        self.done += n
+        self.report(self.desc, self.done, self.total)
+
+    def __enter__(self) -> "_Report":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+def _bar(total: int | None, desc: str, initial: int = 0, enabled: bool | ProgressFn = True) -> tqdm | _Report:
+    if callable(enabled):
+        return _Report(enabled, total, desc, initial)
     return tqdm(
         total=total, initial=initial, desc=desc, unit="B", unit_scale=True, unit_divisor=1024,
         file=sys.stderr, disable=None if enabled else True, leave=False,
@@ -68,10 +98,11 @@ def pull_model(
     cfg: ModelConfig,
     *,
     wait: bool = True,
-    progress: bool = True,
+    progress: bool | ProgressFn = True,
     echo: Echo = lambda s: None,
 ) -> PullResult:
-    """Make every shard of `model_id` present and verified; write its record."""
+    """Make every shard of `model_id` present and verified; write its record. `progress`:
+    bars on stderr (True), nothing (False), or a function told each file's progress."""
     result = PullResult(model_id)
     waiting = lambda: echo(f"{model_id}: waiting for another pull of this model to finish")  # noqa: E731
     with store.lock(model_id, wait=wait, on_wait=waiting):
@@ -95,7 +126,7 @@ def pull_model(
 
 
 def _fetch_shard(
-    store: Store, src: str, revision: str, pin: str | None, progress: bool, result: PullResult
+    store: Store, src: str, revision: str, pin: str | None, progress: bool | ProgressFn, result: PullResult
 ) -> tuple[str, int, str, str | None]:
     name = src.rsplit("/", 1)[-1]
     if pin and store.has_blob(pin):
@@ -117,7 +148,8 @@ def _fetch_shard(
     return _download_hf(store, src, revision, pin, progress, result)
 
 
-def _copy_file(store: Store, path: Path, pin: str | None, progress: bool) -> tuple[str, int]:
+def _copy_file(store: Store, path: Path, pin: str | None, progress: bool | ProgressFn) -> tuple[str, int]:
+    check_gguf(path, what=str(path))
     try:
         size = path.stat().st_size
         f = open(path, "rb")
@@ -130,7 +162,7 @@ def _copy_file(store: Store, path: Path, pin: str | None, progress: bool) -> tup
 
 
 def _download_hf(
-    store: Store, src: str, revision: str, pin: str | None, progress: bool, result: PullResult
+    store: Store, src: str, revision: str, pin: str | None, progress: bool | ProgressFn, result: PullResult
 ) -> tuple[str, int, str, str | None]:
     from huggingface_hub import get_hf_file_metadata, hf_hub_url
     from huggingface_hub.errors import HfHubHTTPError
@@ -148,6 +180,8 @@ def _download_hf(
     if meta.size is None:
         raise DownloadError(f"{src}@{revision}: the hub sent no file size")
     lfs_sha = meta.etag if meta.etag and SHA_RE.match(meta.etag) else None
+    if pin and lfs_sha and lfs_sha != pin:  # the hub says so before a byte is downloaded
+        raise ChecksumMismatch(f"{src}@{revision} (the hub's ETag; nothing downloaded)", pin, lfs_sha)
     expected = pin or lfs_sha
     if expected and store.has_blob(expected, meta.size):
         return expected, meta.size, "store", meta.commit_hash
@@ -156,17 +190,30 @@ def _download_hf(
     location = meta.location or url
     same_host = urlparse(location).netloc == urlparse(url).netloc
     headers = build_hf_headers() if same_host else {}  # never send the token off the hub
-    got, fetched = _resumable_get(store, get_session(), location, headers, part, meta.size, progress, filename)
+    for attempt in range(RETRIES + 1):
+        try:
+            got, fetched = _resumable_get(store, get_session(), location, headers, part, meta.size, progress, filename)
+            break
+        except DownloadInterrupted as e:
+            result.downloaded += e.fetched
+            if attempt == RETRIES:
+                raise
+            sleep(min(BACKOFF_MAX_S, BACKOFF_S * 2**attempt))
     result.downloaded += fetched
     if expected and got != expected:
         part.unlink(missing_ok=True)
         raise ChecksumMismatch(src, expected, got)
+    try:
+        check_gguf(part, what=src)
+    except NotGGUF:
+        part.unlink(missing_ok=True)
+        raise
     store.adopt_partial(part, got)
     return got, meta.size, "hub", meta.commit_hash
 
 
 def _resumable_get(
-    store: Store, session, url: str, headers: dict[str, str], part: Path, size: int, progress: bool, name: str
+    store: Store, session, url: str, headers: dict[str, str], part: Path, size: int, progress: bool | ProgressFn, name: str
 ) -> tuple[str, int]:
     """Append to `part` from where it ends (Range), hashing prefix and new bytes. -> (sha256, fetched)."""
     import fcntl
@@ -210,10 +257,13 @@ def _resumable_get(
             except DownloadError:
                 raise
             except Exception as e:  # connection cut, timeout: keep the partial for resume
-                raise DownloadError(
-                    f"{name}: download interrupted at {have} of {size} bytes ({e}); run pull again to resume"
+                raise DownloadInterrupted(
+                    f"{name}: download interrupted at {have} of {size} bytes ({e}) after {RETRIES} retries; "
+                    "run pull again to resume", fetched=fetched,
                 ) from None
         if have != size:
-            raise DownloadError(f"{name}: got {have} of {size} bytes; run pull again to resume")
+            raise DownloadInterrupted(
+                f"{name}: got {have} of {size} bytes after {RETRIES} retries; run pull again to resume", fetched=fetched
+            )
         os.fsync(f.fileno())
     return h.hexdigest(), fetched

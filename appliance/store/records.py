@@ -8,10 +8,10 @@ read these; the blobs themselves are content-addressed and may be shared between
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+
+from ..atomicfile import write_atomic
 
 FORMAT = 1
 
@@ -70,16 +70,9 @@ def read_record(manifests: Path, model_id: str) -> ModelRecord | None:
 
 def write_record(manifests: Path, rec: ModelRecord) -> None:
     """Atomically (temp file + rename) so a reader never sees half a record."""
-    manifests.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=manifests, prefix=".tmp-", suffix=".json")
-    # mkstemp makes 0600; a record written by root (bundle import) must stay readable by the
-    # service user, like the blobs it describes.
-    os.fchmod(fd, 0o644)
-    with os.fdopen(fd, "w") as f:
-        f.write(rec.to_json())
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, record_path(manifests, rec.model))
+    # 0644: a record written by root (bundle import) must stay readable by the service user,
+    # like the blobs it describes.
+    write_atomic(record_path(manifests, rec.model), rec.to_json(), new_mode=0o644, keep_mask=None)
 
 
 def delete_record(manifests: Path, model_id: str) -> None:

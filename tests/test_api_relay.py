@@ -1,0 +1,189 @@
+"""The OpenAI chunk shapes (pure functions) and the one streaming relay chat and completions
+share, driven through the engine's real Generation (fed the way the runner feeds it) on a
+real aiohttp server: what happens before the headers, after streaming began, and at the end."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any, Callable
+
+import pytest
+from aiohttp import web
+
+from appliance.api import chunks
+from appliance.api.chat import ChatChoices
+from appliance.api.chat_render import ChatPrompt
+from appliance.api.chunks import Head
+from appliance.api.completions import CompletionChoices
+from appliance.api.middleware import errors
+from appliance.api.relay import relay
+from appliance.api.state import request_facts
+from appliance.engine.generation import _END, Generation, post_many
+from appliance.engine.types import Delta, TokenLogprob, TopLogprob, Usage
+from appliance.errors import ContextLengthExceeded, EngineError
+
+HEAD = Head("chatcmpl-1", chunks.CHAT_CHUNK, 1700000000, "m")
+
+
+def lp(token: str, logprob: float) -> TokenLogprob:
+    return TokenLogprob(token, logprob, list(token.encode()), [TopLogprob(token, logprob, list(token.encode()))])
+
+
+# --- pure chunk formatting ----------------------------------------------------------------
+
+
+def test_every_chunk_repeats_the_head_and_usage_null_only_when_asked() -> None:
+    c = chunks.chat_delta(HEAD, 1, {"content": "hi"}, "stop")
+    assert c == {"id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 1700000000, "model": "m",
+                 "choices": [{"index": 1, "delta": {"content": "hi"}, "logprobs": None, "finish_reason": "stop"}]}
+    with_usage = Head(HEAD.id, HEAD.object, HEAD.created, HEAD.model, include_usage=True)
+    assert chunks.completion_chunk(with_usage, 0, "x")["usage"] is None
+    last = with_usage.usage_chunk(Usage(prompt_tokens=5, completion_tokens=2, cached_tokens=3))
+    assert last["choices"] == [] and last["usage"] == {
+        "prompt_tokens": 5, "completion_tokens": 2, "total_tokens": 7, "prompt_tokens_details": {"cached_tokens": 3}}
+    assert chunks.usage_dict(Usage(prompt_tokens=1)) == {"prompt_tokens": 1, "completion_tokens": 0, "total_tokens": 1}
+
+
+def test_logprob_shapes_chat_rowwise_completions_columnwise_with_offsets() -> None:
+    items = [lp("ab", -0.5), lp("c", -1.0)]
+    assert chunks.chat_delta(HEAD, 0, {}, logprobs=items)["choices"][0]["logprobs"]["content"][1] == {
+        "token": "c", "logprob": -1.0, "bytes": [99], "top_logprobs": [{"token": "c", "logprob": -1.0, "bytes": [99]}]}
+    assert chunks.completion_logprobs(items, 10) == {
+        "tokens": ["ab", "c"], "token_logprobs": [-0.5, -1.0], "top_logprobs": [{"ab": -0.5}, {"c": -1.0}],
+        "text_offset": [10, 12]}
+
+
+def test_tool_calls_stream_id_and_name_first_then_arguments() -> None:
+    (call,) = chunks.tool_call_ids([("get", '{"a":1}')])
+    assert call["id"].startswith("call_") and call["function"] == {"name": "get", "arguments": '{"a":1}'}
+    first, second = (c["choices"][0]["delta"]["tool_calls"][0] for c in chunks.tool_call_chunks(HEAD, 0, [call]))
+    assert first == {"index": 0, "id": call["id"], "type": "function", "function": {"name": "get", "arguments": ""}}
+    assert second == {"index": 0, "function": {"arguments": '{"a":1}'}}
+    whole = chunks.chat_choice(0, "", [call], "tool_calls", None)
+    assert whole["message"] == {"role": "assistant", "content": None, "tool_calls": [call]}
+
+
+def _tool_prompt() -> ChatPrompt:
+    def parse(text: str) -> tuple[str, list[tuple[str, str]]]:
+        content, _, call = text.partition("<call>")
+        return content, [("get", call)] if call else []
+
+    return ChatPrompt("p", parses_tools=True, parse=parse)
+
+
+def test_chat_with_tools_holds_text_back_and_ends_with_the_calls() -> None:
+    ch = ChatChoices(HEAD, _tool_prompt(), n=1, stream=True, logprobs=False)
+    assert ch.add(0, Delta(0, "ok <call>")) == []  # the call syntax must be parsed whole
+    out = ch.add(0, Delta(0, "{}", finish_reason="stop"))
+    deltas = [c["choices"][0]["delta"] for c in out]
+    assert deltas[0] == {"role": "assistant", "content": "ok "}
+    assert deltas[1]["tool_calls"][0]["function"] == {"name": "get", "arguments": ""}
+    assert deltas[2]["tool_calls"][0]["function"] == {"arguments": "{}"}
+    assert [c["choices"][0]["finish_reason"] for c in out] == [None, None, None, "tool_calls"]
+    body = ch.response(Usage())
+    assert body["choices"][0]["finish_reason"] == "tool_calls" and body["object"] == "chat.completion"
+
+
+def test_chat_without_tools_streams_role_once_and_one_finish() -> None:
+    ch = ChatChoices(HEAD, ChatPrompt("p"), n=2, stream=True, logprobs=True)
+    a = ch.add(0, Delta(1, "x", [lp("x", -0.1)]))
+    b = ch.add(0, Delta(1, "y", [lp("y", -0.2)], finish_reason="length"))
+    assert [c["choices"][0]["delta"] for c in a + b] == [
+        {"role": "assistant", "content": "x"}, {"content": "y"}, {}]
+    assert [c["choices"][0]["finish_reason"] for c in a + b] == [None, None, "length"]
+    assert b[0]["choices"][0]["logprobs"]["content"][0]["token"] == "y"
+    assert ch.response(Usage())["choices"][1]["message"] == {"role": "assistant", "content": "xy"}
+    assert ch.response(Usage())["choices"][0]["finish_reason"] == "stop"  # nothing came for choice 0
+
+
+def test_completions_number_choices_per_prompt_and_echo_once() -> None:
+    ch = CompletionChoices(Head.new("completion", "m"), ["P0", "P1"], n=2, stream=False, logprobs=False)
+    for gen, idx, text in ((0, 1, "a"), (1, 0, "b"), (1, 0, "c")):
+        assert ch.add(gen, Delta(idx, text)) == []
+    body = ch.response(Usage())
+    assert [c["text"] for c in body["choices"]] == ["", "P0a", "P1bc", ""]
+    assert body["object"] == "text_completion" and body["id"].startswith("cmpl-")
+
+
+# --- the relay on a real server -----------------------------------------------------------
+
+
+class Feed:
+    """Real engine Generations, each fed a script of items (deltas, a usage, an exception or
+    the end) through `post_many`, the runner's own delivery; records cancellations."""
+
+    def __init__(self, *scripts: list[object]) -> None:
+        self.scripts = list(scripts)
+        self.cancelled = 0
+        self.facts: Any = None
+
+    def starts(self) -> list[Callable[[], Generation]]:
+        def start(script: list[object]) -> Generation:
+            gen = Generation(asyncio.get_running_loop(), 1, self._cancel)
+            post_many([(gen, script)])
+            return gen
+
+        return [lambda s=s: start(s) for s in self.scripts]
+
+    def _cancel(self) -> None:
+        self.cancelled += 1
+
+
+async def _serve(aiohttp_client: Any, feed: Feed) -> Any:
+    async def handler(request: web.Request) -> web.StreamResponse:
+        stream = request.query.get("stream") == "1"
+        head = Head("cmpl-1", chunks.TEXT_COMPLETION, 1, "m", include_usage=stream)
+        choices = CompletionChoices(head, [""] * len(feed.scripts), 1, stream, False)
+        feed.facts = request_facts(request)  # the errors middleware fills error_code later
+        return await relay(request, head, stream, choices, feed.starts())
+
+    app = web.Application(middlewares=[errors])
+    app.router.add_post("/", handler)
+    return await aiohttp_client(app)
+
+
+def _events(raw: str) -> list[Any]:
+    return [e.removeprefix("data: ") for e in raw.split("\n\n") if e]
+
+
+@pytest.mark.parametrize("stream", ["0", "1"])
+async def test_failure_before_the_first_delta_is_a_real_http_status(aiohttp_client: Any, stream: str) -> None:
+    feed = Feed([ContextLengthExceeded("the prompt is 300 tokens; the context is 256")])
+    client = await _serve(aiohttp_client, feed)
+    r = await client.post("/", params={"stream": stream})
+    assert r.status == 400 and r.content_type == "application/json"
+    assert (await r.json())["error"]["code"] == "context_length_exceeded"
+    assert feed.facts.error_code == "context_length_exceeded"
+
+
+async def test_failure_after_streaming_began_is_one_error_event_then_the_end(aiohttp_client: Any) -> None:
+    u = Usage(prompt_tokens=4, completion_tokens=1)
+    feed = Feed([Delta(0, "a"), u, _END], [Delta(0, "b"), RuntimeError("llama_decode failed (-3)")])
+    client = await _serve(aiohttp_client, feed)
+    r = await client.post("/", params={"stream": "1"})
+    assert r.status == 200
+    events = _events(await r.text())
+    assert [json.loads(e)["choices"][0]["text"] for e in events[:2]] == ["a", "b"]
+    err = json.loads(events[2])["error"]
+    assert err["code"] == "internal_error" and "llama_decode failed (-3)" in err["message"]
+    assert len(events) == 3  # no [DONE]: the stream ended with the error
+    assert feed.facts.error_code == "internal_error" and feed.facts.prompt_tokens == 4
+
+
+async def test_non_streamed_failure_midway_is_a_500_and_usage_sums_the_generations(aiohttp_client: Any) -> None:
+    feed = Feed([Delta(0, "a"), EngineError("decoding failed for this request")])
+    client = await _serve(aiohttp_client, feed)
+    r = await client.post("/")
+    assert r.status == 500 and (await r.json())["error"]["code"] == "internal_error"
+
+    ok = Feed([Delta(0, "a", finish_reason="length"), Usage(prompt_tokens=2, completion_tokens=1, ttft_s=0.5), _END],
+              [Delta(0, "b", finish_reason="stop"), Usage(prompt_tokens=3, completion_tokens=1, ttft_s=0.9), _END])
+    client = await _serve(aiohttp_client, ok)
+    r = await client.post("/", params={"stream": "1"})
+    events = _events(await r.text())
+    assert events[-1] == "[DONE]"
+    assert json.loads(events[-2])["usage"] == {"prompt_tokens": 5, "completion_tokens": 2, "total_tokens": 7}
+    assert [json.loads(e)["choices"][0]["finish_reason"] for e in events[:-2] if json.loads(e)["choices"]] == [
+        None, "length", None, "stop"]
+    assert (ok.facts.prompt_tokens, ok.facts.completion_tokens, ok.facts.ttft_s, ok.facts.stream) == (5, 2, 0.5, True)
