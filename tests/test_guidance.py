@@ -153,3 +153,23 @@ async def test_constrained_and_free_streams_share_a_step(runner: Runner) -> None
     t_free, t_bound = await asyncio.gather(text(free), text(bound))
     assert t_bound in ("yes", "no")
     assert len(free.usage.__dict__) and free.usage.completion_tokens == 5
+
+
+def test_objects_are_closed_unless_they_say_otherwise(vocab: Vocab) -> None:
+    """As llama.cpp's converter: listed properties only, unless additionalProperties says more."""
+    tok = tokenizer_for(vocab)
+    for extra_ok, schema in ((False, {"type": "object", "properties": {"a": {"type": "integer"}}}),
+                             (True, {"type": "object", "properties": {"a": {"type": "integer"}},
+                                     "additionalProperties": True})):
+        m = compile_constraint(schema_grammar(schema), vocab).fork(1)[0]
+        toks = tok.tokenize_str('{"a": 1, "b": 2}')
+        assert (m.try_consume_tokens(toks) == len(toks)) is extra_ok
+
+
+def test_forced_tool_call_is_one_call_then_the_end(vocab: Vocab) -> None:
+    tok = tokenizer_for(vocab)
+    m = compile_constraint(tool_call_grammar(WEATHER, "hermes"), vocab).fork(1)[0]
+    call = '<tool_call>{"name": "get_weather", "arguments": {"city": "Oslo"}}</tool_call>'
+    toks = tok.tokenize_str(call)
+    assert m.try_consume_tokens(toks) == len(toks) and m.is_accepting()
+    assert m.try_consume_tokens(tok.tokenize_str("\n<tool_call>")) == 0

@@ -65,10 +65,24 @@ def limits() -> LLParserLimits:
 # --- grammar text (cheap, no tokenizer) --------------------------------------------------------
 
 
+def closed(schema: Any) -> Any:
+    """The schema with `additionalProperties: false` wherever an object lists its properties
+    and says nothing about others: what llama.cpp's converter did (clients and small models
+    rely on it: without it a model pads the object with made-up keys until max_tokens)."""
+    if isinstance(schema, list):
+        return [closed(x) for x in schema]
+    if not isinstance(schema, dict):
+        return schema
+    out = {k: closed(v) if k != "const" and k != "enum" and k != "default" else v for k, v in schema.items()}
+    if "properties" in out and "additionalProperties" not in out:
+        out["additionalProperties"] = False
+    return out
+
+
 def _schema_text(schema: Any, param: str) -> str:
     if not isinstance(schema, (dict, bool)):
         raise InvalidRequest("the JSON schema must be an object", param=param)
-    text = json.dumps(schema)
+    text = json.dumps(closed(schema))
     if len(text.encode()) > MAX_SCHEMA_BYTES:
         raise InvalidRequest(f"the JSON schema is larger than {MAX_SCHEMA_BYTES // 1024} KiB", param=param)
     return text
@@ -132,8 +146,10 @@ def tool_call_grammar(tools: list[dict[str, Any]], fmt: ToolFormat, only: str | 
                       lazy: bool = False) -> str:
     """Tool calls in the family's syntax, arguments held to each function's schema.
 
-    Forced (`lazy` False): the output is the call(s). Lazy (tool_choice "auto"): free text
-    that never contains the trigger, or free text up to the trigger and then the call(s)."""
+    Forced (`lazy` False: tool_choice "required" or a named function): the output is one call
+    and then the end (small models otherwise repeat the call until max_tokens). Lazy
+    (tool_choice "auto"): free text that never contains the trigger, or free text up to the
+    trigger and then one or more calls."""
     args_key = "parameters" if fmt == "llama3" else "arguments"
     variants = []
     for t in tools:
@@ -156,7 +172,7 @@ def tool_call_grammar(tools: list[dict[str, Any]], fmt: ToolFormat, only: str | 
         lines = [f"start: {'TEXT | TEXT_TRIGGER call | ' if lazy else _lit(trigger) + '? '}call"]
     else:
         trigger = "<tool_call>"
-        more = "" if only is not None else ' ("\\n"? block)*'
+        more = ' ("\\n"? block)*' if lazy else ""
         body = f'"\\n"? call "\\n"? "</tool_call>"{more}'
         lines = [f"start: TEXT | TEXT_TRIGGER rest" if lazy else f"start: {_lit(trigger)} rest",
                  f"rest: {body}",
@@ -236,6 +252,9 @@ async def compile_async(grammar: str, vocab: Any, *, param: str = "response_form
     """`compile_constraint` on a small pool of its own (hostile grammars can't take the
     default executor), refused with 400 when it takes longer than `deadline_s`."""
     loop = asyncio.get_running_loop()
+    # The model's tokenizer first, outside the deadline: built once per load (seconds on a
+    # large vocabulary, bounded by its size), it is no cost a request controls.
+    await loop.run_in_executor(_compile_pool, tokenizer_for, vocab)
     fut = loop.run_in_executor(_compile_pool, compile_constraint, grammar, vocab, param)
     try:
         return await asyncio.wait_for(fut, deadline_s)
