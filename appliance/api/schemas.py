@@ -6,6 +6,7 @@ Unknown fields are ignored (clients send vendor extras); every violation becomes
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Annotated, Any, Literal, TypeVar
 
@@ -316,6 +317,16 @@ async def read_json(request: web.Request) -> Any:
     if ctype != "application/json" and not ctype.endswith("+json"):
         raise InvalidJSON(f"expected Content-Type: application/json, got {ctype or 'none'!r}")
     raw = await read_body(request)
+    if len(raw) > OFF_LOOP_BYTES:  # megabytes of JSON: decode and check beside the loop
+        return await asyncio.to_thread(decode_json, raw)
+    return decode_json(raw)
+
+
+OFF_LOOP_BYTES = 64 * 1024
+
+
+def decode_json(raw: bytes) -> Any:
+    """Decode and check a body: 400 for bad JSON, nesting over budget, lone surrogates."""
     try:
         body = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as e:
