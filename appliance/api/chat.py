@@ -94,7 +94,7 @@ class ChatChoices:
 
 async def chat_completions(request: web.Request) -> web.StreamResponse:
     body = parse_body(ChatCompletionRequest, await read_json(request))
-    mid, _ = resolve_model(request, body.model)
+    mid, cfg = resolve_model(request, body.model)
     head = Head.new("chat", mid, body.include_usage)
     async with request.app[CTX_KEY].backend.lease(mid, key_name(request), slots=body.n) as runner:
         # Jinja rendering and JSON-schema -> grammar conversion are CPU work: off the loop.
@@ -106,6 +106,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
                                              else "response_format")
         params = sampling_params(
             body,
+            cfg,
             max_tokens=body.token_limit,
             stop=tuple(body.stops) + prompt.stop,
             logprobs=body.logprobs,

@@ -41,7 +41,8 @@ from .generation import _END, Generation, post_many
 from .output import OutputProcessor, usage
 from .guidance import StepMasks, logits_row
 from .params import N_BATCH, context_params, model_params
-from .sampling import RowLogprobs, SlotSampler, make_grammar, random_seed, row_logprobs
+from .sampling import (Resident, RowLogprobs, SlotSampler, make_grammar, random_seed, row_logprobs,
+                       use_backend_sampling)
 from .slots import Choice, Job, Slot, SlotTable
 from .step import StepPlan, plan_step
 from .textout import TextStream
@@ -135,6 +136,8 @@ class Runner:
         # the decode thread's handle: valid until close() frees it, after the thread stopped
         self._ctx: ll.llama_context_p = self.ctx
         self.mem = ll.llama_get_memory(self.ctx)
+        self.backend_sampling = not self.embedding and use_backend_sampling(cfg.backend_sampling, n_gpu_layers)
+        self._resident: dict[int, Resident] = {}  # seq -> chain a finished request left in the graph
         self._batch = Batch(self.n_batch)
         self._table = SlotTable(self.parallel, self._trim)
         self._slots = self._table.slots
@@ -240,7 +243,7 @@ class Runner:
             for i in range(p.n):
                 grammar = make_grammar(self.vocab.vocab, p.grammar, p.grammar_triggers) if p.grammar else None
                 samplers.append(SlotSampler(self.vocab.vocab, self.vocab.n_vocab, p, base_seed + i,
-                                            self.vocab.eog_ids, grammar))
+                                            self.vocab.eog_ids, grammar, n_ctx=self.context))
         except BaseException:
             for smp in samplers:
                 smp.free()
@@ -464,6 +467,11 @@ class Runner:
             for i, s in enumerate(job.slots):
                 s.choice = Choice(i, job.samplers[i], TextStream(job.params.stop),
                                   matcher=job.matchers[i] if job.matchers else None)
+                resident = self._resident.pop(s.seq, None)
+                if self.backend_sampling and job.params.n == 1 and not job.matchers:  # n > 1: from the first token on (_emit)
+                    job.samplers[i].attach(self._ctx, s.seq, resident)
+                elif resident is not None:
+                    resident.free()
             self.stats.requests += 1
             self.stats.cached_tokens += job.cached
 
@@ -618,6 +626,8 @@ class Runner:
             self._release(s)
         else:
             ch.pending = tok
+            if self.backend_sampling and ch.matcher is None:  # a grammar's mask needs the row on the host
+                ch.sampler.attach(self._ctx, s.seq)  # the next tokens are drawn in the graph
 
     def _row_logprobs(self, idx: int, tok: int, top_n: int) -> RowLogprobs:
         return row_logprobs(self._ctx, idx, self.vocab.n_vocab, tok, top_n)
@@ -629,6 +639,9 @@ class Runner:
         ch = s.choice
         ended = self._table.release(s)
         if ch is not None:
+            parked = ch.sampler.park() if self.backend_sampling else None
+            if parked is not None:  # stays in the graph for the slot's next request
+                self._resident[s.seq] = parked
             ch.sampler.free()
         if ended is not None:
             self._end_job(ended)
@@ -705,6 +718,9 @@ class Runner:
             self._masks.close()
         if self._resampler is not None and self._own_resampler:
             self._resampler.shutdown(wait=True)  # samplers are freed above, after their resample
+        for r in self._resident.values():  # out of the graph before the context goes
+            r.free()
+        self._resident.clear()
         if self.ctx:
             ll.llama_free(self.ctx)
             self.ctx = None
