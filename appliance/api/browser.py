@@ -14,10 +14,11 @@ Two attacks, two checks (issue 13 unloaded a model from `https://evil.example` i
 from __future__ import annotations
 
 import ipaddress
-from typing import Callable, Iterable
+from typing import Iterable
 from urllib.parse import urlsplit
 
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 
 from ..errors import CrossSiteRequest, MisdirectedRequest
 from .middleware import Handler
@@ -62,7 +63,7 @@ def is_json(content_type: str) -> bool:
     return content_type == "application/json" or content_type.endswith("+json")
 
 
-def browser_guard(server_host: str, allowed_hosts: Iterable[str], cors_origins: Iterable[str]) -> Callable:
+def browser_guard(server_host: str, allowed_hosts: Iterable[str], cors_origins: Iterable[str]) -> Middleware:
     names = frozenset(_hostname(h) for h in [server_host, *allowed_hosts] if h)
     origins = tuple(cors_origins)
 

@@ -41,14 +41,14 @@ COMPILE_WORKERS = 2
 # llguidance's own limits, tighter than its defaults: a request's grammar is untrusted input.
 # Each bounds one cost (docs/security.md lists them): regex analysis at compile time, lexer
 # and parser work per token, lexer memory, grammar size.
-LIMITS = dict(
-    initial_lexer_fuel=1_000_000,  # ~20 ms of regex analysis
-    step_lexer_fuel=200_000,  # ~15 ms per mask, worst case
-    step_max_items=50_000,  # Earley items per mask
-    max_lexer_states=50_000,  # ~100 MB at worst
-    max_grammar_size=200_000,  # symbols
-    max_items_in_row=2_000,
-)
+LIMITS: dict[str, int] = {
+    "initial_lexer_fuel": 1_000_000,  # ~20 ms of regex analysis
+    "step_lexer_fuel": 200_000,  # ~15 ms per mask, worst case
+    "step_max_items": 50_000,  # Earley items per mask
+    "max_lexer_states": 50_000,  # ~100 MB at worst
+    "max_grammar_size": 200_000,  # symbols
+    "max_items_in_row": 2_000,
+}
 
 ToolFormat = Literal["hermes", "llama3", "generic"]
 
@@ -59,7 +59,7 @@ _JSON_OPTIONS = {"whitespace_pattern": JSON_WHITESPACE}
 
 
 def limits() -> LLParserLimits:
-    return LLParserLimits(**LIMITS, verbose_errors=False)
+    return LLParserLimits(verbose_errors=False, **LIMITS)  # type: ignore[arg-type]
 
 
 # --- grammar text (cheap, no tokenizer) --------------------------------------------------------
@@ -164,7 +164,7 @@ def tool_call_grammar(tools: list[dict[str, Any]], fmt: ToolFormat, only: str | 
         })
     if not variants:
         raise InvalidRequest(f"tool_choice names a function that is not in tools: {only!r}", param="tool_choice")
-    schema = dict(variants[0]) if len(variants) == 1 else {"anyOf": variants}
+    schema: dict[str, Any] = dict(variants[0]) if len(variants) == 1 else {"anyOf": variants}
     schema["x-guidance"] = _JSON_OPTIONS
     call = f"call: %json {_schema_text(schema, 'tools')}\n"
     if fmt == "llama3":
@@ -178,9 +178,9 @@ def tool_call_grammar(tools: list[dict[str, Any]], fmt: ToolFormat, only: str | 
                  f"rest: {body}",
                  f'block: {_lit(trigger)} "\\n"? call "\\n"? "</tool_call>"']
     if lazy:
-        t = _re_escape(trigger)
-        lines.append(f"TEXT: /(?s:.*)/ & ~/(?s:.*{t}.*)/")  # text that never calls
-        lines.append(f"TEXT_TRIGGER: /(?s:.*)/ & ~/(?s:.*{t}.*)/ {_lit(trigger)}")
+        esc = _re_escape(trigger)
+        lines.append(f"TEXT: /(?s:.*)/ & ~/(?s:.*{esc}.*)/")  # text that never calls
+        lines.append(f"TEXT_TRIGGER: /(?s:.*)/ & ~/(?s:.*{esc}.*)/ {_lit(trigger)}")
     lark = "\n".join(lines) + "\n" + call
     return LLMatcher.grammar_from_lark(lark)
 

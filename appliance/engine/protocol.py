@@ -16,6 +16,7 @@ from .types import EmbeddingResult, GenerationRequest
 
 if TYPE_CHECKING:
     from .llamalog import BufferSizes
+    from .vocab import Vocab
 
 
 class DrivenRunner(Protocol):
@@ -65,6 +66,9 @@ class ServingRunner(Protocol):
 
     @property
     def arch(self) -> str: ...
+
+    @property
+    def vocab(self) -> Vocab: ...  # read-only tokenizer side: llguidance builds its tokenizer from it
 
     def generate(self, req: GenerationRequest) -> Generation: ...
 
