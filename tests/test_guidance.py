@@ -14,13 +14,13 @@ import psutil
 import pytest
 
 from appliance.config import ModelConfig
+from appliance.engine.chat import render_chat
 from appliance.engine.guidance import (
     compile_async,
     compile_constraint,
     gbnf_grammar,
     response_format_grammar,
     schema_grammar,
-    tool_call_grammar,
     tokenizer_for,
 )
 from appliance.engine.runner import Runner
@@ -31,6 +31,13 @@ from appliance.errors import InvalidRequest
 DEADLINE_S = 10.0  # a guard against the old behaviour (hours), not a speed threshold
 WEATHER = [{"type": "function", "function": {"name": "get_weather", "parameters": {
     "type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}]
+
+
+def tool_call_grammar(tools: list[dict], tool_choice: object) -> str:
+    """The llguidance grammar a chat request gets for its tools (default template: Hermes tags)."""
+    g = render_chat(None, [{"role": "user", "content": "hi"}], tools, tool_choice).grammar
+    assert g is not None
+    return g
 
 
 @pytest.fixture(scope="module")
@@ -69,7 +76,7 @@ async def test_huge_min_length_costs_no_memory(vocab: Vocab) -> None:
         if where == "tools":
             tools = [{"type": "function", "function": {"name": "f", "parameters": {
                 "type": "object", "properties": {"s": {"type": "string", "minLength": 1_000_000_000}}}}}]
-            g = tool_call_grammar(tools, "hermes")
+            g = tool_call_grammar(tools, "required")
         else:
             g = schema_grammar({"type": "string", "minLength": 1_000_000_000})
         await compile_async(g, vocab, deadline_s=DEADLINE_S)
@@ -105,7 +112,7 @@ def test_many_properties_compile(vocab: Vocab) -> None:
 
 def test_lazy_tool_grammar_is_free_until_the_trigger(vocab: Vocab) -> None:
     tok = tokenizer_for(vocab)
-    c = compile_constraint(tool_call_grammar(WEATHER, "hermes", lazy=True), vocab)
+    c = compile_constraint(tool_call_grammar(WEATHER, "auto"), vocab)
 
     def consumed(text: str) -> tuple[int, int, bool]:
         m = c.fork(1)[0]
@@ -168,7 +175,8 @@ def test_objects_are_closed_unless_they_say_otherwise(vocab: Vocab) -> None:
 
 def test_forced_tool_call_is_one_call_then_the_end(vocab: Vocab) -> None:
     tok = tokenizer_for(vocab)
-    m = compile_constraint(tool_call_grammar(WEATHER, "hermes"), vocab).fork(1)[0]
+    named = {"type": "function", "function": {"name": "get_weather"}}
+    m = compile_constraint(tool_call_grammar(WEATHER, named), vocab).fork(1)[0]
     call = '<tool_call>{"name": "get_weather", "arguments": {"city": "Oslo"}}</tool_call>'
     toks = tok.tokenize_str(call)
     assert m.try_consume_tokens(toks) == len(toks) and m.is_accepting()

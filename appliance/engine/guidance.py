@@ -23,7 +23,7 @@ import threading
 import warnings
 import weakref
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any, Literal
+from typing import Any
 
 import llama_cpp as ll
 import numpy as np
@@ -49,8 +49,6 @@ LIMITS: dict[str, int] = {
     "max_grammar_size": 200_000,  # symbols
     "max_items_in_row": 2_000,
 }
-
-ToolFormat = Literal["hermes", "llama3", "generic"]
 
 # Whitespace a JSON value may hold between tokens: bounded, as llama.cpp's converter does
 # (`" " | "\n" [ \t]{0,20}`), so a model that likes spaces still has to finish its JSON.
@@ -130,59 +128,48 @@ def response_format_grammar(rf: dict[str, Any] | None) -> str | None:
     return schema_grammar(schema) if schema is not None else json_object_grammar()
 
 
-def gbnf_grammar(text: str, param: str = "grammar") -> str:
-    """A GBNF (or Lark) grammar -> llguidance's, through its own converter."""
+def lark_grammar(lark: str, param: str = "grammar") -> str:
+    """Lark text -> llguidance's grammar (compiled and checked later, with the tokenizer)."""
     try:
-        return LLMatcher.grammar_from_lark(any_to_lark(text))
-    except Exception as e:  # the converter raises bare errors on what it can't read
+        return LLMatcher.grammar_from_lark(lark)
+    except Exception as e:  # the reader raises bare errors on what it can't read
         raise InvalidRequest(f"the grammar could not be read: {e}", param=param) from None
 
 
+def gbnf_grammar(text: str, param: str = "grammar") -> str:
+    """A GBNF (or Lark) grammar -> llguidance's, through its own converter."""
+    try:
+        lark = any_to_lark(text)
+    except Exception as e:  # the converter raises bare errors on what it can't read
+        raise InvalidRequest(f"the grammar could not be read: {e}", param=param) from None
+    return lark_grammar(lark, param)
+
+
+def schema_lark(schema: Any, param: str = "tools") -> str:
+    """A Lark rule body holding a value to one JSON schema (llguidance's `%json`, with the
+    bounded whitespace and closed objects of `schema_grammar`)."""
+    if isinstance(schema, dict):
+        schema = {**schema, "x-guidance": _JSON_OPTIONS}
+    return f"%json {_schema_text(schema, param)}"
+
+
 def _lit(s: str) -> str:
-    return json.dumps(s)
+    return json.dumps(s, ensure_ascii=False)
 
 
-def tool_call_grammar(tools: list[dict[str, Any]], fmt: ToolFormat, only: str | None = None,
-                      lazy: bool = False) -> str:
-    """Tool calls in the family's syntax, arguments held to each function's schema.
-
-    Forced (`lazy` False: tool_choice "required" or a named function): the output is one call
-    and then the end (small models otherwise repeat the call until max_tokens). Lazy
-    (tool_choice "auto"): free text that never contains the trigger, or free text up to the
-    trigger and then one or more calls."""
-    args_key = "parameters" if fmt == "llama3" else "arguments"
-    variants = []
-    for t in tools:
-        fn = t["function"]
-        if only is not None and fn["name"] != only:
-            continue
-        variants.append({
-            "type": "object",
-            "properties": {"name": {"const": fn["name"]}, args_key: fn.get("parameters") or {"type": "object"}},
-            "required": ["name", args_key],
-            "additionalProperties": False,
-        })
-    if not variants:
-        raise InvalidRequest(f"tool_choice names a function that is not in tools: {only!r}", param="tool_choice")
-    schema: dict[str, Any] = dict(variants[0]) if len(variants) == 1 else {"anyOf": variants}
-    schema["x-guidance"] = _JSON_OPTIONS
-    call = f"call: %json {_schema_text(schema, 'tools')}\n"
-    if fmt == "llama3":
-        trigger, body = "<|python_tag|>", "call"
-        lines = [f"start: {'TEXT | TEXT_TRIGGER call | ' if lazy else _lit(trigger) + '? '}call"]
-    else:
-        trigger = "<tool_call>"
-        more = ' ("\\n"? block)*' if lazy else ""
-        body = f'"\\n"? call "\\n"? "</tool_call>"{more}'
-        lines = [f"start: TEXT | TEXT_TRIGGER rest" if lazy else f"start: {_lit(trigger)} rest",
-                 f"rest: {body}",
-                 f'block: {_lit(trigger)} "\\n"? call "\\n"? "</tool_call>"']
-    if lazy:
-        esc = _re_escape(trigger)
-        lines.append(f"TEXT: /(?s:.*)/ & ~/(?s:.*{esc}.*)/")  # text that never calls
-        lines.append(f"TEXT_TRIGGER: /(?s:.*)/ & ~/(?s:.*{esc}.*)/ {_lit(trigger)}")
-    lark = "\n".join(lines) + "\n" + call
-    return LLMatcher.grammar_from_lark(lark)
+def lazy_grammar(lark: str, trigger: str, param: str = "tools") -> str:
+    """tool_choice "auto": free text that never contains `trigger`, or free text up to the
+    trigger and then what `lark` (a grammar with a `start` rule: what follows the trigger)
+    writes. Text and trigger are one lexeme, so the lexer never has to back off."""
+    body = "\n".join("calls:" + line[len("start:"):] if line.startswith("start:") else line
+                     for line in lark.splitlines())
+    esc = _re_escape(trigger)
+    return lark_grammar("\n".join([
+        "start: TEXT | TEXT_TRIGGER calls",
+        f"TEXT: /(?s:.*)/ & ~/(?s:.*{esc}.*)/",  # text that never calls
+        f"TEXT_TRIGGER: /(?s:.*)/ & ~/(?s:.*{esc}.*)/ {_lit(trigger)}",
+        body,
+    ]) + "\n", param)
 
 
 _REGEX_META = set("\\.+*?()|[]{}^$#&-~/")

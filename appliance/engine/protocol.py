@@ -9,7 +9,7 @@ Importing this module loads no llama.cpp.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Literal, Protocol
 
 from .generation import Generation
 from .types import EmbeddingResult, GenerationRequest
@@ -69,6 +69,16 @@ class ServingRunner(Protocol):
 
     @property
     def vocab(self) -> Vocab: ...  # read-only tokenizer side: llguidance builds its tokenizer from it
+
+    @property
+    def tool_use_template(self) -> str | None:
+        """The GGUF's tool_use template variant, if any (used when tools are offered)."""
+        ...
+
+    @property
+    def reasoning(self) -> Literal["separate", "inline"]:
+        """The catalog's `reasoning`: thinking into reasoning_content, or kept in the content."""
+        ...
 
     def generate(self, req: GenerationRequest) -> Generation: ...
 

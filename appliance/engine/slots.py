@@ -64,6 +64,7 @@ class Job:
     out: list[object] = field(default_factory=list)  # items for the consumer, sent once per step
     queued: bool = False  # in the runner's outbox for this step's delivery
     matchers: list[Any] = field(default_factory=list)  # one per choice when constrained
+    preserved: frozenset[int] = frozenset()  # special tokens whose text goes out (params.preserved)
 
 
 @dataclass(eq=False)

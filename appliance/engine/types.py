@@ -40,6 +40,7 @@ class SamplingParams:
     # decode, one matcher per choice. What the API uses; `grammar` stays for GBNF callers.
     constraint: object | None = field(default=None, compare=False)
     ignore_eos: bool = False
+    preserved: tuple[str, ...] = ()  # special tokens whose text stays in the output (tool-call markers)
 
 
 @dataclass(frozen=True)
