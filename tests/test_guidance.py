@@ -9,7 +9,6 @@ import json
 from pathlib import Path
 from typing import Iterator
 
-import llama_cpp as ll
 import psutil
 import pytest
 
@@ -38,17 +37,6 @@ def tool_call_grammar(tools: list[dict], tool_choice: object) -> str:
     g = render_chat(None, [{"role": "user", "content": "hi"}], tools, tool_choice).grammar
     assert g is not None
     return g
-
-
-@pytest.fixture(scope="module")
-def vocab(tiny_gguf: Path) -> Iterator[Vocab]:
-    ll.llama_backend_init()
-    mp = ll.llama_model_default_params()
-    mp.vocab_only = True
-    model = ll.llama_model_load_from_file(str(tiny_gguf).encode(), mp)
-    assert model
-    yield Vocab(model)
-    ll.llama_model_free(model)
 
 
 @pytest.fixture

@@ -211,21 +211,6 @@ def test_written_calls_parse_back(syn) -> None:  # type: ignore[no-untyped-def]
     assert [(c.name, json.loads(c.arguments)) for c in p.calls] == calls
 
 
-@pytest.fixture(scope="module")
-def vocab(tiny_gguf: Path):  # type: ignore[no-untyped-def]
-    import llama_cpp as ll
-
-    from appliance.engine.vocab import Vocab
-
-    ll.llama_backend_init()
-    mp = ll.llama_model_default_params()
-    mp.vocab_only = True
-    model = ll.llama_model_load_from_file(str(tiny_gguf).encode(), mp)
-    assert model
-    yield Vocab(model)
-    ll.llama_model_free(model)
-
-
 @pytest.mark.parametrize("syn", UNIQUE, ids=[s.name for s in UNIQUE])
 def test_every_family_grammar_holds_what_the_family_writes(syn, vocab) -> None:  # type: ignore[no-untyped-def]
     """Through llguidance, as requests use them: the forced grammar takes the calls the family

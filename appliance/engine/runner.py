@@ -23,7 +23,6 @@ import os
 import threading
 import time
 from collections import deque
-from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Literal, Sequence, TypeVar
@@ -41,7 +40,7 @@ from .generation import _END, Generation, post_many
 from .output import OutputProcessor, usage
 from .guidance import StepMasks, logits_row
 from .params import N_BATCH, context_params, model_params
-from .sampling import (Resident, RowLogprobs, SlotSampler, make_grammar, random_seed, row_logprobs,
+from .sampling import (Resident, RowLogprobs, SlotSampler, random_seed, row_logprobs,
                        use_backend_sampling)
 from .slots import Choice, Job, Slot, SlotTable
 from .step import StepPlan, plan_step
@@ -92,7 +91,6 @@ class Runner:
         n_threads: int | None = None,
         n_batch: int = DEFAULT_N_BATCH,
         extra_buffers: bool | None = None,
-        resample_pool: Executor | None = None,
         arrival_wait_s: float = ARRIVAL_WAIT_S,
     ) -> None:
         llamalog.install()
@@ -145,9 +143,7 @@ class Runner:
         self._output = OutputProcessor(self.vocab, self._row_logprobs)
         self._tasks: deque[_Task] = deque()
         self._outbox: list[Job] = []  # jobs with items to deliver at the end of this step
-        self._resampler = resample_pool  # grammar resamples (made on first use unless given)
         self._masks: StepMasks | None = None  # llguidance masks (made on first constrained step)
-        self._own_resampler = resample_pool is None
         self._arrival_wait_s = arrival_wait_s
         self._cond = threading.Condition()
         self._thread = threading.Thread(target=self._run, name=f"runner-{model_id or 'model'}", daemon=True)
@@ -250,9 +246,8 @@ class Runner:
         samplers: list[SlotSampler] = []
         try:
             for i in range(p.n):
-                grammar = make_grammar(self.vocab.vocab, p.grammar, p.grammar_triggers) if p.grammar else None
                 samplers.append(SlotSampler(self.vocab.vocab, self.vocab.n_vocab, p, base_seed + i,
-                                            self.vocab.eog_ids, grammar, n_ctx=self.context))
+                                            self.vocab.eog_ids, n_ctx=self.context))
         except BaseException:
             for smp in samplers:
                 smp.free()
@@ -421,7 +416,6 @@ class Runner:
             self._let_arrivals_queue(loop)
         with self._cond:
             self._admit()
-        self._collect_resamples()
         plan = plan_step(self._slots, self.n_batch)
         if not plan:
             self._flush()  # cancelled jobs' ends
@@ -574,56 +568,7 @@ class Runner:
             if not self._masks.apply(s.seq, logits_row(self._ctx, idx, self.vocab.n_vocab)):
                 self._fail_job(job, EngineError("the grammar allows no token here"))
                 return
-        try:
-            if job.params.logprobs:  # logprobs read the context's row after the pick: stay here
-                tok = ch.sampler.sample(self._ctx, idx)
-            else:
-                first = ch.sampler.first_pass(self._ctx, idx)
-                if first is None:  # refused by the grammar: resample while the others decode
-                    ch.deferred = ch.sampler.start_resample(self._resample_pool())
-                    ch.deferred.add_done_callback(self._wake)
-                    return
-                tok = first
-        except EngineError as e:
-            self._fail_job(job, e)
-            return
-        self._emit(s, tok, idx)
-
-    def _resample_pool(self) -> Executor:
-        if self._resampler is None:
-            self._resampler = ThreadPoolExecutor(max_workers=2, thread_name_prefix=f"grammar-{self.model_id}")
-        return self._resampler
-
-    def _collect_resamples(self) -> None:
-        """Emit the tokens of finished grammar resamples, so those slots rejoin this step's batch.
-        When nothing else could be decoded meanwhile, wait for one (or for new work)."""
-        waiting = [s for s in self._slots if s.choice is not None and s.choice.deferred is not None]
-        if not waiting:
-            return
-        if not any(s.reading or (s.choice is not None and s.choice.pending is not None) for s in self._slots):
-            with self._cond:
-                while not (self._closed or self._pending or self._tasks or self._any_cancelled()
-                           or any(s.choice is None or s.choice.deferred is None or s.choice.deferred.done()
-                                  for s in waiting)):
-                    self._cond.wait()
-        for s in waiting:
-            ch, job = s.choice, s.job
-            if ch is None or job is None or ch.deferred is None or not ch.deferred.done():
-                continue  # still running, or its job failed meanwhile (n > 1)
-            fut, ch.deferred = ch.deferred, None
-            try:
-                tok = fut.result()
-            except EngineError as e:
-                self._fail_job(job, e)
-                continue
-            self._emit(s, tok, -1)
-
-    def _any_cancelled(self) -> bool:
-        return any(s.job is not None and s.job.cancelled for s in self._slots)
-
-    def _wake(self, _: object = None) -> None:
-        with self._cond:
-            self._cond.notify_all()
+        self._emit(s, ch.sampler.sample(self._ctx, idx), idx)
 
     def _emit(self, s: Slot, tok: int, idx: int) -> None:
         """Deliver a picked token (output.OutputProcessor); `idx` is its row for logprobs (or -1)."""
@@ -729,8 +674,6 @@ class Runner:
             t.fail(EngineError("the model was unloaded"))
         if self._masks is not None:
             self._masks.close()
-        if self._resampler is not None and self._own_resampler:
-            self._resampler.shutdown(wait=True)  # samplers are freed above, after their resample
         for r in self._resident.values():  # out of the graph before the context goes
             r.free()
         self._resident.clear()

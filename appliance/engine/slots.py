@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
@@ -38,7 +37,6 @@ class Choice:
     text: TextStream
     generated: int = 0
     pending: int | None = None  # sampled, not yet decoded
-    deferred: Future[int] | None = None  # a grammar resample running off the decode thread
     matcher: Any = None  # llguidance matcher of a constrained choice (engine/guidance.py)
 
 
