@@ -18,9 +18,13 @@ from appliance.engine.guidance import (
     compile_async,
     compile_constraint,
     gbnf_grammar,
+    lark_grammar,
+    lazy_grammar,
     response_format_grammar,
     schema_grammar,
+    specials_of,
     tokenizer_for,
+    with_specials,
 )
 from appliance.engine.runner import Runner
 from appliance.engine.types import GenerationRequest, SamplingParams
@@ -169,3 +173,26 @@ def test_forced_tool_call_is_one_call_then_the_end(vocab: Vocab) -> None:
     toks = tok.tokenize_str(call)
     assert m.try_consume_tokens(toks) == len(toks) and m.is_accepting()
     assert m.try_consume_tokens(tok.tokenize_str("\n<tool_call>")) == 0
+
+
+def test_markers_that_are_special_tokens_may_come_as_those_tokens(vocab: Vocab) -> None:
+    """llguidance keeps special tokens out of quoted text: a model whose `<tool_call>` is one
+    token could otherwise only spell it. `<s>` (a control token here) stands in for a marker."""
+    tok = tokenizer_for(vocab)
+    specials = specials_of(vocab)
+    bos = specials["<s>"]
+    call = tok.tokenize_str('{"a": 1}')
+
+    def takes(grammar: str, toks: list[int]) -> bool:
+        m = compile_constraint(grammar, vocab, param="tools").fork(1)[0]
+        return m.try_consume_tokens(toks) == len(toks) and m.is_accepting()
+
+    forced = 'start: "<s>" "{\\"a\\": 1}"\n'
+    assert takes(lark_grammar(with_specials(forced, specials)), [bos, *call])
+    assert takes(lark_grammar(with_specials(forced, specials)), tok.tokenize_str("<s>") + call)  # spelled
+    assert not takes(lark_grammar(forced), [bos, *call])
+    lazy = lazy_grammar('start: "{\\"a\\": 1}"\n', "<s>", specials=specials)
+    text = tok.tokenize_str("Let me see. ")
+    assert takes(lazy, [*text, bos, *call]) and takes(lazy, tok.tokenize_str("Let me see. <s>") + call)
+    assert takes(lazy, text) and not takes(lazy, [*text, bos])
+    assert not takes(lazy_grammar('start: "{\\"a\\": 1}"\n', "<s>"), [*text, bos, *call])

@@ -46,6 +46,7 @@ def render(runner: ServingRunner, body: ChatCompletionRequest) -> ChatPrompt:
     a forced tool call (required / named) wins, else response_format, else the lazy
     tool-call grammar for tool_choice "auto"."""
     from ..engine.chat import render_chat
+    from ..engine.guidance import specials_of
 
     use_tools = bool(body.tools) and body.tool_choice != "none"
     tools = [t.model_dump(exclude_none=True) for t in body.tools or []] if use_tools else None
@@ -63,6 +64,7 @@ def render(runner: ServingRunner, body: ChatCompletionRequest) -> ChatPrompt:
         template_kwargs=template_kwargs(body),
         parallel_tool_calls=body.parallel_tool_calls is not False,
         reasoning=body.reasoning_mode or runner.reasoning,
+        specials=specials_of(runner.vocab) if tools else None,
     )
     grammar, triggers, param = r.grammar, r.grammar_triggers, "tools"
     rf_grammar = response_grammar(body)

@@ -19,11 +19,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import threading
 import warnings
 import weakref
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any
+from typing import Any, Mapping
 
 import llama_cpp as ll
 import numpy as np
@@ -157,19 +158,78 @@ def _lit(s: str) -> str:
     return json.dumps(s, ensure_ascii=False)
 
 
-def lazy_grammar(lark: str, trigger: str, param: str = "tools") -> str:
+def lazy_grammar(lark: str, trigger: str, param: str = "tools", specials: Mapping[str, int] | None = None) -> str:
     """tool_choice "auto": free text that never contains `trigger`, or free text up to the
     trigger and then what `lark` (a grammar with a `start` rule: what follows the trigger)
-    writes. Text and trigger are one lexeme, so the lexer never has to back off."""
+    writes. Text and trigger are one lexeme, so the lexer never has to back off; a trigger
+    that is a special token of the model (`specials`) may also come as that token."""
     body = "\n".join("calls:" + line[len("start:"):] if line.startswith("start:") else line
-                     for line in lark.splitlines())
+                     for line in with_specials(lark, specials or {}).splitlines())
     esc = _re_escape(trigger)
+    token = (specials or {}).get(trigger)
     return lark_grammar("\n".join([
-        "start: TEXT | TEXT_TRIGGER calls",
+        "start: TEXT | TEXT_TRIGGER calls" + (f" | TEXT <[{token}]> calls" if token is not None else ""),
         f"TEXT: /(?s:.*)/ & ~/(?s:.*{esc}.*)/",  # text that never calls
         f"TEXT_TRIGGER: /(?s:.*)/ & ~/(?s:.*{esc}.*)/ {_lit(trigger)}",
         body,
     ]) + "\n", param)
+
+
+_LITERAL = re.compile(r'"(?:[^"\\]|\\.)*"')
+
+
+def with_specials(lark: str, specials: Mapping[str, int]) -> str:
+    """`lark` with each marker that is one special token of the model (`specials`: text ->
+    id) written as the text or that token. llguidance keeps special tokens out of quoted
+    text (they can't be spelled), so without this a model could only spell `<tool_call>`
+    or `[TOOL_CALLS]` letter by letter, never emit the token it was trained to write.
+    Parser rules only: terminals (upper-case names) and `%json` rules are left alone."""
+    if not specials:
+        return lark
+    pattern = re.compile("|".join(re.escape(t) for t in sorted(specials, key=len, reverse=True)))
+
+    def literal(m: re.Match[str]) -> str:
+        text = json.loads(m.group(0))
+        if not pattern.search(text):
+            return m.group(0)
+        parts, pos = [], 0
+        for sm in pattern.finditer(text):
+            if sm.start() > pos:
+                parts.append(_lit(text[pos:sm.start()]))
+            parts.append(f"({_lit(sm.group(0))} | <[{specials[sm.group(0)]}]>)")
+            pos = sm.end()
+        if pos < len(text):
+            parts.append(_lit(text[pos:]))
+        return "(" + " ".join(parts) + ")"
+
+    out = []
+    for line in lark.splitlines():
+        name, sep, body = line.partition(":")
+        if sep and name.strip().islower() and not body.lstrip().startswith("%json"):
+            line = name + sep + _LITERAL.sub(literal, body)
+        out.append(line)
+    return "\n".join(out) + "\n"
+
+
+_SPECIALS: "weakref.WeakKeyDictionary[Any, dict[str, int]]" = weakref.WeakKeyDictionary()
+
+
+def specials_of(vocab: Any) -> dict[str, int]:
+    """The model's special tokens as llguidance sees them (control tokens, and user-defined
+    ones that look like `<...>`), text -> id; read once per load."""
+    with _TOKENIZER_LOCK:
+        found = _SPECIALS.get(vocab)
+        if found is None:
+            found = {}
+            for t in range(vocab.n_vocab):
+                attr = ll.llama_vocab_get_attr(vocab.vocab, t)
+                if not attr & (ll.LLAMA_TOKEN_ATTR_CONTROL | ll.LLAMA_TOKEN_ATTR_USER_DEFINED):
+                    continue
+                text = vocab.special_piece(t).decode("utf-8", errors="replace")
+                if text and (attr & ll.LLAMA_TOKEN_ATTR_CONTROL or (text.startswith("<") and text.endswith(">"))):
+                    found.setdefault(text, t)
+            _SPECIALS[vocab] = found
+        return found
 
 
 _REGEX_META = set("\\.+*?()|[]{}^$#&-~/")

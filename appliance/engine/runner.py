@@ -38,7 +38,7 @@ from .cpufeatures import extra_buffers_safe
 from .embeddings import embed_batches, embedding_inputs
 from .generation import _END, Generation, post_many
 from .output import OutputProcessor, usage
-from .guidance import StepMasks, logits_row
+from .guidance import StepMasks, logits_row, specials_of
 from .params import N_BATCH, context_params, model_params
 from .sampling import (Resident, RowLogprobs, SlotSampler, random_seed, row_logprobs,
                        use_backend_sampling)
@@ -271,6 +271,8 @@ class Runner:
         """Render messages with this model's template (catalog's, GGUF's, or the default);
         `options`: render_chat's keywords (template_kwargs, parallel_tool_calls, reasoning)."""
         options.setdefault("reasoning", self.reasoning)
+        if tools:
+            options.setdefault("specials", specials_of(self.vocab))
         return render_chat(self.chat_template, messages, tools, tool_choice,
                            bos=self.bos_text, eos=self.eos_text, arch=self.arch,
                            tool_use_template=self.tool_use_template, **options)

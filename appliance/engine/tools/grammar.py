@@ -53,13 +53,16 @@ class _Rules:
         return name
 
     def text_until(self, tail: str) -> str:
-        """A terminal: free text without `<`, then `tail`. One lexeme, because llguidance's
-        lexer is greedy: a text lexeme of its own would swallow the newline a tail like
-        "\\n</parameter>" starts with, and the tail could then never match."""
+        """Free text without `<`, then `tail`. The text and what of the tail comes before its
+        first `<` are one lexeme (a terminal), because llguidance's lexer is greedy: a text
+        lexeme of its own would swallow the newline a tail like "\\n</parameter>" starts
+        with, and the tail could then never match. The rest, from `<`, stays a literal of
+        the rule (where a marker may be a special token: guidance.with_specials)."""
         self.n += 1
         name = f"T{self.n}"
-        self.lines.append(f"{name}: /[^<]*/ {lit(tail)}" if tail else f"{name}: /[^<]*/")
-        return name
+        cut = tail.find("<") if "<" in tail else len(tail)
+        self.lines.append(_seq(f"{name}: /[^<]*/", lit(tail[:cut])))
+        return _seq(name, lit(tail[cut:]))
 
     def text(self) -> str:
         return "\n".join(self.lines) + "\n"
