@@ -92,6 +92,12 @@ async def test_cross_site_posts_and_dns_rebinding_are_refused(daemon_settings: A
         "name": "x", "schema": {"type": "string", "pattern": "^[z-a]$"}}}}, "response_format"),
     ({"messages": [{"role": "user", "content": "hi"}], "response_format": {"type": "json_schema", "json_schema": {
         "name": "x", "schema": {"type": "integer", "minimum": 3, "maximum": 1}}}}, "response_format"),
+    ({"messages": [{"role": "user", "content": "hi"}], "tool_choice": "required", "tools": [
+        {"type": "function", "function": {"name": "f", "parameters": {"type": "integer", "minimum": 3, "maximum": 1}}}]},
+     "tools"),
+    ({"messages": [{"role": "user", "content": "hi"}], "tool_choice": "required", "tools": [
+        {"type": "function", "function": {"name": "f", "parameters": {
+            "type": "object", "properties": {"s": {"type": "string", "pattern": "^[z-a]$"}}}}}]}, "tools"),
 ])
 async def test_finding_10_and_budgets_are_400s(daemon_settings: Any, body: dict, param: str | None) -> None:
     """Finding 10 (500s with tracebacks) and finding 5 (costs without a budget)."""
