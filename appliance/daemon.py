@@ -23,6 +23,7 @@ from aiohttp import web
 
 from .api.admin import mount_store
 from .api.app import create_app
+from .api.listener import HardenedSite
 from .api.state import AppState, RequestRecord
 from .auth import Keyring, RateLimiter
 from .clock import Clock, SystemClock
@@ -160,10 +161,14 @@ class Daemon:
         self.check()
         # [operations] shutdown_timeout: stop() comes after service.drain has already waited
         # server.drain_timeout for in-flight requests; what is left is cancelled promptly.
+        # keepalive_timeout: aiohttp's timer runs from connection open, so it bounds both slow
+        # headers and idle keep-alive sockets (docs/security.md).
+        server = self.settings.config.server
         self._runner = web.AppRunner(self.app, handler_cancellation=True, access_log=None,
-                                     shutdown_timeout=2.0)
+                                     shutdown_timeout=2.0, keepalive_timeout=server.idle_timeout)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, self.host, self.port, ssl_context=self.ssl)
+        cap = None if server.max_connections == "auto" else server.max_connections
+        site = HardenedSite(self._runner, self.host, self.port, ssl_context=self.ssl, max_connections=cap)
         try:
             await site.start()
         except OSError as e:

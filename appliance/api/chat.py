@@ -15,6 +15,7 @@ from typing import Any
 
 from aiohttp import web
 
+from ..engine.guidance import compile_async
 from ..engine.tools.stream import DeltaStream
 from ..engine.types import Delta, GenerationRequest, TokenLogprob, Usage
 from . import chunks
@@ -112,6 +113,9 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         # images decoded and tokenized by the projector: CPU work, off the loop too
         vision = await asyncio.to_thread(runner.tokenize_images, prompt.text, images, prompt.add_special) \
             if images else None
+        constraint = None
+        if prompt.grammar is not None:  # llguidance, compiled off the loop under a deadline
+            constraint = await compile_async(prompt.grammar, runner.vocab, param=prompt.grammar_param)
         params = sampling_params(
             body,
             cfg,
@@ -119,8 +123,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
             stop=tuple(body.stops) + prompt.stop,
             logprobs=body.logprobs,
             top_logprobs=body.top_logprobs or 0,
-            grammar=prompt.grammar,
-            grammar_triggers=prompt.grammar_triggers,
+            constraint=constraint,
             preserved=prompt.preserved,
         )
         req = GenerationRequest(prompt.text, params, add_special=prompt.add_special, request_id=request[REQUEST_ID],

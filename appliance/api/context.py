@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
-from ..auth import ApiKey
+from ..auth import ApiKey, Keyring
 from ..config import ModelConfig
 from .backend import Backend
 from .directory import ModelDirectory
@@ -20,6 +20,7 @@ class ApiContext:
 
 
 CTX_KEY = web.AppKey("appliance_api", ApiContext)
+KEYRING_KEY = web.AppKey("keyring", Keyring)
 
 ANONYMOUS = "anonymous"  # the fairness bucket of requests in open (no keys) mode
 

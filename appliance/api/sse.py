@@ -3,21 +3,28 @@
 from __future__ import annotations
 
 import json
+import time
 from typing import Any
 
 from aiohttp import web
 
-from ..errors import ApplianceError
+from ..errors import ApplianceError, InvalidAPIKey
+from .context import KEYRING_KEY, api_key
 from .errors import error_payload
 from .state import STATE_KEY, request_facts
+from .timeouts import write_within
 
 
 class SSEStream:
     """One streamed response. Open it only once the first token is in hand, so a request
     that fails early still gets a real HTTP status instead of a 200 stream."""
 
+    KEY_CHECK_S = 1.0  # how often a stream re-checks its key: revocation ends it within this
+
     def __init__(self, request: web.Request) -> None:
         self.request = request
+        self._key = api_key(request)
+        self._key_checked = time.monotonic()
         self.ended = False  # error() or done() sent the end: later sends are dropped
         self.response = web.StreamResponse(
             status=200,
@@ -37,27 +44,41 @@ class SSEStream:
         return state.streams if state is not None else set()
 
     async def send(self, obj: dict[str, Any]) -> None:
+        self._check_key()
+        await self._send(obj)
+
+    def _check_key(self) -> None:
+        """A revoked key's stream ends (the relay turns this into an error event)."""
+        now = time.monotonic()
+        if self._key is None or self.ended or now - self._key_checked < self.KEY_CHECK_S:
+            return
+        self._key_checked = now
+        keyring = self.request.app.get(KEYRING_KEY)
+        if keyring is not None and not keyring.active(self._key):
+            raise InvalidAPIKey(f"the API key {self._key.name!r} was revoked")
+
+    async def _send(self, obj: dict[str, Any]) -> None:
         if self.ended:
             return
         data = json.dumps(obj, ensure_ascii=False, separators=(",", ":"))
-        await self.response.write(b"data: " + data.encode("utf-8") + b"\n\n")
+        await write_within(self.request, self.response, b"data: " + data.encode("utf-8") + b"\n\n")
 
     async def error(self, exc: ApplianceError) -> web.StreamResponse:
         """A failure after streaming began: recorded for the request's log line (as the error
         middleware does for plain HTTP errors), one error event, then the stream ends."""
         if not self.ended:
             request_facts(self.request).error_code = exc.code
-            await self.send(error_payload(exc))
+            await self._send(error_payload(exc))
             self._end()
-            await self.response.write_eof()
+            await write_within(self.request, self.response, None)
         return self.response
 
     async def done(self) -> None:
         if self.ended:
             return
         self._end()
-        await self.response.write(b"data: [DONE]\n\n")
-        await self.response.write_eof()
+        await write_within(self.request, self.response, b"data: [DONE]\n\n")
+        await write_within(self.request, self.response, None)
 
     def _end(self) -> None:
         self.ended = True

@@ -17,6 +17,7 @@ from .types import EmbeddingResult, GenerationRequest
 if TYPE_CHECKING:
     from .llamalog import BufferSizes
     from .vision import VisionPrompt
+    from .vocab import Vocab
 
 
 class DrivenRunner(Protocol):
@@ -66,6 +67,9 @@ class ServingRunner(Protocol):
 
     @property
     def arch(self) -> str: ...
+
+    @property
+    def vocab(self) -> Vocab: ...  # read-only tokenizer side: llguidance builds its tokenizer from it
 
     @property
     def tool_use_template(self) -> str | None:

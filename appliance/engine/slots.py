@@ -15,9 +15,8 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -39,7 +38,7 @@ class Choice:
     text: TextStream
     generated: int = 0
     pending: int | None = None  # sampled, not yet decoded
-    deferred: Future[int] | None = None  # a grammar resample running off the decode thread
+    matcher: Any = None  # llguidance matcher of a constrained choice (engine/guidance.py)
 
 
 @dataclass(eq=False)
@@ -63,6 +62,7 @@ class Job:
     t_last: float | None = None
     out: list[object] = field(default_factory=list)  # items for the consumer, sent once per step
     queued: bool = False  # in the runner's outbox for this step's delivery
+    matchers: list[Any] = field(default_factory=list)  # one per choice when constrained
     preserved: frozenset[int] = frozenset()  # special tokens whose text goes out (params.preserved)
     vision: VisionPrompt | None = None  # the prompt's images (their pseudo-ids are in `prompt`)
 

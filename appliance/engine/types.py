@@ -37,8 +37,9 @@ class SamplingParams:
     logprobs: bool = False
     top_logprobs: int = 0
     n: int = 1  # choices decoded from one prompt, each in its own slot
-    grammar: str | None = None  # GBNF; applied the fast way (check, resample on rejection)
-    grammar_triggers: tuple[str, ...] = ()  # lazy grammar: active only after one of these
+    # A compiled grammar (engine.guidance.Constraint: json_object, json_schema, tool calls,
+    # GBNF or Lark): masks computed beside the decode, one matcher per choice.
+    constraint: object | None = field(default=None, compare=False)
     ignore_eos: bool = False
     preserved: tuple[str, ...] = ()  # special tokens whose text stays in the output (tool-call markers)
 

@@ -248,6 +248,12 @@ class Scheduler:
             return m, m.runner
         if len(m.queue) >= self.config.queue.max_waiting:
             ra = self._retry_after(m)
+            victim = m.queue.make_room(key, self.config.queue.max_waiting)  # fair shares of the room
+            if victim is not None:
+                self._fail(victim, QueueFull(
+                    f"model {m.id!r}: this key holds more than its share of queue.max_waiting; retry later",
+                    retry_after=ra))
+        if len(m.queue) >= self.config.queue.max_waiting:
             raise QueueFull(
                 f"model {m.id!r} has {len(m.queue)} requests waiting (queue.max_waiting); retry later",
                 retry_after=ra,
