@@ -47,8 +47,7 @@ def create_app(
     server = settings.config.server
     cors_mw = cors(list(server.cors_origins))
     middlewares = [request_context, errors, cors_mw, draining, body_limit,
-                   auth(keyring, limiter or RateLimiter(), open_without_keys=open_without_keys,
-                        metrics_public=server.metrics_public)]
+                   auth(keyring, open_without_keys=open_without_keys, metrics_public=server.metrics_public)]
     # client_max_size: aiohttp's own 413 for bodies that lie about (or omit) their length.
     app = web.Application(middlewares=middlewares, client_max_size=server.max_body_bytes)
     app[MAX_BODY_KEY] = server.max_body_bytes
@@ -56,6 +55,7 @@ def create_app(
     app[CTX_KEY] = ApiContext(
         directory=ModelDirectory(catalog or (lambda: settings.catalog), store, started=time.time()),
         backend=backend,
+        limiter=limiter or RateLimiter(),
     )
     app.on_response_prepare.append(add_request_headers)
     app.on_response_prepare.append(cors_mw.on_prepare)

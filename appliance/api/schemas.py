@@ -15,10 +15,20 @@ from pydantic_core import ErrorDetails
 
 from ..errors import InvalidJSON, InvalidRequest
 from ..validation import error_path, error_text
+from .origins import plain_body_ok
 
 
 class _Body(BaseModel):
     model_config = ConfigDict(extra="ignore")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _null_is_default(cls, raw: Any) -> Any:
+        """An explicit `null` for an optional parameter means its default (other servers agree)."""
+        if isinstance(raw, dict) and None in raw.values():
+            fields = cls.model_fields
+            return {k: v for k, v in raw.items() if v is not None or k not in fields or fields[k].is_required()}
+        return raw
 
 
 # --- chat ----------------------------------------------------------------------------------
@@ -274,9 +284,10 @@ def parse_body(model: type[T], body: Any) -> T:
 
 
 async def read_json(request: web.Request) -> Any:
-    """The body as JSON, insisting on a JSON content type (400 invalid_json otherwise)."""
+    """The body as JSON; another content type only where no cross-site page could have sent
+    it (api/origins.py), else 400 invalid_json."""
     ctype = request.content_type
-    if ctype != "application/json" and not ctype.endswith("+json"):
+    if ctype != "application/json" and not ctype.endswith("+json") and not plain_body_ok(request):
         raise InvalidJSON(f"expected Content-Type: application/json, got {ctype or 'none'!r}")
     raw = await request.read()
     try:
