@@ -22,6 +22,8 @@ from .completions import completions
 from .context import CTX_KEY, ApiContext
 from .directory import ModelDirectory
 from .embeddings import embeddings
+from .infill import infill
+from .tokenize import detokenize, tokenize
 from .errors import MAX_BODY_KEY
 from .middleware import add_request_headers, auth, body_limit, cors, draining, errors, request_context
 from .models_routes import add_model_routes
@@ -64,6 +66,9 @@ def create_app(
     app.router.add_post("/v1/chat/completions", chat_completions)
     app.router.add_post("/v1/completions", completions)
     app.router.add_post("/v1/embeddings", embeddings)
+    app.router.add_post("/infill", infill)
+    app.router.add_post("/tokenize", tokenize)
+    app.router.add_post("/detokenize", detokenize)
     if scheduler is not None:
         from .admin import add_admin_routes
 

@@ -90,21 +90,29 @@ class ChatChoices:
         return chunks.chat_response(self.head, out, usage)
 
 
+def chat_generation(runner: Any, body: ChatCompletionRequest, request_id: str,
+                    **extra: Any) -> tuple[ChatPrompt, GenerationRequest]:
+    """The prompt and engine request of one chat body (also for the Ollama and Responses
+    APIs, which arrive here as a ChatCompletionRequest); `extra` adds sampling parameters."""
+    prompt: ChatPrompt = render(runner, body)
+    params = sampling_params(
+        body,
+        max_tokens=body.token_limit,
+        stop=tuple(body.stops) + prompt.stop,
+        logprobs=body.logprobs,
+        top_logprobs=body.top_logprobs or 0,
+        grammar=prompt.grammar,
+        grammar_triggers=prompt.grammar_triggers,
+        **extra,
+    )
+    return prompt, GenerationRequest(prompt.text, params, add_special=prompt.add_special, request_id=request_id)
+
+
 async def chat_completions(request: web.Request) -> web.StreamResponse:
     body = parse_body(ChatCompletionRequest, await read_json(request))
     mid, _ = resolve_model(request, body.model)
     head = Head.new("chat", mid, body.include_usage)
     async with request.app[CTX_KEY].backend.lease(mid, key_name(request), slots=body.n) as runner:
-        prompt: ChatPrompt = render(runner, body)
-        params = sampling_params(
-            body,
-            max_tokens=body.token_limit,
-            stop=tuple(body.stops) + prompt.stop,
-            logprobs=body.logprobs,
-            top_logprobs=body.top_logprobs or 0,
-            grammar=prompt.grammar,
-            grammar_triggers=prompt.grammar_triggers,
-        )
-        req = GenerationRequest(prompt.text, params, add_special=prompt.add_special, request_id=request[REQUEST_ID])
+        prompt, req = chat_generation(runner, body, request[REQUEST_ID])
         choices = ChatChoices(head, prompt, body.n, body.stream, body.logprobs)
         return await relay(request, head, body.stream, choices, [lambda: runner.generate(req)])

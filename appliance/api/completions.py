@@ -12,6 +12,7 @@ from ..errors import InvalidRequest
 from . import chunks
 from .chunks import Chunk, Head
 from .context import CTX_KEY, key_name, resolve_model
+from .infill import fim_tokens_for
 from .relay import relay
 from .sampling import sampling_params
 from .schemas import CompletionRequest, parse_body, read_json
@@ -25,6 +26,13 @@ def _echo_text(runner: Any, prompt: str | list[int]) -> str:
     if detok is None:
         raise InvalidRequest("echo with token-array prompts is not supported", param="echo")
     return str(detok(prompt))
+
+
+def _fim(runner: Any, mid: str, prompt: str | list[int], suffix: str, params: Any, rid: str) -> GenerationRequest:
+    """`suffix`: the prompt is the code before the cursor, the suffix the code after it."""
+    if not isinstance(prompt, str):
+        raise InvalidRequest("suffix needs text prompts, not token arrays", param="prompt")
+    return GenerationRequest(fim_tokens_for(runner, mid, prompt, suffix), params, add_special=False, request_id=rid)
 
 
 class CompletionChoices:
@@ -76,5 +84,7 @@ async def completions(request: web.Request) -> web.StreamResponse:
     async with request.app[CTX_KEY].backend.lease(mid, key_name(request), slots=body.n) as runner:
         echoes = [_echo_text(runner, p) if body.echo else "" for p in body.prompts]  # refused before streaming
         choices = CompletionChoices(head, echoes, body.n, body.stream, want_lp)
-        starts = [lambda p=p: runner.generate(GenerationRequest(p, params, request_id=rid)) for p in body.prompts]
+        reqs = [_fim(runner, mid, p, body.suffix, params, rid) if body.suffix else GenerationRequest(p, params, request_id=rid)
+                for p in body.prompts]
+        starts = [lambda r=r: runner.generate(r) for r in reqs]
         return await relay(request, head, body.stream, choices, starts)

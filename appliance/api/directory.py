@@ -6,6 +6,7 @@ cannot even enumerate what it may not use.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Callable, Protocol
 
 from ..auth import ApiKey
@@ -17,6 +18,8 @@ class _Records(Protocol):
     """The part of the store /v1/models needs (appliance.store.Store satisfies it)."""
 
     def record(self, model_id: str) -> Any: ...
+
+    def blob_path(self, sha256: str) -> Path: ...
 
 
 class ModelDirectory:
@@ -38,6 +41,14 @@ class ModelDirectory:
         if key is not None and not key.may_use(mid, name, *cfg.aliases):
             raise ModelNotAllowed(f"key {key.name!r} may not use the model {name!r}", param="model")
         return mid, cfg
+
+    def model_file(self, mid: str) -> Path | None:
+        """The model's (first) GGUF in the store, or None when it is not there."""
+        rec = self._store.record(mid) if self._store is not None else None
+        if rec is None or not rec.blobs:
+            return None
+        path = self._store.blob_path(rec.blobs[0].sha256)
+        return path if path.is_file() else None
 
     def visible(self, key: ApiKey | None) -> list[tuple[str, ModelConfig]]:
         return [

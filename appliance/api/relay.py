@@ -55,9 +55,11 @@ def add_usage(total: Usage, u: Usage) -> None:
 
 
 async def relay(request: web.Request, head: Head, stream: bool, choices: Choices,
-                generations: Sequence[Callable[[], Generation]]) -> web.StreamResponse:
+                generations: Sequence[Callable[[], Generation]],
+                stream_type: Callable[[web.Request], SSEStream] = SSEStream) -> web.StreamResponse:
     """Run `generations` (each starts one engine Generation) one after another into one
-    response: an SSE stream when `stream`, else `choices.response(...)` as JSON."""
+    response: a stream when `stream` (OpenAI's SSE unless `stream_type` frames it otherwise:
+    Ollama's NDJSON, llama-server's SSE without [DONE]), else `choices.response(...)` as JSON."""
     facts = request_facts(request)
     facts.stream = stream
     total = Usage()
@@ -68,7 +70,7 @@ async def relay(request: web.Request, head: Head, stream: bool, choices: Choices
             try:
                 d = await next_delta(gen)  # before any header: early failures are real HTTP errors
                 if stream and sse is None:
-                    sse = SSEStream(request)
+                    sse = stream_type(request)
                     await sse.open()
                 while d is not None:
                     for chunk in choices.add(k, d):

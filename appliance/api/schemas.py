@@ -209,14 +209,7 @@ class CompletionRequest(_Sampling):
     max_tokens: Annotated[int, Field(ge=1)] | None = 16  # OpenAI's default for completions
     echo: bool = False
     logprobs: Annotated[int, Field(ge=0, le=5)] | None = None
-    suffix: str | None = None
-
-    @field_validator("suffix")
-    @classmethod
-    def _no_suffix(cls, v: str | None) -> str | None:
-        if v:
-            raise ValueError("suffix (fill-in-the-middle) is not supported")
-        return v
+    suffix: str | None = None  # fill-in-the-middle (api/infill.py)
 
     @property
     def prompts(self) -> list[str | list[int]]:

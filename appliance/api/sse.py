@@ -45,3 +45,31 @@ class SSEStream:
     async def done(self) -> None:
         await self.response.write(b"data: [DONE]\n\n")
         await self.response.write_eof()
+
+
+class PlainSSEStream(SSEStream):
+    """llama-server's native endpoints (/infill, /completion): the same events, no [DONE]."""
+
+    async def done(self) -> None:
+        await self.response.write_eof()
+
+
+class NDJSONStream(SSEStream):
+    """Ollama's streams: one JSON object per line; a failure is one `{"error": "..."}` line."""
+
+    def __init__(self, request: web.Request) -> None:
+        super().__init__(request)
+        self.response.headers["Content-Type"] = "application/x-ndjson"
+
+    async def send(self, obj: dict[str, Any]) -> None:
+        data = json.dumps(obj, ensure_ascii=False, separators=(",", ":"))
+        await self.response.write(data.encode("utf-8") + b"\n")
+
+    async def error(self, exc: ApplianceError) -> web.StreamResponse:
+        request_facts(self.request).error_code = exc.code
+        await self.send({"error": exc.message})
+        await self.response.write_eof()
+        return self.response
+
+    async def done(self) -> None:
+        await self.response.write_eof()
