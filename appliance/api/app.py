@@ -69,6 +69,9 @@ def create_app(
     app.router.add_post("/infill", infill)
     app.router.add_post("/tokenize", tokenize)
     app.router.add_post("/detokenize", detokenize)
+    from .ollama import add_ollama_routes
+
+    add_ollama_routes(app, store, catalog or (lambda: settings.catalog))
     if scheduler is not None:
         from .admin import add_admin_routes
 

@@ -42,10 +42,14 @@ class ModelDirectory:
             raise ModelNotAllowed(f"key {key.name!r} may not use the model {name!r}", param="model")
         return mid, cfg
 
+    def record(self, mid: str) -> Any:
+        """The store's record of the model (blobs, sizes), or None when not pulled."""
+        return self._store.record(mid) if self._store is not None else None
+
     def model_file(self, mid: str) -> Path | None:
         """The model's (first) GGUF in the store, or None when it is not there."""
-        rec = self._store.record(mid) if self._store is not None else None
-        if rec is None or not rec.blobs:
+        rec = self.record(mid)
+        if rec is None or not rec.blobs or self._store is None:
             return None
         path = self._store.blob_path(rec.blobs[0].sha256)
         return path if path.is_file() else None
@@ -59,7 +63,7 @@ class ModelDirectory:
 
     def card(self, mid: str, cfg: ModelConfig) -> dict[str, Any]:
         """OpenAI's model object plus what an auditor needs: the checksum and the source."""
-        rec = self._store.record(mid) if self._store is not None else None
+        rec = self.record(mid)
         shas: list[str | None] = list(rec.shas) if rec is not None and rec.shas else cfg.pinned_sha256
         sha: str | list[str | None] | None = shas[0] if len(shas) == 1 else shas
         created = self._started

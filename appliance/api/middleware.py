@@ -24,7 +24,7 @@ access_log = logging.getLogger("appliance.access")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
-OPEN_PATHS = frozenset({"/health", "/ready"})
+OPEN_PATHS = frozenset({"/health", "/ready", "/api/version"})  # Ollama clients probe the version keyless
 _CLIENT_ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 REQUEST_ID_HEADER = "x-request-id"
 
@@ -107,7 +107,7 @@ async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     request_facts(request).error_code = err.code
     if err.status >= 500 and not logged:  # the engine's own failures too: the log must say what went wrong
         log.warning("%s: %s", err.code, err.message)
-    return error_response(err)
+    return error_response(err, plain=request.path.startswith("/api/"))  # Ollama's routes
 
 
 def cors(origins: list[str]) -> Callable:

@@ -1,0 +1,121 @@
+"""Ollama requests -> the OpenAI chat body the rest of the API already serves (template,
+tools, grammar for `format`, sampling), and engine output -> Ollama's shapes (pure)."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timezone
+from typing import Any
+
+from ...engine.types import Usage
+from ...errors import InvalidRequest
+from ..schemas import ChatCompletionRequest, parse_body
+from .schemas import ChatRequest, Message, Options
+
+
+def now_iso() -> str:
+    return datetime.now(timezone.utc).isoformat().replace("+00:00", "Z")
+
+
+def iso(ts: float | None) -> str:
+    return datetime.fromtimestamp(ts or 0, timezone.utc).isoformat().replace("+00:00", "Z")
+
+
+def response_format(fmt: str | dict[str, Any] | None) -> dict[str, Any] | None:
+    """`format: "json"` -> any JSON object; a JSON schema -> output that matches it."""
+    if not fmt:
+        return None
+    if fmt == "json":
+        return {"type": "json_object"}
+    return {"type": "json_schema", "json_schema": {"name": "format", "schema": fmt}}
+
+
+def sampling(o: Options) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(OpenAI body fields, extra engine SamplingParams) from Ollama's options."""
+    body: dict[str, Any] = {}
+    for name in ("temperature", "top_p", "seed", "presence_penalty", "frequency_penalty"):
+        v = getattr(o, name)
+        if v is not None:
+            body[name] = v
+    if o.stop:
+        body["stop"] = [o.stop] if isinstance(o.stop, str) else list(o.stop)
+    if o.num_predict is not None and o.num_predict > 0:
+        body["max_tokens"] = o.num_predict
+    extra = {name: getattr(o, name) for name in ("top_k", "min_p", "repeat_penalty") if getattr(o, name) is not None}
+    return body, extra
+
+
+def refuse_images(images: list[str] | None, param: str) -> None:
+    if images:
+        raise InvalidRequest("images are not supported yet (no vision models here)", param=param)
+
+
+def openai_messages(messages: list[Message]) -> list[dict[str, Any]]:
+    """Ollama's tool calls carry no ids and its tool results name the tool: ids are made up
+    here and each result takes the oldest unanswered call's id (of the same name when given)."""
+    out: list[dict[str, Any]] = []
+    pending: list[tuple[str, str]] = []  # (id, name) of calls not answered yet
+    for i, m in enumerate(messages):
+        refuse_images(m.images, f"messages[{i}].images")
+        d: dict[str, Any] = {"role": m.role, "content": m.content}
+        if m.role == "assistant" and m.tool_calls:
+            calls = []
+            for k, c in enumerate(m.tool_calls):
+                cid = f"call_{i}_{k}"
+                pending.append((cid, c.function.name))
+                calls.append({"id": cid, "type": "function",
+                              "function": {"name": c.function.name, "arguments": json.dumps(c.function.arguments)}})
+            d["tool_calls"] = calls
+        if m.role == "tool":
+            match = next((p for p in pending if m.tool_name in (None, p[1])), None)
+            if match is not None:
+                pending.remove(match)
+            d["tool_call_id"] = match[0] if match else f"call_{i}"
+            if m.tool_name:
+                d["name"] = m.tool_name
+        out.append(d)
+    return out
+
+
+def chat_body(model: str, messages: list[dict[str, Any]], options: Options, fmt: Any,
+              tools: list[dict[str, Any]] | None = None) -> tuple[ChatCompletionRequest, dict[str, Any]]:
+    """The OpenAI chat body (validated as /v1/chat/completions validates it) and extra sampling."""
+    fields, extra = sampling(options)
+    raw: dict[str, Any] = {"model": model, "messages": messages, **fields}
+    rf = response_format(fmt)
+    if rf is not None:
+        raw["response_format"] = rf
+    if tools:
+        raw["tools"] = tools
+    return parse_body(ChatCompletionRequest, raw), extra
+
+
+def chat_request_body(b: ChatRequest) -> tuple[ChatCompletionRequest, dict[str, Any]]:
+    return chat_body(b.model, openai_messages(b.messages), b.options, b.format, b.tools)
+
+
+def tool_calls(calls: list[tuple[str, str]]) -> list[dict[str, Any]]:
+    """Parsed (name, JSON arguments) -> Ollama's calls, arguments as an object."""
+    out = []
+    for name, args in calls:
+        try:
+            parsed = json.loads(args) if args.strip() else {}
+        except ValueError:
+            parsed = {}
+        out.append({"function": {"name": name, "arguments": parsed if isinstance(parsed, dict) else {"value": parsed}}})
+    return out
+
+
+def timings(usage: Usage, total_ns: int, load_ns: int) -> dict[str, Any]:
+    """Ollama's counters (durations in nanoseconds) from the engine's usage."""
+    eval_ns = 0
+    if usage.decode_tokens_per_s:
+        eval_ns = int(usage.completion_tokens / usage.decode_tokens_per_s * 1e9)
+    return {
+        "total_duration": total_ns,
+        "load_duration": load_ns,
+        "prompt_eval_count": usage.prompt_tokens,
+        "prompt_eval_duration": int((usage.ttft_s or 0) * 1e9),
+        "eval_count": usage.completion_tokens,
+        "eval_duration": eval_ns,
+    }

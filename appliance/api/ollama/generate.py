@@ -1,0 +1,177 @@
+"""POST /api/chat and /api/generate: Ollama's generation endpoints over the same engine path
+as /v1 (chat template, tools, `format` grammar), streamed as NDJSON by default.
+
+Each streamed line is `{"model", "created_at", "message": {...}, "done": false}` (chat) or
+`{..., "response": "...", "done": false}` (generate); the last line has `done: true`,
+`done_reason` and the counters. With tools, the text is held back to the end, where the
+parsed calls arrive as `message.tool_calls` (arguments as objects). A body without messages
+(chat) or prompt (generate) loads the model, or unloads it with `keep_alive: 0`.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from aiohttp import web
+
+from ...auth import ADMIN
+from ...engine.types import Delta, GenerationRequest, Usage
+from ...errors import InsufficientScope, InvalidRequest, NotFound
+from ..admin import SCHEDULER_KEY
+from ..chat import chat_generation
+from ..chat_render import ChatPrompt, response_grammar
+from ..chunks import Chunk
+from ..context import CTX_KEY, api_key, key_name, resolve_model
+from ..infill import fim_tokens_for
+from ..relay import relay
+from ..sampling import sampling_params
+from ..schemas import parse_body, read_json
+from ..sse import NDJSONStream
+from ..state import REQUEST_ID
+from . import convert
+from .schemas import ChatRequest, GenerateRequest, keep_alive_zero
+
+
+class OllamaChoices:
+    """One choice in Ollama's shape; also the relay's `head`, whose usage chunk is the last line."""
+
+    include_usage = True
+
+    def __init__(self, kind: str, model: str, stream: bool, prompt: ChatPrompt | None,
+                 t0: int, load_ns: int, context: list[int] | None = None) -> None:
+        self.kind, self.model, self.stream, self.prompt = kind, model, stream, prompt
+        self.t0, self.load_ns, self.context = t0, load_ns, context
+        self.text, self.finish = "", "stop"
+        self.tokens: list[int] = []
+
+    @property
+    def _holds_text(self) -> bool:
+        return self.prompt is not None and self.prompt.parses_tools
+
+    def _line(self, text: str, calls: list[dict[str, Any]] | None = None, done: bool = False) -> Chunk:
+        line: Chunk = {"model": self.model, "created_at": convert.now_iso()}
+        if self.kind == "chat":
+            msg: dict[str, Any] = {"role": "assistant", "content": text}
+            if calls:
+                msg["tool_calls"] = calls
+            line["message"] = msg
+        else:
+            line["response"] = text
+        line["done"] = done
+        return line
+
+    def add(self, generation: int, d: Delta) -> list[Chunk]:
+        self.text += d.text
+        self.tokens.extend(d.token_ids)
+        if d.finish_reason:
+            self.finish = d.finish_reason
+        if not self.stream:
+            return []
+        if not self._holds_text:
+            return [self._line(d.text)] if d.text else []
+        if d.finish_reason:
+            content, calls = self._split()
+            return [self._line(content, calls)] if content or calls else []
+        return []
+
+    def _split(self) -> tuple[str, list[dict[str, Any]]]:
+        if not self._holds_text:
+            return self.text, []
+        assert self.prompt is not None
+        content, calls = self.prompt.split(self.text)
+        return content, convert.tool_calls(calls)
+
+    def _final(self, usage: Usage, text: str, calls: list[dict[str, Any]] | None) -> Chunk:
+        line = self._line(text, calls, done=True)
+        line["done_reason"] = self.finish
+        line.update(convert.timings(usage, time.monotonic_ns() - self.t0, self.load_ns))
+        if self.context is not None:
+            line["context"] = self.context + self.tokens
+        return line
+
+    def usage_chunk(self, usage: Usage) -> Chunk:
+        return self._final(usage, "", None)
+
+    def response(self, usage: Usage) -> dict[str, Any]:
+        content, calls = self._split()
+        return self._final(usage, content, calls or None)
+
+
+def _done(kind: str, model: str, reason: str) -> dict[str, Any]:
+    line: dict[str, Any] = {"model": model, "created_at": convert.now_iso(), "done": True, "done_reason": reason}
+    if kind == "chat":
+        line["message"] = {"role": "assistant", "content": ""}
+    else:
+        line["response"] = ""
+    return line
+
+
+async def _load_or_unload(request: web.Request, kind: str, mid: str, keep_alive: Any) -> web.Response:
+    """Ollama's idiom for an empty request: load the model, or unload it with keep_alive 0
+    (unloading affects everyone: admin scope, or open mode)."""
+    if keep_alive_zero(keep_alive):
+        key = api_key(request)
+        if key is not None and not key.has_scope(ADMIN):
+            raise InsufficientScope(f"key {key.name!r} lacks the 'admin' scope needed to unload a model")
+        sched = request.app.get(SCHEDULER_KEY)
+        if sched is None:
+            raise NotFound("unloading is not available here")
+        await sched.unload(mid)
+        return web.json_response(_done(kind, mid, "unload"))
+    async with request.app[CTX_KEY].backend.lease(mid, key_name(request), slots=1):
+        pass
+    return web.json_response(_done(kind, mid, "load"))
+
+
+async def chat(request: web.Request) -> web.StreamResponse:
+    body = parse_body(ChatRequest, await read_json(request))
+    mid, _ = resolve_model(request, body.model)
+    if not body.messages:
+        return await _load_or_unload(request, "chat", mid, body.keep_alive)
+    oa, extra = convert.chat_request_body(body)
+    t0 = time.monotonic_ns()
+    async with request.app[CTX_KEY].backend.lease(mid, key_name(request), slots=1) as runner:
+        load_ns = time.monotonic_ns() - t0
+        prompt, req = chat_generation(runner, oa, request[REQUEST_ID], **extra)
+        choices = OllamaChoices("chat", mid, body.stream, prompt, t0, load_ns)
+        return await relay(request, choices, body.stream, choices,  # type: ignore[arg-type]
+                           [lambda: runner.generate(req)], stream_type=NDJSONStream)
+
+
+def _generate_request(runner: Any, mid: str, body: GenerateRequest, rid: str) -> tuple[GenerationRequest, list[int]]:
+    """raw: the prompt as given; suffix: a FIM prompt; else the chat template around
+    `system` + `prompt`. `context` (a previous answer's tokens) goes first. Returns the
+    engine request and the prompt's token ids."""
+    if body.raw or body.suffix is not None:
+        oa, extra = convert.chat_body(mid, [{"role": "user", "content": "-"}], body.options, body.format)
+        params = sampling_params(oa, max_tokens=oa.token_limit, grammar=response_grammar(oa), **extra)
+        if body.suffix is not None:
+            ids = fim_tokens_for(runner, mid, body.prompt, body.suffix)
+        else:
+            ids = runner.tokenize(body.prompt, not body.context, True)
+    else:
+        msgs = ([{"role": "system", "content": body.system}] if body.system else []) + [{"role": "user", "content": body.prompt}]
+        oa, extra = convert.chat_body(mid, msgs, body.options, body.format)
+        rendered, base = chat_generation(runner, oa, rid, **extra)
+        params = base.params
+        ids = runner.tokenize(rendered.text, rendered.add_special and not body.context, True)
+    ids = list(body.context or []) + ids
+    return GenerationRequest(ids, params, add_special=False, request_id=rid), ids
+
+
+async def generate(request: web.Request) -> web.StreamResponse:
+    body = parse_body(GenerateRequest, await read_json(request))
+    mid, _ = resolve_model(request, body.model)
+    convert.refuse_images(body.images, "images")
+    if body.template:
+        raise InvalidRequest("template overrides are not supported; set chat_template in models.toml", param="template")
+    if not body.prompt and body.suffix is None:
+        return await _load_or_unload(request, "generate", mid, body.keep_alive)
+    t0 = time.monotonic_ns()
+    async with request.app[CTX_KEY].backend.lease(mid, key_name(request), slots=1) as runner:
+        load_ns = time.monotonic_ns() - t0
+        req, ids = _generate_request(runner, mid, body, request[REQUEST_ID])
+        choices = OllamaChoices("generate", mid, body.stream, None, t0, load_ns, context=ids)
+        return await relay(request, choices, body.stream, choices,  # type: ignore[arg-type]
+                           [lambda: runner.generate(req)], stream_type=NDJSONStream)
