@@ -70,6 +70,9 @@ def create_app(
     app.router.add_post("/tokenize", tokenize)
     app.router.add_post("/detokenize", detokenize)
     from .ollama import add_ollama_routes
+    from .responses import add_responses_routes
+
+    add_responses_routes(app)
 
     add_ollama_routes(app, store, catalog or (lambda: settings.catalog))
     if scheduler is not None:

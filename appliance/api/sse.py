@@ -73,3 +73,17 @@ class NDJSONStream(SSEStream):
 
     async def done(self) -> None:
         await self.response.write_eof()
+
+
+class EventSSEStream(PlainSSEStream):
+    """The Responses API's stream: `event: TYPE` before each event's data, no [DONE]."""
+
+    async def send(self, obj: dict[str, Any]) -> None:
+        data = json.dumps(obj, ensure_ascii=False, separators=(",", ":"))
+        await self.response.write(f"event: {obj.get('type', 'message')}\n".encode() + b"data: " + data.encode("utf-8") + b"\n\n")
+
+    async def error(self, exc: ApplianceError) -> web.StreamResponse:
+        request_facts(self.request).error_code = exc.code
+        await self.send({"type": "error", "code": exc.code, "message": exc.message, "param": exc.param})
+        await self.response.write_eof()
+        return self.response
