@@ -206,7 +206,7 @@ class ChatCompletionRequest(_Sampling):
 
 class CompletionRequest(_Sampling):
     prompt: str | Annotated[list[str], Field(min_length=1)] | Annotated[list[int], Field(min_length=1)] | Annotated[list[Annotated[list[int], Field(min_length=1)]], Field(min_length=1)]
-    max_tokens: Annotated[int, Field(ge=1)] | None = 16  # OpenAI's default for completions
+    max_tokens: Annotated[int, Field(ge=0)] | None = 16  # OpenAI's default; 0 with echo: score the prompt
     echo: bool = False
     logprobs: Annotated[int, Field(ge=0, le=5)] | None = None
     suffix: str | None = None  # fill-in-the-middle (api/infill.py)

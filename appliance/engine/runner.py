@@ -39,11 +39,12 @@ from .cpufeatures import extra_buffers_safe
 from .embeddings import embed_batches, embedding_inputs
 from .generation import _END, Generation, post_many
 from .output import OutputProcessor, usage
+from .promptscore import score_tokens
 from .sampling import RowLogprobs, SlotSampler, make_grammar, random_seed, row_logprobs
 from .slots import Choice, Job, Slot, SlotTable
 from .step import StepPlan, plan_step
 from .textout import TextStream
-from .types import EmbeddingResult, GenerationRequest
+from .types import EmbeddingResult, GenerationRequest, TokenLogprob
 from .validate import check_ids, check_params, max_new_tokens, prompt_tokens
 from .vocab import Vocab
 
@@ -311,6 +312,30 @@ class Runner:
     def _decode_prompts(self, b: Batch) -> None:
         self._decode_or_raise(b)
         self.stats.prompt_tokens_evaluated += b.n
+
+    # --- prompt logprobs -----------------------------------------------------------------------
+
+    async def prompt_logprobs(self, prompt: str | list[int], top_n: int = 0,
+                              add_special: bool = True) -> list[TokenLogprob]:
+        """Each prompt token's logprob given the ones before it (engine/promptscore.py)."""
+        self._check_open()
+        tokens = prompt_tokens(self.vocab, GenerationRequest(prompt, add_special=add_special), self.context + 1)
+
+        def run() -> list[TokenLogprob]:
+            free = [s for s in self._slots if s.job is None]
+            if not free:
+                raise EngineError("no free slot to score the prompt in")
+            s = free[-1]
+            s.cached = []
+            ll.llama_memory_seq_rm(self.mem, s.seq, -1, -1)
+            try:
+                return score_tokens(tokens, seq=s.seq, batch=self._batch, max_rows=self.parallel,
+                                    decode=self._decode_prompts, logprob=self._output.logprob,
+                                    piece=self.vocab.piece, top_n=top_n)
+            finally:
+                ll.llama_memory_seq_rm(self.mem, s.seq, -1, -1)
+
+        return await self._call(run)
 
     # --- warm-up ---------------------------------------------------------------------------
 
