@@ -76,6 +76,11 @@ class StoreError(ApplianceError):
 
 
 class ChecksumMismatch(StoreError):
+    """The bytes hash to another sha256 than the pinned one (a pull, or a stored blob
+    re-hashed by `verify_on_load`): a bad source or a damaged file, not a request error."""
+
+    status, type, code = 502, "server_error", "checksum_mismatch"
+
     def __init__(self, what: str, expected: str, got: str) -> None:
         self.expected, self.got = expected, got
         super().__init__(f"checksum mismatch for {what}: expected sha256 {expected}, got {got}")
@@ -83,6 +88,23 @@ class ChecksumMismatch(StoreError):
 
 class DownloadError(StoreError):
     """The source could not be fetched (network, hub, missing file)."""
+
+    status, type, code = 502, "server_error", "download_failed"
+
+
+class DownloadInterrupted(DownloadError):
+    """The connection dropped mid-body; the partial file is kept for a resume."""
+
+    def __init__(self, message: str, *, fetched: int = 0) -> None:
+        super().__init__(message)
+        self.fetched = fetched
+
+
+class NotGGUF(StoreError):
+    """The file is not a GGUF model (wrong magic, unsupported version, or cut short):
+    refused before it enters the store."""
+
+    status, type, code = 502, "server_error", "not_gguf"
 
 
 class OfflineError(DownloadError):
@@ -174,6 +196,11 @@ class QueueTimeout(ApplianceError):
 
 class InsufficientMemory(ApplianceError):
     status, type, code = 503, "server_error", "insufficient_memory"
+
+
+class BudgetExceeded(ApplianceError):
+    """Resident models are charged more than a device's fixed budget: a scheduling bug,
+    found by the invariant check after every decision (scheduler/memory.py)."""
 
 
 class EngineError(ApplianceError):

@@ -233,9 +233,13 @@ else
 fi
 
 # --- the first admin key (only when no key exists yet) -----------------------------------
-if ! grep -qs '^\[keys\.' "$ETC/keys.toml"; then
-    # APPLIANCE_CLI: how to run the CLI (tests point it at a development checkout).
-    cli="${APPLIANCE_CLI:-$VENV/bin/appliance}"
+# APPLIANCE_CLI: how to run the CLI (tests point it at a development checkout).
+cli="${APPLIANCE_CLI:-$VENV/bin/appliance}"
+if [ "$SKIP_PIP" = 1 ] && [ -z "${APPLIANCE_CLI:-}" ] && [ ! -x "$VENV/bin/appliance" ]; then
+    # --skip-pip installed nothing that could create a key: say so, do not fail the layout.
+    say "skipped the first admin key (--skip-pip: the CLI is not installed); later run:"
+    say "  appliance keys create admin --scope admin --config $ETC/appliance.toml"
+elif ! grep -qs '^\[keys\.' "$ETC/keys.toml"; then
     # No --models here: for `keys create` that is the key's allowed-model list, not the
     # catalog (the catalog is found by the usual search); the first admin key may use all.
     token="$($cli keys create admin --scope admin --config "$ETC/appliance.toml" | head -n 1)" \

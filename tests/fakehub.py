@@ -41,6 +41,7 @@ class Seen:
 class Behaviour:
     corrupt: bool = False
     cut_after: int | None = None  # close the connection after this many body bytes
+    cut_every: int | None = None  # every response, ranged ones too: at most this many bytes
     hold_after: int | None = None  # send this many bytes, set `held`, wait for `release`, then...
     close_after_hold: bool = True  # ...close the connection (False: send the rest)
     held: threading.Event = field(default_factory=threading.Event)
@@ -138,6 +139,11 @@ class FakeHub:
                     h.close_connection = True
                     return
                 h.wfile.write(data[b.hold_after :])
+                return
+            if b.cut_every is not None:
+                h.wfile.write(data[: b.cut_every])
+                h.wfile.flush()
+                h.close_connection = True
                 return
             if b.cut_after is not None and not start:
                 h.wfile.write(data[: b.cut_after])

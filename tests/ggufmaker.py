@@ -161,3 +161,59 @@ def _write_gguf(path: Path, shape: Shape, seed: int) -> None:
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
     w.close()
+
+
+def make_big_vocab_gguf(path: Path, n_vocab: int = 262144, seed: int = 0) -> Path:
+    """A one-layer llama GGUF with Gemma 3's vocabulary size (262k tokens) and tiny tensors:
+    its header is what is slow to parse (three 262k-element tokenizer arrays), not its
+    weights. The spm vocabulary's tokens come first, then unique filler tokens."""
+    rng = np.random.default_rng(seed)
+    r = gguf.GGUFReader(VOCAB)
+    base_tokens = [bytes(x).decode() if not isinstance(x, str) else x for x in r.fields["tokenizer.ggml.tokens"].contents()]
+    base_scores = list(r.fields["tokenizer.ggml.scores"].contents())
+    base_types = list(r.fields["tokenizer.ggml.token_type"].contents())
+    extra = n_vocab - len(base_tokens)
+    tokens = base_tokens + [f"\u2581w{i}" for i in range(extra)]
+    scores = [float(x) for x in base_scores] + [-1e4 - i for i in range(extra)]
+    types = [int(x) for x in base_types] + [int(gguf.TokenType.NORMAL)] * extra
+    path.parent.mkdir(parents=True, exist_ok=True)
+    w = gguf.GGUFWriter(str(path), "llama")
+    e, n_head, n_ff = 16, 2, 32
+    w.add_name(path.stem)
+    w.add_context_length(4096)
+    w.add_embedding_length(e)
+    w.add_block_count(1)
+    w.add_feed_forward_length(n_ff)
+    w.add_head_count(n_head)
+    w.add_head_count_kv(1)
+    w.add_layer_norm_rms_eps(1e-5)
+    w.add_rope_dimension_count(e // n_head)
+    w.add_file_type(gguf.LlamaFileType.ALL_F32)
+    w.add_tokenizer_model("llama")
+    w.add_token_list(tokens)
+    w.add_token_scores(scores)
+    w.add_token_types(types)
+    for key in ("tokenizer.ggml.bos_token_id", "tokenizer.ggml.eos_token_id", "tokenizer.ggml.unknown_token_id"):
+        w.add_uint32(key, int(r.fields[key].contents()))
+    kv = e // n_head
+
+    def t(name: str, *dims: int) -> None:
+        arr = np.ones(dims, dtype=np.float32) if len(dims) == 1 else (rng.standard_normal(dims) * 0.02).astype(np.float32)
+        w.add_tensor(name, arr)
+
+    t("token_embd.weight", n_vocab, e)  # tied: no output.weight
+    t("output_norm.weight", e)
+    t("blk.0.attn_norm.weight", e)
+    t("blk.0.attn_q.weight", e, e)
+    t("blk.0.attn_k.weight", kv, e)
+    t("blk.0.attn_v.weight", kv, e)
+    t("blk.0.attn_output.weight", e, e)
+    t("blk.0.ffn_norm.weight", e)
+    t("blk.0.ffn_gate.weight", n_ff, e)
+    t("blk.0.ffn_down.weight", e, n_ff)
+    t("blk.0.ffn_up.weight", n_ff, e)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path

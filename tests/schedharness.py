@@ -66,6 +66,7 @@ class Harness:
     runners: list[FakeRunner] = field(default_factory=list)
     events: list[str] = field(default_factory=list)
     gates: dict[str, asyncio.Event] = field(default_factory=dict)
+    delays: dict[str, float] = field(default_factory=dict)  # seconds of fake time per load/unload
     real_sizes: dict[str, int] = field(default_factory=dict)
 
     def state(self, mid: str) -> str:
@@ -120,9 +121,15 @@ def make(
 
     async def run_blocking(fn: Callable[..., Any], *args: Any) -> Any:
         if getattr(fn, "__name__", "") == "close":
-            h.events.append(f"unload {fn.__self__.model_id}")  # type: ignore[attr-defined]
-        elif args and args[0] in h.gates:
-            await h.gates[args[0]].wait()
+            mid = fn.__self__.model_id  # type: ignore[attr-defined]
+            h.events.append(f"unload {mid}")
+            if mid in h.delays:
+                await clock.sleep_until(clock.monotonic() + h.delays[mid])
+        elif args and isinstance(args[0], str):
+            if args[0] in h.gates:
+                await h.gates[args[0]].wait()
+            if args[0] in h.delays:
+                await clock.sleep_until(clock.monotonic() + h.delays[args[0]])
         return fn(*args)
 
     sched = Scheduler(
@@ -137,6 +144,7 @@ def make(
         rss=lambda: 0,
         run_blocking=run_blocking,
         config_path=config_path,
+        strict=True,  # the budget invariant raises after any decision that breaks it
     )
     h = Harness(sched, clock, hw, est, real_sizes=dict(real_sizes or {}))
     return h

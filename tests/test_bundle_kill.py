@@ -94,3 +94,50 @@ def test_opening_the_store_spares_a_live_importers_temp_file(source: Source, des
     proc.stderr.close()  # type: ignore[union-attr]
     assert list((dest.store / "tmp").iterdir()) == []
     assert Store.open(dest.store).record("tiny-a") is not None
+
+
+KILL_AT_COMMIT = """
+import os, signal, sys
+from appliance.bundle import importer
+from appliance.cli import main
+
+def killed(*a, **k):  # the process dies where the catalog was about to be written
+    os.kill(os.getpid(), signal.SIGKILL)
+
+importer.merge_catalog = killed
+sys.exit(main(["bundle", "import", *sys.argv[1:]]))
+"""
+
+
+def test_import_killed_in_its_install_phase_is_undone_at_the_next_open(source: Source, dest: Site) -> None:
+    """Killed after the blobs and records were installed, before the catalog was written:
+    the next Store.open puts the store back as it was (no blob or record without an entry)."""
+    before, catalog = tree_digest(dest.store), dest.models.read_bytes()
+    proc = subprocess.run([sys.executable, "-c", KILL_AT_COMMIT, str(source.only_a), *dest.args()],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    assert list((dest.store / "blobs").iterdir()) != [] or (dest.store / "manifests").iterdir()  # it got that far
+    assert tree_digest(dest.store) != before
+    Store.open(dest.store)  # what any next command or the daemon's start does
+    content = lambda t: {k: v for k, v in t.items() if not k.startswith("locks/")}  # noqa: E731
+    assert content(tree_digest(dest.store)) == content(before)  # (an empty flock file may stay)
+    assert dest.models.read_bytes() == catalog
+    assert list((dest.store / "tmp").iterdir()) == []
+    rc, _, err = cli("bundle", "import", str(source.only_a), *dest.args())  # and it imports fine after
+    assert rc == 0, err
+    assert Store.open(dest.store).record("tiny-a") is not None
+
+
+def test_import_failing_at_its_commit_undoes_blobs_and_records(source: Source, dest: Site, monkeypatch) -> None:  # noqa: ANN001
+    from appliance.bundle import importer
+
+    def fail(*a: object, **k: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    before, catalog = tree_digest(dest.store), dest.models.read_bytes()
+    monkeypatch.setattr(importer, "merge_catalog", fail)
+    rc, _, err = cli("bundle", "import", str(source.only_a), *dest.args())
+    assert rc != 0
+    content = lambda t: {k: v for k, v in t.items() if not k.startswith("locks/")}  # noqa: E731
+    assert content(tree_digest(dest.store)) == content(before)
+    assert dest.models.read_bytes() == catalog and list((dest.store / "tmp").iterdir()) == []

@@ -102,3 +102,22 @@ def test_cli_entry(setup: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert {"llama.cpp", "config", "store", "memory", "port", "daemon"} <= {f["area"] for f in findings}
     assert [f["level"] for f in findings if f["area"] == "port"] == ["fail"]
     assert rc == 1
+
+
+def test_fixed_budget_is_what_models_are_checked_against(setup: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    conf = setup / "appliance.toml"
+    conf.write_text(conf.read_text() + '[memory]\nbudget = "1MiB"\n')  # the machine has GiBs of RAM
+    rc, out = doctor(capsys, no_gpu())
+    assert rc == 1
+    assert "[FAIL] memory: tiny: needs about" in out and "memory.budget allows 1.0 MiB" in out
+
+
+def test_doctor_creates_no_store_folders(tmp_path: Path, tiny_gguf: Path, monkeypatch: pytest.MonkeyPatch,
+                                         capsys: pytest.CaptureFixture[str]) -> None:
+    store = tmp_path / "fresh-store"
+    monkeypatch.setenv("APPLIANCE_STORE", str(store))
+    (tmp_path / "models.toml").write_text(f'[tiny]\nsource = "file://{tiny_gguf}"\n')
+    (tmp_path / "appliance.toml").write_text(f"[server]\nport = {free_port()}\n")
+    _, out = doctor(capsys, no_gpu())
+    assert not store.exists()
+    assert f"[warn] store: {store} does not exist yet" in out

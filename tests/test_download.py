@@ -27,8 +27,12 @@ ROOT = Path(__file__).resolve().parent.parent  # subprocesses import this checko
 MB = 1024 * 1024
 
 
+GGUF_HEAD = b"GGUF" + (3).to_bytes(4, "little") + bytes(16)  # version 3, no tensors, no keys
+
+
 def blob(n: int, seed: int = 0) -> bytes:
-    out, i = bytearray(), 0
+    """`n` bytes of a minimal GGUF (pull refuses other files): the header, then filler."""
+    out, i = bytearray(GGUF_HEAD), 0
     while len(out) < n:
         out += hashlib.sha256(f"{seed}-{i}".encode()).digest()
         i += 1
@@ -129,13 +133,12 @@ def test_cut_connection_keeps_partial_and_resumes(tmp_path: Path, hub: FakeHub, 
     b = hub.behave("m.gguf", cut_after=MB // 2)
     models = catalog(tmp_path, f'[m]\nsource = "hf://{REPO}/m.gguf"\nsha256 = "{f.sha256}"\n')
     env = env_for(hub.url, tmp_path / "store", models)
-    p = cli(env, "pull", "m")
-    assert p.returncode == 1 and "run pull again to resume" in p.stderr
-    assert (tmp_path / "store" / "partial" / f"{f.sha256}.partial").stat().st_size == MB // 2
-    b.cut_after = None
-    p = cli(env, "pull", "m")
+    p = cli(env, "pull", "m")  # the same run retries, resuming where the cut left it
     assert p.returncode == 0, p.stderr
-    assert hub.gets("m.gguf")[-1].headers.get("Range") == f"bytes={MB // 2}-"
+    gets = hub.gets("m.gguf")
+    assert len(gets) == 2 and gets[-1].headers.get("Range") == f"bytes={MB // 2}-"
+    assert (tmp_path / "store" / "blobs" / f"sha256-{f.sha256}").read_bytes() == f.data
+    assert b.cut_after == MB // 2
 
 
 def test_killed_pull_resumes_with_range(tmp_path: Path, hub: FakeHub, cli: Cli) -> None:
@@ -193,8 +196,7 @@ def test_no_wait_fails_with_store_busy(tmp_path: Path, cli: Cli) -> None:
 
 
 def test_split_model_three_shards(tmp_path: Path, hub: FakeHub, cli: Cli) -> None:
-    data = blob(3 * MB, 7)
-    parts = [data[: MB + 5], data[MB + 5 : 2 * MB], data[2 * MB :]]
+    parts = [blob(MB + 5, 7), blob(MB - 5, 71), blob(MB, 72)]  # each shard is a GGUF of its own
     files = [hub.add(REPO, f"s-{i:05d}-of-00003.gguf", d) for i, d in enumerate(parts, 1)]
     shas = ", ".join(f'"{x.sha256}"' for x in files)
     models = catalog(tmp_path, f'[s]\nsource = "hf://{REPO}/s-00001-of-00003.gguf"\nsha256 = [{shas}]\n')
@@ -274,3 +276,86 @@ def test_demo_provider_pulls_gemma_without_network(tmp_path: Path, cli: Cli) -> 
 
     row = json.loads(ls.stdout)[0]
     assert (row["id"], row["state"], row["quantization"]) == ("gemma-3-270m", "verified", "Q4_K_M")
+
+
+def _in_process(monkeypatch: pytest.MonkeyPatch, hub: FakeHub) -> list[float]:
+    """pull_model in this process, with the backoff's waits recorded instead of slept."""
+    from appliance.store import download
+
+    waits: list[float] = []
+    monkeypatch.setenv("HF_ENDPOINT", hub.url)
+    monkeypatch.setenv("HF_HUB_DISABLE_XET", "1")
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(download, "sleep", waits.append)
+    return waits
+
+
+def test_dropped_connections_are_retried_with_backoff_then_given_up(tmp_path: Path, hub: FakeHub,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    from appliance.errors import DownloadInterrupted
+    from appliance.store import download
+
+    waits = _in_process(monkeypatch, hub)
+    f = hub.add(REPO, "m.gguf", blob(MB, 8))
+    hub.behave("m.gguf", cut_every=64 * 1024)  # every response stops after 64 KiB
+    store = Store.open(tmp_path / "store")
+    cfg = ModelConfig(source=f"hf://{REPO}/m.gguf", sha256=f.sha256)
+    with pytest.raises(DownloadInterrupted) as e:
+        pull_model(store, "m", cfg, progress=False)
+    assert "run pull again to resume" in e.value.message
+    gets = hub.gets("m.gguf")
+    assert len(gets) == download.RETRIES + 1  # bounded
+    assert [g.headers.get("Range") for g in gets[1:]] == [f"bytes={64 * 1024 * i}-" for i in range(1, len(gets))]
+    assert waits == [min(download.BACKOFF_MAX_S, download.BACKOFF_S * 2**i) for i in range(download.RETRIES)]
+    assert (store.partial / f"{f.sha256}.partial").stat().st_size == 64 * 1024 * len(gets)
+    assert not list(store.blobs.iterdir())
+
+
+def test_wrong_pin_is_caught_by_the_etag_before_downloading(tmp_path: Path, hub: FakeHub,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    from appliance.errors import ChecksumMismatch
+
+    _in_process(monkeypatch, hub)
+    f = hub.add(REPO, "m.gguf", blob(MB, 9))
+    store = Store.open(tmp_path / "store")
+    with pytest.raises(ChecksumMismatch) as e:
+        pull_model(store, "m", ModelConfig(source=f"hf://{REPO}/m.gguf", sha256="1" * 64), progress=False)
+    assert "nothing downloaded" in e.value.message and f.sha256 in e.value.message
+    assert hub.gets("m.gguf") == []  # HEAD only: no body was fetched
+    assert not list(store.partial.iterdir())
+
+
+def test_non_gguf_files_are_refused_by_pull_and_import(tmp_path: Path, hub: FakeHub, cli: Cli,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    from appliance.errors import NotGGUF
+
+    _in_process(monkeypatch, hub)
+    junk = b"<html>not a model</html>" * 1000
+    hub.add(REPO, "m.gguf", junk)
+    store = Store.open(tmp_path / "store")
+    with pytest.raises(NotGGUF) as e:
+        pull_model(store, "m", ModelConfig(source=f"hf://{REPO}/m.gguf"), progress=False)
+    assert "not a GGUF file" in e.value.message and f"hf://{REPO}/m.gguf" in e.value.message
+    assert not list(store.blobs.iterdir()) and not list(store.partial.iterdir()) and not list(store.manifests.iterdir())
+    local = tmp_path / "junk.gguf"
+    local.write_bytes(junk)
+    with pytest.raises(NotGGUF):
+        pull_model(store, "f", ModelConfig(source=f"file://{local}"), progress=False)
+    models = catalog(tmp_path, "")
+    env = env_for(hub.url, tmp_path / "store2", models)
+    p = cli(env, "import", str(local), "--name", "junk")
+    assert p.returncode == 1 and "not a GGUF file" in p.stderr, p.stderr
+    assert models.read_text() == "" and not list((tmp_path / "store2").glob("blobs/*"))
+
+
+def test_verify_exits_1_when_a_model_is_missing(tmp_path: Path, hub: FakeHub, cli: Cli) -> None:
+    f = hub.add(REPO, "m.gguf", blob(MB, 10))
+    models = catalog(tmp_path, f'[m]\nsource = "hf://{REPO}/m.gguf"\nsha256 = "{f.sha256}"\n'
+                               f'[gone]\nsource = "hf://{REPO}/gone.gguf"\nsha256 = "{"2" * 64}"\n')
+    env = env_for(hub.url, tmp_path / "store", models)
+    assert cli(env, "pull", "m").returncode == 0
+    ok = cli(env, "verify", "m")
+    assert ok.returncode == 0 and "m: verified" in ok.stdout
+    p = cli(env, "verify")
+    assert p.returncode == 1
+    assert "m: verified" in p.stdout and "gone: missing (run `appliance pull gone`)" in p.stderr

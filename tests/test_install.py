@@ -134,3 +134,15 @@ def test_example_config_lists_every_key_with_its_default() -> None:
 def test_help() -> None:
     r = subprocess.run(["bash", str(SCRIPT), "--help"], capture_output=True, text=True)
     assert r.returncode == 0 and "--wheelhouse" in r.stdout and "--root" in r.stdout
+
+
+def test_scratch_mode_without_a_cli_lays_out_the_files_and_exits_0(tmp_path: Path) -> None:
+    """The documented `--root DIR --skip-pip`, as a user runs it (no APPLIANCE_CLI): nothing
+    is installed into the venv, so no key can be made; that is said, not a failure."""
+    env = {k: v for k, v in os.environ.items() if k != "APPLIANCE_CLI"}
+    root = tmp_path / "root"
+    p = subprocess.run(["bash", str(SCRIPT), "--root", str(root), "--skip-pip"],
+                       env=env, capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr
+    assert "skipped the first admin key" in p.stdout + p.stderr
+    assert (root / "etc" / "appliance" / "appliance.toml").is_file()

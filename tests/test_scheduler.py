@@ -435,6 +435,8 @@ async def test_measured_footprint_is_recorded_and_used_next_time(tmp_path: Path)
     # a fresh scheduler (a restart) plans with the measurement: a (14) + b (10) > 23
     h2 = make(tmp_path, {"a": 10 * GB, "b": 10 * GB}, real_sizes={"a": 14 * GB},
               footprints=Footprints(tmp_path / "store" / "footprints.json"))
+    await h2.sched.start()  # reads the headers in the background (estimates need them)
+    await settle()
     assert h2.sched.status("a").memory_estimated == 14 * GB
     await use(h2, "b")
     await use(h2, "a")

@@ -5,11 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import pytest
 from aiohttp import web
 
 from appliance.api.admin import PULL_KEY, add_admin_routes
 from appliance.api.middleware import errors
-from schedharness import GB, Holder, make
+from schedharness import GB, Holder, make, settle
 
 
 async def client_for(aiohttp_client: Any, sched: Any, pull: Any = None) -> Any:
@@ -22,6 +23,8 @@ async def client_for(aiohttp_client: Any, sched: Any, pull: Any = None) -> Any:
 
 async def test_list_load_unload(aiohttp_client: Any, tmp_path: Path) -> None:
     h = make(tmp_path, {"a": 8 * GB, "b": 20 * GB}, models={"a": {"pinned": False}})
+    await h.sched.start()  # headers are read in the background: estimates once they are in
+    await settle()
     c = await client_for(aiohttp_client, h.sched)
     r = await c.get("/admin/models")
     assert r.status == 200
@@ -114,3 +117,42 @@ async def test_real_server_pulls_from_file_source_and_shows_bundle_signer(
             done = await c.completions.create(model="a", prompt="Hello", max_tokens=2,
                                              logit_bias={"2": -100})  # no EOS: exactly 2 tokens
             assert done.model == "a" and done.usage.completion_tokens == 2
+
+
+async def test_failed_pulls_have_their_own_status_and_code(
+    aiohttp_client: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Hub 404, a corrupt body, a pin the hub disagrees with, a non-GGUF file: 502 with a code
+    saying which (they were 500 internal_error), never a crash of the handler."""
+    from appliance.api.admin import mount_store
+    from appliance.config import Catalog, ModelConfig
+    from appliance.store import Store
+    from fakehub import FakeHub
+    from test_download import blob
+
+    monkeypatch.setenv("HF_HUB_DISABLE_XET", "1")
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    h = make(tmp_path, {mid: 1 * GB for mid in ("gone", "corrupt", "pin", "junk", "ok")})
+    with FakeHub() as hub:
+        monkeypatch.setenv("HF_ENDPOINT", hub.url)
+        good = hub.add("o/r", "good.gguf", blob(4096, 1))
+        hub.add("o/r", "bad.gguf", blob(4096, 2))
+        hub.behave("bad.gguf", corrupt=True)
+        hub.add("o/r", "junk.gguf", b"<html>junk</html>")
+        cat = Catalog({
+            "gone": ModelConfig(source="hf://o/r/gone.gguf"),
+            "corrupt": ModelConfig(source="hf://o/r/bad.gguf"),
+            "pin": ModelConfig(source="hf://o/r/good.gguf", sha256="3" * 64),
+            "junk": ModelConfig(source="hf://o/r/junk.gguf"),
+            "ok": ModelConfig(source="hf://o/r/good.gguf", sha256=good.sha256),
+        }, tmp_path / "models.toml")
+        app = web.Application(middlewares=[errors])
+        add_admin_routes(app, h.sched)
+        mount_store(app, Store.open(tmp_path / "store"), lambda: cat)
+        c = await aiohttp_client(app)
+        want = {"gone": "download_failed", "corrupt": "checksum_mismatch", "pin": "checksum_mismatch", "junk": "not_gguf"}
+        for mid, code in want.items():
+            r = await c.post(f"/admin/models/{mid}/pull")
+            assert (r.status, (await r.json())["error"]["code"]) == (502, code), mid
+        r = await c.post("/admin/models/ok/pull")
+        assert r.status == 200

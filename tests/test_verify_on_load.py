@@ -42,7 +42,7 @@ async def test_a_changed_blob_is_refused_and_deleted_before_load(tmp_path: Path,
 
     async with serving(settings, store=store) as d:
         status, body = await _complete(d.url)
-        assert status == 500, body
+        assert status == 502 and body["error"]["code"] == "checksum_mismatch", body
         assert "checksum mismatch" in body["error"]["message"]
         assert not blob.exists()
         status, body = await _complete(d.url)  # nothing unverified left to load

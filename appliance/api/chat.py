@@ -8,6 +8,7 @@ choice; tool calls stream with an integer index, id and name only in each call's
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -90,11 +91,12 @@ class ChatChoices:
         return chunks.chat_response(self.head, out, usage)
 
 
-def chat_generation(runner: Any, body: ChatCompletionRequest, request_id: str,
-                    **extra: Any) -> tuple[ChatPrompt, GenerationRequest]:
+async def chat_generation(runner: Any, body: ChatCompletionRequest, request_id: str,
+                          **extra: Any) -> tuple[ChatPrompt, GenerationRequest]:
     """The prompt and engine request of one chat body (also for the Ollama and Responses
     APIs, which arrive here as a ChatCompletionRequest); `extra` adds sampling parameters."""
-    prompt: ChatPrompt = render(runner, body)
+    # Jinja rendering and JSON-schema -> grammar conversion are CPU work: off the loop.
+    prompt: ChatPrompt = await asyncio.to_thread(render, runner, body)
     params = sampling_params(
         body,
         max_tokens=body.token_limit,
@@ -113,6 +115,6 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     mid, _ = resolve_model(request, body.model)
     head = Head.new("chat", mid, body.include_usage)
     async with request.app[CTX_KEY].backend.lease(mid, key_name(request), slots=body.n) as runner:
-        prompt, req = chat_generation(runner, body, request[REQUEST_ID])
+        prompt, req = await chat_generation(runner, body, request[REQUEST_ID])
         choices = ChatChoices(head, prompt, body.n, body.stream, body.logprobs)
         return await relay(request, head, body.stream, choices, [lambda: runner.generate(req)])

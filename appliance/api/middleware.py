@@ -96,10 +96,9 @@ async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         err = mapped
     except asyncio.CancelledError:
         raise
-    except ConnectionResetError:
-        # The client hung up mid-stream and a write noticed before aiohttp cancelled the
-        # handler (a chat's stop button): nothing to answer, logged as 499 like a cancel.
-        return web.Response(status=499)
+    except ConnectionResetError:  # aiohttp's ClientConnectionResetError: the client hung up
+        request_facts(request).error_code = "client_closed"
+        return web.Response(status=499)  # logged and counted as such; nobody reads it
     except Exception:
         log.exception("unhandled error in %s %s", request.method, request.path)
         err = ApplianceError("internal error; the server log has details (request id in x-request-id)")

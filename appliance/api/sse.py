@@ -1,4 +1,6 @@
-"""Server-sent events the way OpenAI streams them: `data: {json}\\n\\n` ... `data: [DONE]`."""
+"""Server-sent events the way OpenAI streams them: `data: {json}\\n\\n` ... `data: [DONE]`,
+and the other framings the same relay streams in (subclasses change only the framing):
+llama-server's native SSE without [DONE], the Responses API's `event:` lines, Ollama's NDJSON."""
 
 from __future__ import annotations
 
@@ -9,7 +11,7 @@ from aiohttp import web
 
 from ..errors import ApplianceError
 from .errors import error_payload
-from .state import request_facts
+from .state import STATE_KEY, request_facts
 
 
 class SSEStream:
@@ -18,6 +20,7 @@ class SSEStream:
 
     def __init__(self, request: web.Request) -> None:
         self.request = request
+        self.ended = False  # error() or done() sent the end: later sends are dropped
         self.response = web.StreamResponse(
             status=200,
             headers={
@@ -29,61 +32,92 @@ class SSEStream:
 
     async def open(self) -> None:
         await self.response.prepare(self.request)
+        self._streams().add(self)
+
+    def _streams(self) -> set[Any]:
+        state = self.request.app.get(STATE_KEY)
+        return state.streams if state is not None else set()
+
+    closing = b"data: [DONE]\n\n"  # written before the end of a stream that completed
+
+    @staticmethod
+    def encode(obj: dict[str, Any]) -> bytes:
+        return json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+
+    def frame(self, obj: dict[str, Any]) -> bytes:
+        return b"data: " + self.encode(obj) + b"\n\n"
+
+    def error_event(self, exc: ApplianceError) -> dict[str, Any]:
+        return error_payload(exc)
 
     async def send(self, obj: dict[str, Any]) -> None:
-        data = json.dumps(obj, ensure_ascii=False, separators=(",", ":"))
-        await self.response.write(b"data: " + data.encode("utf-8") + b"\n\n")
+        if self.ended:
+            return
+        await self.response.write(self.frame(obj))
 
     async def error(self, exc: ApplianceError) -> web.StreamResponse:
         """A failure after streaming began: recorded for the request's log line (as the error
         middleware does for plain HTTP errors), one error event, then the stream ends."""
-        request_facts(self.request).error_code = exc.code
-        await self.send(error_payload(exc))
-        await self.response.write_eof()
+        if not self.ended:
+            request_facts(self.request).error_code = exc.code
+            await self.send(self.error_event(exc))
+            self._end()
+            await self.response.write_eof()
         return self.response
 
     async def done(self) -> None:
-        await self.response.write(b"data: [DONE]\n\n")
+        if self.ended:
+            return
+        self._end()
+        if self.closing:
+            await self.response.write(self.closing)
         await self.response.write_eof()
+
+    def _end(self) -> None:
+        self.ended = True
+        self._streams().discard(self)
 
 
 class PlainSSEStream(SSEStream):
-    """llama-server's native endpoints (/infill, /completion): the same events, no [DONE]."""
+    """llama-server's native endpoints (/infill): the same events, no [DONE]."""
 
-    async def done(self) -> None:
-        await self.response.write_eof()
-
-
-class NDJSONStream(SSEStream):
-    """Ollama's streams: one JSON object per line; a failure is one `{"error": "..."}` line."""
-
-    def __init__(self, request: web.Request) -> None:
-        super().__init__(request)
-        self.response.headers["Content-Type"] = "application/x-ndjson"
-
-    async def send(self, obj: dict[str, Any]) -> None:
-        data = json.dumps(obj, ensure_ascii=False, separators=(",", ":"))
-        await self.response.write(data.encode("utf-8") + b"\n")
-
-    async def error(self, exc: ApplianceError) -> web.StreamResponse:
-        request_facts(self.request).error_code = exc.code
-        await self.send({"error": exc.message})
-        await self.response.write_eof()
-        return self.response
-
-    async def done(self) -> None:
-        await self.response.write_eof()
+    closing = b""
 
 
 class EventSSEStream(PlainSSEStream):
     """The Responses API's stream: `event: TYPE` before each event's data, no [DONE]."""
 
-    async def send(self, obj: dict[str, Any]) -> None:
-        data = json.dumps(obj, ensure_ascii=False, separators=(",", ":"))
-        await self.response.write(f"event: {obj.get('type', 'message')}\n".encode() + b"data: " + data.encode("utf-8") + b"\n\n")
+    def frame(self, obj: dict[str, Any]) -> bytes:
+        return f"event: {obj.get('type', 'message')}\n".encode() + super().frame(obj)
 
-    async def error(self, exc: ApplianceError) -> web.StreamResponse:
-        request_facts(self.request).error_code = exc.code
-        await self.send({"type": "error", "code": exc.code, "message": exc.message, "param": exc.param})
-        await self.response.write_eof()
-        return self.response
+    def error_event(self, exc: ApplianceError) -> dict[str, Any]:
+        return {"type": "error", "code": exc.code, "message": exc.message, "param": exc.param}
+
+
+class NDJSONStream(SSEStream):
+    """Ollama's streams: one JSON object per line; a failure is one `{"error": "..."}` line."""
+
+    closing = b""
+
+    def __init__(self, request: web.Request) -> None:
+        super().__init__(request)
+        self.response.headers["Content-Type"] = "application/x-ndjson"
+
+    def frame(self, obj: dict[str, Any]) -> bytes:
+        return self.encode(obj) + b"\n"
+
+    def error_event(self, exc: ApplianceError) -> dict[str, Any]:
+        return {"error": exc.message}
+
+
+async def end_streams(streams: set[Any], exc: ApplianceError) -> int:
+    """End every open stream with `exc` as its error event (the drain timeout passed): the
+    client sees why and a proper end, not a body cut mid-way. Returns how many were ended."""
+    n = 0
+    for s in list(streams):
+        try:
+            await s.error(exc)
+            n += 1
+        except Exception:  # that client is gone already
+            s._end()
+    return n

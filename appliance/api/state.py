@@ -69,6 +69,7 @@ class AppState:
     draining: bool = False
     on_request: list[Callable[[RequestRecord], None]] = field(default_factory=list)
     in_flight: int = 0  # requests being handled now (the drain waits for 0)
+    streams: set[Any] = field(default_factory=set)  # open SSE streams (sse.SSEStream)
 
 
 STATE_KEY = web.AppKey("appliance_state", AppState)

@@ -5,7 +5,8 @@ Order of effects, so that every interruption leaves a consistent store:
      deletes if this process dies); nothing else in the store is touched while reading;
   2. after the last file and the end of the tar checked out: renames into `blobs/`;
   3. then the per-model records (with the signer's fingerprint);
-  4. then models.toml.
+  4. then models.toml: the commit point. Steps 2-4 run under an undo journal
+     (store/journal.py): an exception undoes 2 and 3 at once, a kill at the next Store.open.
 A blob the store already has is re-hashed instead of written again, so a second import of
 the same bundle writes nothing at all.
 """
@@ -26,6 +27,7 @@ from ..atomicfile import lock_path
 from ..errors import BundleError
 from ..store import blobs as store_blobs
 from ..store.core import Store
+from ..store.journal import Journal, install_journal, undo
 from ..store.records import BlobRef, ModelRecord
 from .catalog_merge import check_merge, merge_catalog
 from .manifest import BundleModel, Manifest
@@ -134,11 +136,24 @@ def import_bundle(
             for sha in result.blobs_present:
                 if not store.has_blob(sha):
                     raise BundleError(f"blob sha256-{sha} vanished from the store during the import; run it again")
-            temps.adopt_all()
-            for m in manifest.models:
-                if _install_record(store, m, reader.signer):
-                    result.records_written.append(m.id)
-            merge = merge_catalog(catalog_path, entries, replace=replace_entries, note=note)
+            # Blobs, records, catalog: a journal undoes the first two unless the catalog
+            # (the commit point) was written, also after a kill (the next Store.open).
+            journal = Journal.begin(store.tmp, install_journal(
+                catalog_path, {m.id: m.config.source for m in manifest.models},
+                [store.blob_path(sha) for sha in temps.files if not store.has_blob(sha)],
+                store.manifests, [m.id for m in manifest.models],
+            ))
+            try:
+                temps.adopt_all()
+                for m in manifest.models:
+                    if _install_record(store, m, reader.signer):
+                        result.records_written.append(m.id)
+                merge = merge_catalog(catalog_path, entries, replace=replace_entries, note=note)
+            except BaseException:
+                undo(journal.data)
+                raise
+            finally:
+                journal.end()
         result.catalog_added, result.catalog_replaced = merge.added, merge.replaced
         result.catalog_unchanged = merge.unchanged
         return result

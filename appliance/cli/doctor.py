@@ -198,8 +198,13 @@ def check_memory(settings: Settings, build: Build | None, p: Probes) -> list[Fin
         capacity, where = max(d[2] for d in build.devices), "the largest GPU"
     else:
         kind, capacity, where = "cpu", p.ram(), "RAM"
-    usable = max(0, capacity - reserve)
-    store = Store.open(settings.config.store.path)
+    budget = settings.config.memory.budget
+    if budget == "auto":
+        usable, room = max(0, capacity - reserve), f"{where} has {{}} after the {format_size(reserve)} reserve"
+    else:  # a fixed budget is what the scheduler lets models use, whatever the device holds
+        usable = min(budget if isinstance(budget, int) else max(budget), capacity)
+        room = f"memory.budget allows {{}} on {where}"
+    store = Store(settings.config.store.path)  # doctor looks; it creates nothing
     est = GGUFEstimator()
     pinned_total = 0
     for mid, cfg in settings.catalog.models.items():
@@ -216,7 +221,7 @@ def check_memory(settings: Settings, build: Build | None, p: Probes) -> list[Fin
         if cfg.pinned:
             pinned_total += need
         msg = f"{mid}: needs about {format_size(need)} (context {cfg.context} x {cfg.parallel} slots); " \
-              f"{where} has {format_size(usable)} after the {format_size(reserve)} reserve"
+              + room.format(format_size(usable))
         if need <= usable:
             out.append(Finding("ok", "memory", msg))
         elif cfg.gpu_layers == "auto" and kind != "cpu":
@@ -237,7 +242,9 @@ def check_store(settings: Settings) -> list[Finding]:
     path = settings.config.store.path
     if not settings.catalog.models:
         return [Finding("warn", "store", f"the catalog is empty ({settings.catalog.path})")]
-    store = Store.open(path)
+    if not path.is_dir():  # doctor looks; it creates nothing (the first pull or serve does)
+        return [Finding("warn", "store", f"{path} does not exist yet; `appliance pull` creates it")]
+    store = Store(path)
     for mid, cfg in settings.catalog.models.items():
         try:
             st = store.state(mid, cfg)

@@ -166,8 +166,9 @@ def cmd_verify(args: argparse.Namespace) -> int:
             print(f"appliance: error: {e.message}", file=sys.stderr)
             bad += 1
             continue
-        if st.state == "missing":
-            print(f"{mid}: missing (run `appliance pull {mid}`)")
+        if st.state == "missing":  # nothing to vouch for: a failure, as a mismatch is
+            print(f"appliance: error: {mid}: missing (run `appliance pull {mid}`)", file=sys.stderr)
+            bad += 1
         else:
             print(f"{mid}: verified {_when(st.verified_at)}")
     return 1 if bad else 0
@@ -185,6 +186,7 @@ def cmd_rm(args: argparse.Namespace) -> int:
 def cmd_import(args: argparse.Namespace) -> int:
     from ..store import BlobRef
     from ..store.catalog_edit import add_model_entry
+    from ..store.ggufmeta import check_gguf
 
     settings = _settings(args)
     path = Path(args.path).expanduser().resolve()
@@ -200,6 +202,7 @@ def cmd_import(args: argparse.Namespace) -> int:
     except ValidationError as e:
         _, msg = _first_error(e)
         raise UsageError(f"cannot import {path} as {args.name!r}: {msg}") from None
+    check_gguf(path)  # a non-GGUF file would list as verified and fail at its first load
     store = _store(settings)
     store.check_disk(path.stat().st_size)
     with open(path, "rb") as f:

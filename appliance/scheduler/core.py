@@ -14,12 +14,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import math
 import re
 import time
-from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, AsyncIterator, Awaitable, Callable, Literal, Protocol, Sequence
 
@@ -29,6 +29,7 @@ from ..clock import Clock, SystemClock
 from ..config import ApplianceConfig, Catalog, ModelConfig
 from ..errors import (
     ApplianceError,
+    BudgetExceeded,
     ConfigError,
     Draining,
     EngineError,
@@ -41,23 +42,20 @@ from ..errors import (
 from ..hardware.budget import fixed_budgets
 from ..hardware.devices import Device, DeviceKind, Hardware
 from ..units import format_size
-from .admission import FairQueue, Waiter
+from .admission import Waiter
+from .decide import Decision, UnloadReason, decide
 from .estimate import Estimate, Estimator, GGUFEstimator
 from .footprints import Footprints, footprint_key
-from .placement import Impossible, Memory, Placement, Plan, Resident, Wait, plan
+from .lifecycle import ModelEntry, RunnerLike
+from .memory import Memory, Resident, check_budget
+from .placement import Impossible, Placement, Plan, Wait, plan
 
 log = logging.getLogger("appliance.scheduler")
 
-State = Literal["unloaded", "loading", "loaded", "unloading"]
+State = Literal["unloaded", "loading", "loaded", "unloading"]  # as /admin/models shows it
 THROUGHPUT_WINDOW = 60.0  # seconds of completions used for Retry-After
 DEFAULT_RETRY_AFTER = 5.0  # when a model has no recent completions
 _SHA_IN_NAME = re.compile(r"sha256-([0-9a-f]{64})")
-
-
-class RunnerLike(Protocol):
-    n_slots: int
-
-    def close(self) -> None: ...
 
 
 class SchedulerEvents(Protocol):
@@ -89,7 +87,6 @@ class NoEvents:
         pass
 
 
-UnloadReason = Literal["evict", "keep_alive", "requested", "removed", "shutdown"]
 Loader = Callable[[str, ModelConfig, list[Path], Placement], RunnerLike]
 StorePaths = Callable[[str, ModelConfig], "list[Path] | None"]
 
@@ -117,41 +114,7 @@ class ModelStatus:
         return dict(self.__dict__)
 
 
-@dataclass(eq=False)
-class _Model:
-    id: str
-    cfg: ModelConfig  # the catalog's current settings (apply at the next load)
-    state: State = "unloaded"
-    loaded_cfg: ModelConfig | None = None
-    runner: RunnerLike | None = None
-    placement: Placement | None = None
-    estimate: Estimate | None = None
-    measured: int | None = None
-    charges: dict[int, int] = field(default_factory=dict)
-    mapped: dict[int, int] = field(default_factory=dict)
-    busy_slots: int = 0
-    leases: int = 0
-    queue: FairQueue = field(default_factory=FairQueue)
-    last_used: float | None = None
-    loaded_at: float = 0.0
-    completions: deque[float] = field(default_factory=deque)
-    draining: bool = False  # a swap needs it gone: admit nothing, unload once idle
-    unload_requested: bool = False
-    removed: bool = False  # gone from the catalog: unload once idle
-    sha256: str | None = None
-    state_waiters: list[asyncio.Future[None]] = field(default_factory=list)
-
-    @property
-    def parallel(self) -> int:
-        return (self.loaded_cfg or self.cfg).parallel
-
-    @property
-    def idle(self) -> bool:
-        return self.leases == 0 and len(self.queue) == 0
-
-    @property
-    def admitting(self) -> bool:
-        return self.state == "loaded" and not (self.draining or self.unload_requested)
+_Model = ModelEntry  # the scheduler's per-model record (lifecycle.py)
 
 
 class Scheduler:
@@ -175,8 +138,11 @@ class Scheduler:
         run_blocking: Callable[..., Awaitable[Any]] | None = None,
         events: SchedulerEvents | None = None,
         config_path: str | Path | None = None,
+        strict: bool = False,
     ) -> None:
         self.config = config
+        # strict: a broken budget invariant raises (tests); otherwise it is logged as an error.
+        self._strict = strict
         # Named in config errors (memory.budget lives there); None: no file, defaults only.
         self._config_file = str(config_path) if config_path is not None else "appliance.toml"
         self.catalog = catalog
@@ -198,6 +164,10 @@ class Scheduler:
         self._draining = False
         self._stopping = False
         self._idle_event: asyncio.Event | None = None
+        self._ready: set[str] = set()  # models whose header is cached: plannable on the loop
+        self._preparing: set[str] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._n_devices: int | None = None
 
     # --- public API -------------------------------------------------------------------
 
@@ -206,9 +176,12 @@ class Scheduler:
         together (else ConfigError, exit 2), then load them."""
         self._check_devices()
         pinned = [m for m in self._models.values() if m.cfg.pinned]
+        for m in pinned:
+            await self._prepare_now(m)
         self._check_pinned_fit(pinned)
         for m in pinned:
             await self.load(m.id)
+        self._prepare_all(list(self._models.values()))
 
     def drain(self) -> None:
         """Refuse new requests (503 draining); waiting and running ones go on."""
@@ -229,8 +202,10 @@ class Scheduler:
             self._timer.cancel()
         while self._op is not None:
             await asyncio.shield(self._op)
+        for t in list(self._tasks):
+            t.cancel()
         for m in list(self._models.values()):
-            if m.runner is not None:
+            if m.state in ("loaded", "draining"):
                 await self._unload(m, "shutdown")
 
     def runners(self) -> dict[str, RunnerLike]:
@@ -320,16 +295,20 @@ class Scheduler:
         """models.toml was re-read: new settings apply at each model's next load;
         removed models unload once idle (their waiters fail: the id no longer exists)."""
         self.catalog = catalog
+        fresh: list[_Model] = []
         for mid, cfg in catalog.models.items():
             if mid in self._models:
                 m = self._models[mid]
                 if m.cfg != cfg:  # maybe another file: locate it (and its sha256) afresh
                     self._paths.pop(mid, None)
+                    self._ready.discard(mid)
                     if m.state == "unloaded":
                         m.sha256 = None  # a resident model keeps its own until it unloads
+                    fresh.append(m)
                 m.cfg, m.removed = cfg, False
             else:
                 self._models[mid] = _Model(mid, cfg)
+                fresh.append(self._models[mid])
         for mid, m in list(self._models.items()):
             if mid not in catalog.models:
                 m.removed = True
@@ -337,6 +316,7 @@ class Scheduler:
                     for w in m.queue.take_all():
                         self._fail(w, ModelNotFound(f"model {mid!r} was removed from the catalog"))
                     del self._models[mid]
+        self._prepare_all(fresh)
         self._schedule()
 
     def update_config(self, config: ApplianceConfig) -> None:
@@ -352,7 +332,7 @@ class Scheduler:
             out.append(
                 ModelStatus(
                     id=m.id,
-                    state=m.state,
+                    state=m.public_state(),
                     memory_estimated=est,
                     memory_measured=m.measured,
                     device=m.placement.device if m.placement and m.state != "unloaded" else None,
@@ -410,80 +390,73 @@ class Scheduler:
         m.last_used = self.clock.monotonic()
 
     def _plan_residency(self, now: float) -> None:
-        busy_op = self._op is not None
-        # 1. unloads that are due
-        if not busy_op and not self._stopping:
-            due = [m for m in self._models.values() if m.state == "loaded" and m.leases == 0 and self._unload_due(m, now)]
-            if due:
-                self._start_op(self._unload_all([(m, self._unload_reason(m)) for m in due]))
-                return
-        # 2. loads, oldest waiter first; a model that can never fit is refused at once
-        wanting = sorted(
-            (m for m in self._models.values() if m.state == "unloaded" and len(m.queue)),
-            key=lambda m: m.queue.oldest() or now,
+        """Decide (decide.py, pure) and apply the decision in this same synchronous step."""
+        for m in self._models.values():  # headers are read off the loop before planning
+            if m.state == "unloaded" and len(m.queue) and m.id not in self._ready and m.id not in self._preparing:
+                self._start_prepare(m)
+        d = decide(
+            list(self._models.values()),
+            now,
+            swap_after=self.config.queue.swap_after,
+            op_running=self._op is not None,
+            stopping=self._stopping,
+            ready=lambda m: m.id in self._ready,
+            planner=lambda m, res: self._plan(m, res),
         )
-        draining_wanted: set[str] = set()
-        swap_started = False
-        for m in wanting:
-            try:
-                p = self._plan(m, now)
-            except Exception as e:  # no file, unreadable header, bad gpu index: tell its waiters
-                err = e if isinstance(e, ApplianceError) else EngineError(f"cannot plan model {m.id!r}: {e}")
-                for w in m.queue.take_all():
-                    self._fail(w, err)
-                # The file may have been removed and another pulled: look again next time.
-                self._paths.pop(m.id, None)
-                m.sha256 = None
-                continue
-            if isinstance(p, Impossible):
-                err = InsufficientMemory(
-                    f"model {m.id!r} needs {format_size(p.need)} on {p.device} but at most "
-                    f"{format_size(p.available)} can be made available (pinned and busy models stay)"
+        self._apply(d)
+        self._check_budget()
+
+    def _apply(self, d: Decision) -> None:
+        for r in d.refusals:
+            m = self._models[r.model]
+            if isinstance(r.error, Impossible):
+                imp = r.error
+                err: Exception = InsufficientMemory(
+                    f"model {m.id!r} needs {format_size(imp.need)} on {imp.device} but at most "
+                    f"{format_size(imp.available)} can be made available (pinned models stay)"
                 )
-                for w in m.queue.take_all():
-                    self._fail(w, err)
-                continue
-            if self._stopping or busy_op or draining_wanted:
-                continue
-            if isinstance(p, Wait):
-                continue
-            if p.drain:
-                draining_wanted.update(p.drain)
-                continue
-            self._start_op(self._swap_in(m, p))
-            busy_op = swap_started = True
-        if busy_op and not draining_wanted and not swap_started:
-            return  # an operation is running: keep the current drain marks until it ends
-        # (a swap that starts now needs no drain: marks from earlier plans are stale, since
-        # the LRU choice of which busy model to drain can flip as requests finish)
-        for m in self._models.values():
-            was = m.draining
-            m.draining = m.id in draining_wanted
-            if was and not m.draining:
-                self._admit(m)
+            else:
+                e = r.error
+                err = e if isinstance(e, ApplianceError) else EngineError(f"cannot plan model {m.id!r}: {e}")
+                # The file may have been removed and another pulled: look again next time.
+                self._forget_paths(m)
+            for w in m.queue.take_all():
+                self._fail(w, err)
+        if d.unloads:
+            gone = [(self._models[mid], reason) for mid, reason in d.unloads]
+            runners = [(m, m.begin_unload(), reason) for m, reason in gone]  # admit nothing from now on
+            self._start_op(self._close_all(runners))
+        elif d.load is not None:
+            mid, p = d.load
+            m = self._models[mid]
+            m.begin_load(m.cfg, p.placement, p.estimate, p.charges)  # charged from this moment
+            self._start_op(self._load(m, p))
+        if d.drain is not None:
+            for m in self._models.values():
+                if m.id in d.drain and m.state == "loaded":
+                    m.begin_drain()
+                elif m.id not in d.drain and m.state == "draining":
+                    m.cancel_drain()
+                    self._admit(m)
 
-    def _unload_due(self, m: _Model, now: float) -> bool:
-        if m.draining or m.unload_requested:
-            return True
-        if len(m.queue):
-            return False
-        if m.removed:
-            return True
-        if m.cfg.pinned:
-            return False
-        ka = m.cfg.keep_alive
-        return not math.isinf(ka) and now >= (m.last_used or m.loaded_at) + ka
+    def _check_budget(self) -> None:
+        """The invariant, after every decision: resident charges within every fixed budget."""
+        try:
+            check_budget((m.charges for m in self._models.values() if m.resident), self._fixed_budgets())
+        except BudgetExceeded as e:
+            log.error("%s: %s", e.message, [(m.id, m.state, m.charges) for m in self._models.values() if m.resident])
+            if self._strict:
+                raise
 
-    @staticmethod
-    def _unload_reason(m: _Model) -> UnloadReason:
-        """Why a due unload happens (only "evict" is reported as an eviction)."""
-        if m.draining:
-            return "evict"  # a waiting model needs its room (swap_after has passed)
-        if m.unload_requested:
-            return "requested"
-        if m.removed:
-            return "removed"
-        return "keep_alive"
+    def _fixed_budgets(self) -> list[int | None]:
+        if self._n_devices is None:
+            self._n_devices = len(self._hw.devices())
+        b = self.config.memory.budget
+        if b == "auto":
+            return [None] * self._n_devices
+        if isinstance(b, int):
+            return [b] * self._n_devices
+        return list(b)
 
     def _next_deadline(self, now: float) -> float | None:
         times: list[float] = []
@@ -497,7 +470,7 @@ class Scheduler:
                 times.extend(
                     max(oldest, o.loaded_at) + swap
                     for o in self._models.values()
-                    if o.state == "loaded" and not o.idle and max(oldest, o.loaded_at) + swap > now
+                    if o.state in ("loaded", "draining") and not o.idle and max(oldest, o.loaded_at) + swap > now
                 )
         return min(times, default=None)
 
@@ -535,25 +508,6 @@ class Scheduler:
             if isinstance(gpu, int) and not isinstance(gpu, bool) and gpu >= len(devices):
                 raise self._gpu_error(m)(gpu, len(devices))
 
-    def _residents(self, target: _Model, now: float) -> list[Resident]:
-        swap = self.config.queue.swap_after
-        oldest = target.queue.oldest()
-        out = []
-        for o in self._models.values():
-            if o is target or o.state == "unloaded":
-                continue
-            if o.state != "loaded" or (o.loaded_cfg or o.cfg).pinned:
-                ev = "never"
-            elif o.idle:
-                ev = "idle"
-            elif o.unload_requested or o.removed:
-                ev = "busy_ok"
-            else:
-                since = max(oldest if oldest is not None else now, o.loaded_at)
-                ev = "busy_ok" if now >= since + swap else "busy_wait"
-            out.append(Resident(o.id, dict(o.charges), dict(o.mapped), ev, o.last_used or o.loaded_at))  # type: ignore[arg-type]
-        return out
-
     def _need_fn(self, m: _Model, paths: list[Path], layer_count: int) -> Callable[[DeviceKind, int], Estimate]:
         sha = self._sha256(m, paths)
 
@@ -568,10 +522,9 @@ class Scheduler:
 
         return need
 
-    def _plan(self, m: _Model, now: float) -> Plan | Wait | Impossible:
+    def _plan(self, m: _Model, residents: list[Resident]) -> Plan | Wait | Impossible:
         paths = self._paths.get(m.id) or self._locate(m)
         devices = self._hw.devices()
-        residents = self._residents(m, now)
         mem = Memory.read(devices, self._budgets(devices), self.config.memory.reserve, residents)
         layers = self._estimator.layer_count(paths)
         return plan(m.cfg, layers, self._need_fn(m, paths, layers), mem, residents, self._gpu_error(m))
@@ -623,7 +576,10 @@ class Scheduler:
         return m.sha256
 
     def _peek_estimate(self, m: _Model) -> int | None:
-        """An estimate for an unloaded model in /admin/models, if its file is here."""
+        """An estimate for an unloaded model in /admin/models, if its header was read
+        (never read here: this runs on the loop, for every /metrics scrape too)."""
+        if m.id not in self._ready:
+            return None
         try:
             paths = self._paths.get(m.id) or self._store_paths(m.id, m.cfg)
             if not paths:
@@ -649,22 +605,14 @@ class Scheduler:
 
         self._op = asyncio.get_running_loop().create_task(run())
 
-    async def _unload_all(self, models: Sequence[tuple[_Model, UnloadReason]]) -> None:
-        for m, reason in models:
-            await self._unload(m, reason)
-
-    async def _swap_in(self, m: _Model, p: Plan) -> None:
-        for mid in p.evict:
-            o = self._models.get(mid)
-            if o is not None and o.state == "loaded" and o.leases == 0:
-                await self._unload(o, "evict")
-        await self._load(m, p)
+    async def _close_all(self, gone: Sequence[tuple[_Model, RunnerLike | None, UnloadReason]]) -> None:
+        """Finish unloads already begun (the models left service when this was decided)."""
+        for m, runner, reason in gone:
+            await self._close(m, runner, reason)
 
     async def _load(self, m: _Model, p: Plan) -> None:
+        """Run a load begun by `_apply` (charged, state "loading") to "loaded" or back."""
         cfg, paths = m.cfg, list(self._paths[m.id])
-        m.state, m.loaded_cfg, m.placement, m.estimate = "loading", cfg, p.placement, p.estimate
-        m.charges = dict(p.charges)
-        m.mapped = {i: p.estimate.mapped for i in p.charges} if p.placement.device == "cpu" else {}
         started = self.clock.monotonic()
         log.info("loading %s on %s (%d layers, estimated %s)", m.id, p.placement.device, p.placement.n_gpu_layers, format_size(p.estimate.total))
         runner: RunnerLike | None = None
@@ -679,19 +627,15 @@ class Scheduler:
         except Exception as e:
             await self._load_failed(m, runner, started, e)
             raise
+        m.finish_load(runner, measured, self.clock.monotonic())
         if measured:
-            m.measured = sum(measured.values())
-            m.charges = measured
             try:
                 self._remember_footprint(m, cfg, paths, p, before)
             except Exception:  # the model is loaded fine; it is only measured again next time
                 log.exception("could not record the measured footprint of %s", m.id)
-        m.runner, m.state, m.loaded_at = runner, "loaded", self.clock.monotonic()
-        m.last_used = m.loaded_at
         self._emit("model_loaded", m.id, m.loaded_at - started, True)
-        # Not unload_requested: an unload asked for during the load is still owed to its
+        # An unload asked for during the load (unload_requested) is still owed to its
         # waiter, and happens as soon as the model is idle.
-        m.draining = False
 
     async def _load_failed(self, m: _Model, runner: RunnerLike | None, started: float, e: Exception) -> None:
         """Undo a load that failed anywhere after it started: free what llama.cpp holds
@@ -702,17 +646,11 @@ class Scheduler:
             except Exception:
                 log.exception("closing the runner of failed load %s", m.id)
         self._emit("model_loaded", m.id, self.clock.monotonic() - started, False)
-        m.state, m.loaded_cfg, m.placement, m.charges, m.mapped = "unloaded", None, None, {}, {}
-        m.draining = m.unload_requested = False
+        m.fail_load()
         err = e if isinstance(e, ApplianceError) else EngineError(f"loading model {m.id!r} failed: {e}")
         for w in m.queue.take_all():
             self._fail(w, err)
-        for f in m.state_waiters:  # unload() callers: the model is unloaded now
-            if not f.done():
-                f.set_result(None)
-        m.state_waiters.clear()
-        self._paths.pop(m.id, None)
-        m.sha256 = None
+        self._forget_paths(m)
 
     def _remember_footprint(self, m: _Model, cfg: ModelConfig, paths: list[Path], p: Plan, before: list[Device]) -> None:
         if not (p.placement.device == "cpu" or p.placement.all_layers):
@@ -747,7 +685,10 @@ class Scheduler:
         return out if len(out) == len(pl.devices) else {}
 
     async def _unload(self, m: _Model, reason: UnloadReason) -> None:
-        runner, m.state = m.runner, "unloading"
+        await self._close(m, m.begin_unload(), reason)
+
+    async def _close(self, m: _Model, runner: RunnerLike | None, reason: UnloadReason) -> None:
+        """Free an unloading model's runner (off the loop), then mark it unloaded."""
         log.info("unloading %s (%s)", m.id, reason)
         if reason == "evict":
             self._emit("model_evicted", m.id)
@@ -755,17 +696,63 @@ class Scheduler:
             if runner is not None:
                 await self._run_blocking(runner.close)
         finally:
-            m.runner, m.state, m.loaded_cfg, m.placement = None, "unloaded", None, None
-            m.charges, m.mapped = {}, {}
-            m.draining = m.unload_requested = False
+            m.finish_unload()
+            log.info("unloaded %s", m.id)
             if m.id not in self._paths:  # its settings changed while resident
                 m.sha256 = None
-            for f in m.state_waiters:
-                if not f.done():
-                    f.set_result(None)
-            m.state_waiters.clear()
             if m.removed and m.idle and self._models.get(m.id) is m:
                 del self._models[m.id]
+
+    # --- headers, read off the event loop -------------------------------------------------
+
+    def _start_prepare(self, m: _Model) -> None:
+        """Read the model's GGUF header in a thread (a 262k-token vocabulary takes seconds
+        with a full parse), so that planning on the loop finds it cached."""
+        self._preparing.add(m.id)
+
+        async def run() -> None:
+            try:
+                paths = self._paths.get(m.id) or self._locate(m)
+                await self._run_blocking(functools.partial(self._estimator.layer_count, paths))
+                if self._models.get(m.id) is m and self._paths.get(m.id) == paths:
+                    self._ready.add(m.id)
+            except Exception as e:
+                err = e if isinstance(e, ApplianceError) else EngineError(f"cannot read model {m.id!r}: {e}")
+                for w in m.queue.take_all():
+                    self._fail(w, err)
+                self._forget_paths(m)
+            finally:
+                self._preparing.discard(m.id)
+                self._tasks.discard(task)
+                self._schedule()
+
+        task = asyncio.get_running_loop().create_task(run())
+        self._tasks.add(task)
+
+    def _prepare_all(self, models: Sequence[_Model]) -> None:
+        """Read the headers of models whose file is here, in the background (for
+        /admin/models' estimates, and so a first request does not wait for it)."""
+        for m in models:
+            if m.id not in self._ready and m.id not in self._preparing and self._present(m):
+                self._start_prepare(m)
+
+    def _present(self, m: _Model) -> bool:
+        try:
+            return bool(self._paths.get(m.id) or self._locate(m))
+        except Exception:
+            return False
+
+    async def _prepare_now(self, m: _Model) -> None:
+        """Start's version: read the header off the loop and wait for it."""
+        paths = self._paths.get(m.id) or self._locate(m)
+        await self._run_blocking(functools.partial(self._estimator.layer_count, paths))
+        self._ready.add(m.id)
+
+    def _forget_paths(self, m: _Model) -> None:
+        """Locate the model's file (and read its header) afresh next time."""
+        self._paths.pop(m.id, None)
+        self._ready.discard(m.id)
+        m.sha256 = None
 
     # --- helpers --------------------------------------------------------------------------
 

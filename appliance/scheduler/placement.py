@@ -9,15 +9,15 @@ what even every allowed eviction would leave). No I/O, no clock: exhaustively te
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, Literal, Sequence
 
 from ..config import ModelConfig
-from ..hardware.devices import Device, DeviceKind
+from ..hardware.devices import DeviceKind
 from .estimate import Estimate
+from .memory import Evictable, Memory, Resident
 
-Evictable = Literal["idle", "busy_ok", "busy_wait", "never"]
-
+__all__ = ["Evictable", "Impossible", "Memory", "Placement", "Plan", "Resident", "Wait", "plan"]
 
 @dataclass(frozen=True)
 class Placement:
@@ -29,15 +29,6 @@ class Placement:
     split_mode: Literal["none", "layer"]
     n_gpu_layers: int  # offloaded layers, output included (layer_count() = all)
     all_layers: bool
-
-
-@dataclass(frozen=True)
-class Resident:
-    id: str
-    charges: dict[int, int]  # bytes charged per device index
-    mapped: dict[int, int]  # of those, bytes the OS counts as free (mmap'd weights in RAM)
-    evictable: Evictable
-    last_used: float
 
 
 @dataclass(frozen=True)
@@ -62,32 +53,6 @@ class Impossible:
 
 
 NeedFn = Callable[[DeviceKind, int], Estimate]  # (device kind, gpu layers) -> estimate
-
-
-@dataclass
-class Memory:
-    """Per-device capacity and use, derived from fresh readings and the residents."""
-
-    devices: list[Device]
-    capacity: dict[int, int]
-    used: dict[int, int] = field(default_factory=dict)
-
-    @classmethod
-    def read(cls, devices: Sequence[Device], budgets: Sequence[int | None], reserve: int, residents: Sequence[Resident]) -> "Memory":
-        cap: dict[int, int] = {}
-        used: dict[int, int] = {}
-        for d, budget in zip(devices, budgets):
-            ours = sum(r.charges.get(d.index, 0) for r in residents)
-            unseen = sum(r.mapped.get(d.index, 0) for r in residents)
-            used[d.index] = ours
-            if budget is None:  # auto: what is free now, plus what our own models hold
-                cap[d.index] = max(0, d.free - reserve + ours - unseen)
-            else:
-                cap[d.index] = budget
-        return cls(list(devices), cap, used)
-
-    def available(self, index: int, freed: Sequence[Resident] = ()) -> int:
-        return self.capacity[index] - self.used[index] + sum(r.charges.get(index, 0) for r in freed)
 
 
 def _evict_until(

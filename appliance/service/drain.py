@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Awaitable, Callable
 
 from ..clock import Clock
+from ..errors import Draining
 from .notify import Notifier
 
 log = logging.getLogger("appliance.service")
@@ -55,6 +56,12 @@ async def drain(
     done = await wait_idle(lambda: state.in_flight, clock, timeout)
     if not done:
         log.warning("drain timeout: cancelling %d request(s) still in flight", state.in_flight)
+        streams = getattr(state, "streams", None)
+        if streams:
+            from ..api.sse import end_streams
+
+            n = await end_streams(streams, Draining(f"the server is shutting down (drain_timeout of {timeout:g}s passed)"))
+            log.info("ended %d stream(s) with a draining error event", n)
     return done
 
 

@@ -22,6 +22,7 @@ from typing import BinaryIO, Callable, Iterable, Iterator, Literal
 from ..config import Catalog, ModelConfig
 from ..errors import ChecksumMismatch, InsufficientDisk, ModelInUse
 from . import blobs as _blobs
+from .journal import recover
 from .locks import model_lock
 from .providers import Provider, default_providers
 from .records import BlobRef, ModelRecord, delete_record, read_record, write_record
@@ -77,6 +78,7 @@ class Store:
         store = cls(path, **kwargs)  # type: ignore[arg-type]
         for d in (store.blobs, store.manifests, store.partial, store.tmp, store.locks):
             d.mkdir(parents=True, exist_ok=True)
+        recover(store.tmp)  # an install killed half-way: undone, or kept if it had committed
         _blobs.clean_tmp(store.tmp)
         return store
 

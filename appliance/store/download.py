@@ -13,6 +13,7 @@ import hashlib
 import os
 import re
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -21,12 +22,18 @@ from urllib.parse import urlparse
 from tqdm import tqdm
 
 from ..config import ModelConfig
-from ..errors import ChecksumMismatch, DownloadError, OfflineError, StoreError
+from ..errors import ChecksumMismatch, DownloadError, DownloadInterrupted, NotGGUF, OfflineError, StoreError
 from .blobs import CHUNK
+from .ggufmeta import check_gguf
 from .core import Store
 from .records import BlobRef
 
 SHA_RE = re.compile(r"^[0-9a-f]{64}$")
+RETRIES = 5  # a dropped connection is resumed (Range) this many times within one pull
+BACKOFF_S = 0.5  # first wait before a retry; doubles each time, up to BACKOFF_MAX_S
+BACKOFF_MAX_S = 8.0
+sleep: Callable[[float], None] = time.sleep  # tests replace it: backoff without real waits
+
 Echo = Callable[[str], None]
 # (file name, bytes done, bytes in all or None): progress for a caller without a terminal
 # (the web console's pull), given as `progress=` instead of True/False.
@@ -142,6 +149,7 @@ def _fetch_shard(
 
 
 def _copy_file(store: Store, path: Path, pin: str | None, progress: bool | ProgressFn) -> tuple[str, int]:
+    check_gguf(path, what=str(path))
     try:
         size = path.stat().st_size
         f = open(path, "rb")
@@ -172,6 +180,8 @@ def _download_hf(
     if meta.size is None:
         raise DownloadError(f"{src}@{revision}: the hub sent no file size")
     lfs_sha = meta.etag if meta.etag and SHA_RE.match(meta.etag) else None
+    if pin and lfs_sha and lfs_sha != pin:  # the hub says so before a byte is downloaded
+        raise ChecksumMismatch(f"{src}@{revision} (the hub's ETag; nothing downloaded)", pin, lfs_sha)
     expected = pin or lfs_sha
     if expected and store.has_blob(expected, meta.size):
         return expected, meta.size, "store", meta.commit_hash
@@ -180,11 +190,24 @@ def _download_hf(
     location = meta.location or url
     same_host = urlparse(location).netloc == urlparse(url).netloc
     headers = build_hf_headers() if same_host else {}  # never send the token off the hub
-    got, fetched = _resumable_get(store, get_session(), location, headers, part, meta.size, progress, filename)
+    for attempt in range(RETRIES + 1):
+        try:
+            got, fetched = _resumable_get(store, get_session(), location, headers, part, meta.size, progress, filename)
+            break
+        except DownloadInterrupted as e:
+            result.downloaded += e.fetched
+            if attempt == RETRIES:
+                raise
+            sleep(min(BACKOFF_MAX_S, BACKOFF_S * 2**attempt))
     result.downloaded += fetched
     if expected and got != expected:
         part.unlink(missing_ok=True)
         raise ChecksumMismatch(src, expected, got)
+    try:
+        check_gguf(part, what=src)
+    except NotGGUF:
+        part.unlink(missing_ok=True)
+        raise
     store.adopt_partial(part, got)
     return got, meta.size, "hub", meta.commit_hash
 
@@ -234,10 +257,13 @@ def _resumable_get(
             except DownloadError:
                 raise
             except Exception as e:  # connection cut, timeout: keep the partial for resume
-                raise DownloadError(
-                    f"{name}: download interrupted at {have} of {size} bytes ({e}); run pull again to resume"
+                raise DownloadInterrupted(
+                    f"{name}: download interrupted at {have} of {size} bytes ({e}) after {RETRIES} retries; "
+                    "run pull again to resume", fetched=fetched,
                 ) from None
         if have != size:
-            raise DownloadError(f"{name}: got {have} of {size} bytes; run pull again to resume")
+            raise DownloadInterrupted(
+                f"{name}: got {have} of {size} bytes after {RETRIES} retries; run pull again to resume", fetched=fetched
+            )
         os.fsync(f.fileno())
     return h.hexdigest(), fetched

@@ -2,9 +2,10 @@
 
 The one header reader of the project: `appliance ls`, `doctor` and the scheduler's estimator
 (scheduler/estimate.py) all read a model through `read_gguf_info`, so what the CLI shows and
-what the scheduler plans with cannot disagree. GGUFReader memory-maps the file and parses only
-the header and tensor table here; no weights are read. Split models (`-0000i-of-0000N.gguf`):
-metadata from the first shard, tensors summed over all of them.
+what the scheduler plans with cannot disagree. The header is parsed by ggufmeta.py, which
+skips the token arrays (milliseconds for a 262k-token vocabulary, where `gguf.GGUFReader` took
+seconds); no weights are read. Split models (`-0000i-of-0000N.gguf`): metadata from the first
+shard, tensors summed over all of them.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import gguf
+
+from .ggufmeta import ArrayLen, GGUFMeta, read_meta
 
 _LAYER_RE = re.compile(r"^blk\.(\d+)\.")
 
@@ -81,12 +84,9 @@ class GGUFInfo:
         return self.head_dim_v * self.kv_heads_per_layer[layer]
 
 
-def _value(reader: gguf.GGUFReader, key: str) -> Any:
-    f = reader.fields.get(key)
-    if f is None:
-        return None
-    v = f.contents()
-    return tuple(v) if isinstance(v, list) else v
+def _value(meta: GGUFMeta, key: str) -> Any:
+    v = meta.get(key)
+    return None if isinstance(v, ArrayLen) else v
 
 
 def _int_or_tuple(v: Any) -> int | tuple[int, ...]:
@@ -112,7 +112,7 @@ def _quant_name(file_type: Any) -> str | None:
 def read_gguf_info(path_or_paths: str | os.PathLike[str] | Sequence[str | os.PathLike[str]]) -> GGUFInfo:
     """Header facts of a GGUF, or of a split GGUF given as its shard paths in order."""
     paths = [Path(path_or_paths)] if isinstance(path_or_paths, (str, os.PathLike)) else [Path(p) for p in path_or_paths]
-    first = gguf.GGUFReader(paths[0], "r")
+    first = read_meta(paths[0])
     arch = str(_value(first, "general.architecture") or "unknown")
 
     def k(key: str) -> Any:
@@ -121,7 +121,7 @@ def read_gguf_info(path_or_paths: str | os.PathLike[str] | Sequence[str | os.Pat
     tensor_bytes = params = output = embd = 0
     layer: dict[int, int] = {}
     for p in paths:
-        reader = first if p == paths[0] else gguf.GGUFReader(p, "r")
+        reader = first if p == paths[0] else read_meta(p)
         for t in reader.tensors:
             n = int(t.n_bytes)
             tensor_bytes += n
@@ -135,8 +135,7 @@ def read_gguf_info(path_or_paths: str | os.PathLike[str] | Sequence[str | os.Pat
                 embd += n
     n_layer = int(k(gguf.Keys.LLM.BLOCK_COUNT) or 0)
     layer_bytes = tuple(layer.get(i, 0) for i in range(max(n_layer, max(layer, default=-1) + 1)))
-    tokens = first.fields.get("tokenizer.ggml.tokens")
-    vocab = int(k(gguf.Keys.LLM.VOCAB_SIZE) or (len(tokens.data) if tokens else 0))
+    vocab = int(k(gguf.Keys.LLM.VOCAB_SIZE) or first.array_len("tokenizer.ggml.tokens") or 0)
     pattern = k(gguf.Keys.Attention.SLIDING_WINDOW_PATTERN)
     if isinstance(pattern, tuple):
         pattern = tuple(bool(x) for x in pattern)

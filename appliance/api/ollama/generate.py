@@ -10,6 +10,7 @@ parsed calls arrive as `message.tool_calls` (arguments as objects). A body witho
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Any
 
@@ -133,19 +134,20 @@ async def chat(request: web.Request) -> web.StreamResponse:
     t0 = time.monotonic_ns()
     async with request.app[CTX_KEY].backend.lease(mid, key_name(request), slots=1) as runner:
         load_ns = time.monotonic_ns() - t0
-        prompt, req = chat_generation(runner, oa, request[REQUEST_ID], **extra)
+        prompt, req = await chat_generation(runner, oa, request[REQUEST_ID], **extra)
         choices = OllamaChoices("chat", mid, body.stream, prompt, t0, load_ns)
         return await relay(request, choices, body.stream, choices,  # type: ignore[arg-type]
                            [lambda: runner.generate(req)], stream_type=NDJSONStream)
 
 
-def _generate_request(runner: Any, mid: str, body: GenerateRequest, rid: str) -> tuple[GenerationRequest, list[int]]:
+async def _generate_request(runner: Any, mid: str, body: GenerateRequest, rid: str) -> tuple[GenerationRequest, list[int]]:
     """raw: the prompt as given; suffix: a FIM prompt; else the chat template around
     `system` + `prompt`. `context` (a previous answer's tokens) goes first. Returns the
     engine request and the prompt's token ids."""
     if body.raw or body.suffix is not None:
         oa, extra = convert.chat_body(mid, [{"role": "user", "content": "-"}], body.options, body.format)
-        params = sampling_params(oa, max_tokens=oa.token_limit, grammar=response_grammar(oa), **extra)
+        grammar = await asyncio.to_thread(response_grammar, oa)  # CPU work: off the loop
+        params = sampling_params(oa, max_tokens=oa.token_limit, grammar=grammar, **extra)
         if body.suffix is not None:
             ids = fim_tokens_for(runner, mid, body.prompt, body.suffix)
         else:
@@ -153,7 +155,7 @@ def _generate_request(runner: Any, mid: str, body: GenerateRequest, rid: str) ->
     else:
         msgs = ([{"role": "system", "content": body.system}] if body.system else []) + [{"role": "user", "content": body.prompt}]
         oa, extra = convert.chat_body(mid, msgs, body.options, body.format)
-        rendered, base = chat_generation(runner, oa, rid, **extra)
+        rendered, base = await chat_generation(runner, oa, rid, **extra)
         params = base.params
         ids = runner.tokenize(rendered.text, rendered.add_special and not body.context, True)
     ids = list(body.context or []) + ids
@@ -171,7 +173,7 @@ async def generate(request: web.Request) -> web.StreamResponse:
     t0 = time.monotonic_ns()
     async with request.app[CTX_KEY].backend.lease(mid, key_name(request), slots=1) as runner:
         load_ns = time.monotonic_ns() - t0
-        req, ids = _generate_request(runner, mid, body, request[REQUEST_ID])
+        req, ids = await _generate_request(runner, mid, body, request[REQUEST_ID])
         choices = OllamaChoices("generate", mid, body.stream, None, t0, load_ns, context=ids)
         return await relay(request, choices, body.stream, choices,  # type: ignore[arg-type]
                            [lambda: runner.generate(req)], stream_type=NDJSONStream)

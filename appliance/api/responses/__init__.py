@@ -34,7 +34,7 @@ async def responses(request: web.Request) -> web.StreamResponse:
             history.put(response_id, owner, convo + as_messages(items))
 
     async with request.app[CTX_KEY].backend.lease(mid, owner, slots=1) as runner:
-        prompt, req = chat_generation(runner, oa, request[REQUEST_ID])
+        prompt, req = await chat_generation(runner, oa, request[REQUEST_ID])
         choices = ResponseChoices(body, mid, prompt, body.stream, keep)
         return await relay(request, choices, body.stream, choices,  # type: ignore[arg-type]
                            [lambda: runner.generate(req)], stream_type=EventSSEStream)
