@@ -1,0 +1,64 @@
+"""Ollama <-> the chat path as pure functions: messages (tool calls without ids), options,
+`format`, and the NDJSON lines of one choice, tool calls included (no server, no model)."""
+
+from __future__ import annotations
+
+import json
+
+from appliance.api.chat_render import ChatPrompt
+from appliance.api.ollama import convert
+from appliance.api.ollama.generate import OllamaChoices
+from appliance.api.ollama.schemas import Message, Options, keep_alive_zero
+from appliance.engine.types import Delta, Usage
+
+
+def test_messages_get_tool_call_ids_matched_by_name() -> None:
+    msgs = [Message(role="user", content="weather and time?"),
+            Message(role="assistant", tool_calls=[{"function": {"name": "weather", "arguments": {"city": "Oslo"}}},
+                                                  {"function": {"name": "time", "arguments": {}}}]),
+            Message(role="tool", content="12:00", tool_name="time"),
+            Message(role="tool", content="rain", tool_name="weather")]
+    out = convert.openai_messages(msgs)
+    calls = out[1]["tool_calls"]
+    assert [c["function"]["name"] for c in calls] == ["weather", "time"]
+    assert json.loads(calls[0]["function"]["arguments"]) == {"city": "Oslo"}
+    assert out[2]["tool_call_id"] == calls[1]["id"] and out[3]["tool_call_id"] == calls[0]["id"]
+
+
+def test_options_and_format() -> None:
+    body, extra = convert.sampling(Options(num_predict=7, temperature=0.2, top_k=5, min_p=0.1, stop="x",
+                                           repeat_penalty=1.1, num_ctx=99))  # type: ignore[call-arg]
+    assert body == {"temperature": 0.2, "stop": ["x"], "max_tokens": 7}
+    assert extra == {"top_k": 5, "min_p": 0.1, "repeat_penalty": 1.1}
+    assert "max_tokens" not in convert.sampling(Options(num_predict=-1))[0]
+    assert convert.response_format("json") == {"type": "json_object"}
+    assert convert.response_format({"type": "object"})["json_schema"]["schema"] == {"type": "object"}
+    assert convert.response_format("") is None
+    assert keep_alive_zero(0) and keep_alive_zero("0s") and not keep_alive_zero("5m") and not keep_alive_zero(None)
+
+
+def _tool_prompt() -> ChatPrompt:
+    def parse(text: str) -> tuple[str, list[tuple[str, str]]]:
+        head, _, call = text.partition("<call>")
+        return head, [("weather", call)] if call else []
+
+    return ChatPrompt("prompt", parses_tools=True, parse=parse)
+
+
+def test_streamed_tool_calls_are_held_and_parsed() -> None:
+    ch = OllamaChoices("chat", "m", True, _tool_prompt(), t0=0, load_ns=0)
+    assert ch.add(0, Delta(0, "ok <call>")) == []  # held back: the call syntax is parsed whole
+    lines = ch.add(0, Delta(0, '{"city": "Oslo"}', finish_reason="stop"))
+    assert lines[0]["message"] == {"role": "assistant", "content": "ok ",
+                                   "tool_calls": [{"function": {"name": "weather", "arguments": {"city": "Oslo"}}}]}
+    last = ch.usage_chunk(Usage(prompt_tokens=3, completion_tokens=2, decode_tokens_per_s=2.0))
+    assert last["done"] and last["done_reason"] == "stop" and last["eval_count"] == 2
+    assert last["eval_duration"] == 1_000_000_000 and last["message"]["content"] == ""
+
+
+def test_generate_lines_carry_context() -> None:
+    ch = OllamaChoices("generate", "m", False, None, t0=0, load_ns=0, context=[1, 2])
+    ch.add(0, Delta(0, "a", token_ids=(5,)))
+    ch.add(0, Delta(0, "b", token_ids=(6,), finish_reason="length"))
+    whole = ch.response(Usage())
+    assert whole["response"] == "ab" and whole["context"] == [1, 2, 5, 6] and whole["done_reason"] == "length"
