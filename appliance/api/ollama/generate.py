@@ -115,7 +115,7 @@ async def _load_or_unload(request: web.Request, kind: str, mid: str, keep_alive:
         key = api_key(request)
         if key is not None and not key.has_scope(ADMIN):
             raise InsufficientScope(f"key {key.name!r} lacks the 'admin' scope needed to unload a model")
-        sched = request.app.get(SCHEDULER_KEY)
+        sched: Any = request.app.get(SCHEDULER_KEY)
         if sched is None:
             raise NotFound("unloading is not available here")
         await sched.unload(mid)

@@ -19,7 +19,7 @@ from ..sse import NDJSONStream
 from .schemas import ModelRequest
 
 PullFn = Callable[[str, Callable[[str, int, "int | None"], None]], Any]  # blocking, in a thread
-PULLER_KEY = web.AppKey("appliance_ollama_pull", object)
+PULLER_KEY: web.AppKey[PullFn] = web.AppKey("appliance_ollama_pull", PullFn)  # type: ignore[arg-type]
 
 
 def store_puller(store: Any, catalog: Callable[[], Any]) -> PullFn:
@@ -49,7 +49,7 @@ async def pull(request: web.Request) -> web.StreamResponse:
             line["total"] = total
         loop.call_soon_threadsafe(lines.put_nowait, line)
 
-    task = asyncio.ensure_future(asyncio.to_thread(puller, mid, progress))  # type: ignore[operator]
+    task: asyncio.Future[Any] = asyncio.ensure_future(asyncio.to_thread(puller, mid, progress))
     if not body.stream:
         await task
         return web.json_response({"status": "success"})
