@@ -52,7 +52,7 @@ async def test_list_show_ps_version(env) -> None:  # noqa: ANN001
         shown = await c.show("tiny")
         assert "completion" in shown.capabilities and "embedding" not in shown.capabilities
         assert shown.modelinfo["llama.context_length"] == 4096 and shown.details.family == "llama"
-        assert (await c.show("emb")).capabilities == ["embedding"]
+        assert (await c.show("emb:latest")).capabilities == ["embedding"]
         assert (await c.ps()).models == []  # nothing loaded yet
         await c.generate(model="tiny", prompt="hi", options=_opts(num_predict=1))
         ps = await c.ps()
@@ -71,7 +71,8 @@ async def test_list_show_ps_version(env) -> None:  # noqa: ANN001
 async def test_chat_streamed_and_not(env) -> None:  # noqa: ANN001
     msgs = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hello"}]
     async with client(env) as (_, c):
-        whole = await c.chat(model="tiny", messages=msgs, options=_opts(num_predict=6), stream=False)
+        whole = await c.chat(model="tiny:latest", messages=msgs, options=_opts(num_predict=6), stream=False)
+        assert whole.model == "tiny"  # Ollama's default tag names the catalog's model
         assert whole.done and whole.done_reason == "length" and whole.message.role == "assistant"
         assert whole.eval_count == 6 and whole.prompt_eval_count > 0 and whole.total_duration > 0
         parts = [p async for p in await c.chat(model="tiny", messages=msgs, options=_opts(num_predict=6), stream=True)]

@@ -13,6 +13,14 @@ from ..schemas import ChatCompletionRequest, parse_body
 from .schemas import ChatRequest, Message, Options
 
 
+def catalog_name(catalog: Any, name: str) -> str:
+    """Ollama names carry a tag, `:latest` when none is given: `gemma:latest` is the catalog's
+    `gemma` unless the catalog has an id (or alias) spelled with the tag."""
+    if name.endswith(":latest") and catalog.resolve(name) is None and catalog.resolve(name[:-7]) is not None:
+        return name[:-7]
+    return name
+
+
 def now_iso() -> str:
     return datetime.now(timezone.utc).isoformat().replace("+00:00", "Z")
 

@@ -8,15 +8,21 @@ import time
 from aiohttp import web
 
 from ...errors import InvalidRequest
+from ..context import CTX_KEY
 from ..embeddings import embed_inputs
 from ..schemas import parse_body, read_json
+from .convert import catalog_name
 from .schemas import EmbeddingsRequest, EmbedRequest
+
+
+def _name(request: web.Request, name: str) -> str:
+    return catalog_name(request.app[CTX_KEY].directory.catalog, name)
 
 
 async def embed(request: web.Request) -> web.Response:
     body = parse_body(EmbedRequest, await read_json(request))
     t0 = time.monotonic_ns()
-    mid, result = await embed_inputs(request, body.model, body.inputs)
+    mid, result = await embed_inputs(request, _name(request, body.model), body.inputs)
     if body.dimensions is not None and body.dimensions != len(result.vectors[0]):
         raise InvalidRequest(f"the model {mid!r} makes {len(result.vectors[0])}-dimensional embeddings",
                              param="dimensions")
@@ -27,5 +33,5 @@ async def embed(request: web.Request) -> web.Response:
 
 async def embeddings(request: web.Request) -> web.Response:
     body = parse_body(EmbeddingsRequest, await read_json(request))
-    _, result = await embed_inputs(request, body.model, [body.prompt])
+    _, result = await embed_inputs(request, _name(request, body.model), [body.prompt])
     return web.json_response({"embedding": result.vectors[0]})

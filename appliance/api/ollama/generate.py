@@ -127,7 +127,7 @@ async def _load_or_unload(request: web.Request, kind: str, mid: str, keep_alive:
 
 async def chat(request: web.Request) -> web.StreamResponse:
     body = parse_body(ChatRequest, await read_json(request))
-    mid, _ = resolve_model(request, body.model)
+    mid, _ = resolve_model(request, convert.catalog_name(request.app[CTX_KEY].directory.catalog, body.model))
     if not body.messages:
         return await _load_or_unload(request, "chat", mid, body.keep_alive)
     oa, extra = convert.chat_request_body(body)
@@ -164,7 +164,7 @@ async def _generate_request(runner: Any, mid: str, body: GenerateRequest, rid: s
 
 async def generate(request: web.Request) -> web.StreamResponse:
     body = parse_body(GenerateRequest, await read_json(request))
-    mid, _ = resolve_model(request, body.model)
+    mid, _ = resolve_model(request, convert.catalog_name(request.app[CTX_KEY].directory.catalog, body.model))
     convert.refuse_images(body.images, "images")
     if body.template:
         raise InvalidRequest("template overrides are not supported; set chat_template in models.toml", param="template")

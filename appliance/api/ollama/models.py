@@ -17,7 +17,7 @@ from ..capabilities import derive, model_facts
 from ..context import CTX_KEY, api_key
 from ..directory import ModelDirectory
 from ..schemas import parse_body, read_json
-from .convert import iso
+from .convert import catalog_name, iso
 from .schemas import ModelRequest
 
 # Ollama clients gate features on the server's version; this API follows Ollama 0.12's.
@@ -57,7 +57,7 @@ async def tags(request: web.Request) -> web.Response:
 async def show(request: web.Request) -> web.Response:
     body = parse_body(ModelRequest, await read_json(request))
     d = request.app[CTX_KEY].directory
-    mid, cfg = d.resolve(body.model_name, api_key(request))
+    mid, cfg = d.resolve(catalog_name(d.catalog, body.model_name), api_key(request))
     facts = await model_facts(d, mid)
     caps = derive(cfg, facts)
     info: dict[str, Any] = {"general.architecture": facts.architecture if facts else None}

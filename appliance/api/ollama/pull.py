@@ -16,6 +16,7 @@ from ...errors import ApplianceError, InsufficientScope, NotFound
 from ..context import CTX_KEY, api_key
 from ..schemas import parse_body, read_json
 from ..sse import NDJSONStream
+from .convert import catalog_name
 from .schemas import ModelRequest
 
 PullFn = Callable[[str, Callable[[str, int, "int | None"], None]], Any]  # blocking, in a thread
@@ -36,7 +37,8 @@ async def pull(request: web.Request) -> web.StreamResponse:
     key = api_key(request)
     if key is not None and not key.has_scope(ADMIN):
         raise InsufficientScope(f"key {key.name!r} lacks the 'admin' scope needed to pull a model")
-    mid, _ = request.app[CTX_KEY].directory.resolve(body.model_name, key)
+    d = request.app[CTX_KEY].directory
+    mid, _ = d.resolve(catalog_name(d.catalog, body.model_name), key)
     puller = request.app.get(PULLER_KEY)
     if puller is None:
         raise NotFound("pulling through the API is not available; use `appliance pull`")
