@@ -88,5 +88,5 @@ async def infill(request: web.Request) -> web.StreamResponse:
                                 [(f.filename, f.text) for f in body.input_extra], param="input_suffix")
         req = GenerationRequest(tokens, params, add_special=False, request_id=request[REQUEST_ID])
         choices = InfillChoices(mid, body.stream)
-        return await relay(request, choices, body.stream, choices,  # type: ignore[arg-type]
+        return await relay(request, choices, body.stream, choices,
                            [lambda: runner.generate(req)], stream_type=PlainSSEStream)

@@ -136,7 +136,7 @@ async def chat(request: web.Request) -> web.StreamResponse:
         load_ns = time.monotonic_ns() - t0
         prompt, req = await chat_generation(runner, oa, request[REQUEST_ID], **extra)
         choices = OllamaChoices("chat", mid, body.stream, prompt, t0, load_ns)
-        return await relay(request, choices, body.stream, choices,  # type: ignore[arg-type]
+        return await relay(request, choices, body.stream, choices,
                            [lambda: runner.generate(req)], stream_type=NDJSONStream)
 
 
@@ -175,5 +175,5 @@ async def generate(request: web.Request) -> web.StreamResponse:
         load_ns = time.monotonic_ns() - t0
         req, ids = await _generate_request(runner, mid, body, request[REQUEST_ID])
         choices = OllamaChoices("generate", mid, body.stream, None, t0, load_ns, context=ids)
-        return await relay(request, choices, body.stream, choices,  # type: ignore[arg-type]
+        return await relay(request, choices, body.stream, choices,
                            [lambda: runner.generate(req)], stream_type=NDJSONStream)

@@ -36,7 +36,7 @@ async def responses(request: web.Request) -> web.StreamResponse:
     async with request.app[CTX_KEY].backend.lease(mid, owner, slots=1) as runner:
         prompt, req = await chat_generation(runner, oa, request[REQUEST_ID])
         choices = ResponseChoices(body, mid, prompt, body.stream, keep)
-        return await relay(request, choices, body.stream, choices,  # type: ignore[arg-type]
+        return await relay(request, choices, body.stream, choices,
                            [lambda: runner.generate(req)], stream_type=EventSSEStream)
 
 
