@@ -16,16 +16,23 @@ import logging
 import os
 import socket
 import ssl
-from typing import Any, Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable
 
 from aiohttp import web
 
+from .api.admin import mount_store
 from .api.app import create_app
 from .api.state import AppState, RequestRecord
 from .auth import Keyring, RateLimiter
 from .clock import Clock, SystemClock
-from .config import Catalog, Settings
+from .config import Catalog, ModelConfig, Settings
+from .engine.protocol import EngineRunner
 from .errors import AddressInUse, ConfigError, ListenError, UsageError
+from .service.backend import ServiceBackend
+
+if TYPE_CHECKING:
+    from .scheduler import Scheduler
 
 log = logging.getLogger(__name__)
 
@@ -68,27 +75,24 @@ def listen_error(host: str, port: int, e: OSError) -> ListenError:
     return ListenError(host, port, reason)
 
 
-def build_scheduler(settings: Settings, store: Any, clock: Clock) -> Any:
+def build_scheduler(settings: Settings, store: Any, clock: Clock) -> Scheduler:
     """The production scheduler: the engine's Runner as loader, the store for paths."""
     from .hardware import detect
-    from .scheduler import Scheduler
+    from .scheduler import Placement, Scheduler
+    from .scheduler.core import Loader
     from .scheduler.loader import engine_loader
 
-    loader = engine_loader
+    loader: Loader = engine_loader
     if settings.config.store.verify_on_load:
-        def loader(model_id, cfg, paths, placement):  # type: ignore[no-untyped-def]
+        def verified_loader(model_id: str, cfg: ModelConfig, paths: list[Path], placement: Placement) -> EngineRunner:
             """Re-hash before loading: a blob that no longer matches is deleted, never loaded."""
             store.verify(model_id, cfg)
             return engine_loader(model_id, cfg, paths, placement)
 
+        loader = verified_loader
+
     return Scheduler(settings.config, settings.catalog, store_paths=store.model_paths, loader=loader,
                      hardware=detect(), clock=clock, config_path=settings.config_path)
-
-
-def _admin_routes_available() -> bool:
-    import importlib.util
-
-    return importlib.util.find_spec("appliance.api.admin") is not None
 
 
 class Daemon:
@@ -98,7 +102,7 @@ class Daemon:
         *,
         host: str | None = None,
         port: int | None = None,
-        backend: Any = None,
+        backend: ServiceBackend | None = None,
         store: Any = None,
         clock: Clock | None = None,
     ) -> None:
@@ -116,7 +120,7 @@ class Daemon:
         self.store = store
         # [operations] the catalog is read through self.settings so models.toml re-reads apply
         # (update_catalog forwards them to the scheduler).
-        self.backend = backend if backend is not None else build_scheduler(settings, store, self.clock)
+        self.backend: ServiceBackend = backend if backend is not None else build_scheduler(settings, store, self.clock)
         self.limiter = RateLimiter(self.clock)
         self.app = create_app(
             settings,
@@ -127,12 +131,9 @@ class Daemon:
             limiter=self.limiter,
             open_without_keys=is_loopback(self.host),
             catalog=lambda: self.settings.catalog,  # [operations] live catalog
-            scheduler=self.backend if _admin_routes_available() else None,
         )
-        from .api.admin import SCHEDULER_KEY, mount_store
-
-        if SCHEDULER_KEY in self.app:  # /admin/models/{id}/pull and each model's bundle signer
-            mount_store(self.app, store, lambda: self.settings.catalog)
+        # /admin/models/{id}/pull and each model's bundle signer
+        mount_store(self.app, store, lambda: self.settings.catalog)
         self._runner: web.AppRunner | None = None
         self.ssl = ssl_context(settings)
 
@@ -166,10 +167,9 @@ class Daemon:
             await self._runner.cleanup()
             self._runner = None
             raise listen_error(self.host, self.port, e) from None
-        start = getattr(self.backend, "start", None)
-        if start is not None:  # pinned models load while /ready says "starting" and every
-            # non-probe route answers 503 not_ready (api/middleware.py), until ready below
-            await start()
+        # pinned models load while /ready says "starting" and every non-probe route answers
+        # 503 not_ready (api/middleware.py), until ready below
+        await self.backend.start()
         if self.port == 0:  # tests: learn the port the kernel picked
             self.port = self._runner.addresses[0][1]
         log.info("listening on %s (%d key(s))", self.url, len(self.keyring.keys))
@@ -182,17 +182,13 @@ class Daemon:
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
-        stop = getattr(self.backend, "stop", None)
-        if stop is not None:
-            await stop()
+        await self.backend.stop()
 
     def update_catalog(self, catalog: Catalog) -> None:
         """[operations] models.toml was re-read: new ids are served at once, changed
         settings apply at the model's next load (the scheduler's update_catalog)."""
         self.settings = dataclasses.replace(self.settings, catalog=catalog)
-        update = getattr(self.backend, "update_catalog", None)
-        if update is not None:
-            update(catalog)
+        self.backend.update_catalog(catalog)
 
     def reload(self) -> None:
         """SIGHUP: re-read the keys file now."""

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Install everything the test suite needs into .venv (llama-cpp-python compiles from
 # source the first time: ~6 minutes on 2 cores), plus Chromium for the console's browser
-# tests, and run the whole suite.
+# tests, type-check the package (mypy, configured in pyproject.toml: strict for the engine,
+# the scheduler and the HTTP layer), and run the whole suite.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # The web console's browser tests drive Debian's Chromium through Playwright (no browser
@@ -18,4 +19,5 @@ fi
 python3 -m venv .venv
 .venv/bin/python -m pip install --quiet --upgrade pip
 .venv/bin/python -m pip install --quiet -e '.[dev,demo,bench]'
+.venv/bin/python -m mypy
 exec .venv/bin/python -m pytest -q "$@"

@@ -1,6 +1,7 @@
-"""The memory estimate against reality: the buffer sizes llama.cpp itself logs when it loads
-a model and creates a context with the engine's parameters (n_seq_max = parallel,
-n_ctx = context x parallel, per-slot KV streams, n_outputs_max = parallel)."""
+"""The memory estimate against reality: the buffer sizes llama.cpp itself logs when the engine's
+Runner loads a model and creates its context (engine/params.py: n_seq_max = parallel,
+n_ctx = context x parallel, per-slot KV streams, n_outputs_max = parallel; for embedding
+models a unified cache and one input per micro-batch)."""
 
 from __future__ import annotations
 
@@ -11,43 +12,17 @@ import pytest
 
 from appliance.config import ModelConfig
 from appliance.engine import llamalog
-from appliance.engine.cpufeatures import extra_buffers_safe
-from appliance.scheduler.estimate import GGUFEstimator, output_layer_bytes, weights_on_device
+from appliance.engine.params import context_shape
+from appliance.engine.runner import Runner
+from appliance.scheduler.estimate import GGUFEstimator, kv_cells, output_layer_bytes, weights_on_device
 from appliance.store import read_gguf_info
 from ggufmaker import Shape, make_gguf
 
-_KV = {"f16": ll.GGML_TYPE_F16, "q8_0": ll.GGML_TYPE_Q8_0, "q4_0": ll.GGML_TYPE_Q4_0}
-
 
 def logged_buffers(path: Path, cfg: ModelConfig) -> llamalog.BufferSizes:
-    """Load on the CPU as the engine does and return what llama.cpp reports (then free)."""
-    ll.llama_backend_init()
-    mp = ll.llama_model_default_params()
-    mp.n_gpu_layers = 0
-    mp.use_extra_bufts = extra_buffers_safe()
-    with llamalog.capture() as chunks:
-        model = ll.llama_model_load_from_file(str(path).encode(), mp)
-        assert model, f"llama.cpp could not load {path}"
-        cp = ll.llama_context_default_params()
-        cp.n_ctx = cfg.context * cfg.parallel
-        cp.n_seq_max = cfg.parallel
-        cp.kv_unified = False
-        cp.flash_attn_type = ll.LLAMA_FLASH_ATTN_TYPE_AUTO
-        cp.type_k = cp.type_v = _KV[cfg.kv_cache_type]
-        cp.n_threads = cp.n_threads_batch = 1
-        if cfg.embedding:
-            cp.n_batch = cp.n_ubatch = max(cfg.context, 32)
-            cp.n_outputs_max = 0
-            cp.embeddings = True
-            cp.pooling_type = ll.LLAMA_POOLING_TYPE_MEAN
-        else:
-            cp.n_batch = cp.n_ubatch = 512
-            cp.n_outputs_max = cfg.parallel
-        ctx = ll.llama_init_from_model(model, cp)
-        assert ctx, "llama.cpp could not create the context"
-    ll.llama_free(ctx)
-    ll.llama_model_free(model)
-    return llamalog.parse_buffer_sizes(llamalog.join_lines(chunks))
+    """Load on the CPU with the engine's own Runner and return what llama.cpp reported."""
+    with Runner([path], cfg, n_gpu_layers=0, n_threads=1) as r:
+        return r.buffers
 
 
 def check(path: Path, cfg: ModelConfig, *, compute_tolerance: float = 0.15) -> None:
@@ -91,6 +66,22 @@ def test_quantized_kv_cache(wide_gguf: Path, kv: str) -> None:
 
 def test_embedding_context(wide_gguf: Path) -> None:
     check(wide_gguf, cfg(512, 2, embedding=True))
+    check(wide_gguf, cfg(300, 3, embedding=True))
+
+
+@pytest.mark.parametrize("embedding", [False, True])
+def test_the_estimate_sizes_the_context_the_runner_creates(wide_gguf: Path, embedding: bool) -> None:
+    """One mapping (engine/params.py): the sizes the estimator reads are the runner's context's."""
+    c = cfg(300, 3, embedding=embedding)
+    shape = context_shape(c)
+    with Runner([wide_gguf], c, n_gpu_layers=0, n_threads=1) as r:
+        assert r.ctx is not None
+        assert (ll.llama_n_batch(r.ctx), ll.llama_n_ubatch(r.ctx)) == (shape.n_batch, shape.n_ubatch)
+        assert ll.llama_n_seq_max(r.ctx) == shape.n_seq_max == 3
+        # per-slot streams: each slot's 300 padded to 512; a unified cache: 900 padded to 1024
+        assert ll.llama_n_ctx(r.ctx) == kv_cells(c) == (1024 if embedding else 1536)
+        est = GGUFEstimator().estimate([wide_gguf], c, gpu_layers=0, device="cpu")
+        assert est.kv == pytest.approx(r.buffers.total("KV"), rel=0.01)
 
 
 @pytest.mark.gemma

@@ -10,18 +10,22 @@ them, pulling is not offered here and `bundle_signer` is null.
 from __future__ import annotations
 
 import asyncio
-from typing import Any, Awaitable, Callable
+from typing import TYPE_CHECKING, Any, Awaitable, Callable
 
 from aiohttp import web
 
 from ..config import Catalog
 from ..errors import ModelNotFound, NotFound
+from .backend import AdminBackend
+
+if TYPE_CHECKING:
+    from ..scheduler.core import ModelStatus
 
 PullFn = Callable[[str], Awaitable[Any]]
 SignerFn = Callable[[str], "str | None"]
-PULL_KEY = web.AppKey("appliance_pull", PullFn)  # type: ignore[arg-type]
-SIGNER_KEY = web.AppKey("appliance_signer", SignerFn)  # type: ignore[arg-type]
-SCHEDULER_KEY = web.AppKey("appliance_scheduler", object)
+PULL_KEY: web.AppKey[PullFn] = web.AppKey("appliance_pull")
+SIGNER_KEY: web.AppKey[SignerFn] = web.AppKey("appliance_signer")
+SCHEDULER_KEY: web.AppKey[AdminBackend] = web.AppKey("appliance_scheduler")
 
 
 def mount_store(app: web.Application, store: Any, catalog: Callable[[], Catalog]) -> None:
@@ -45,7 +49,7 @@ def mount_store(app: web.Application, store: Any, catalog: Callable[[], Catalog]
     app[SIGNER_KEY] = signer
 
 
-def add_admin_routes(app: web.Application, scheduler: Any) -> None:
+def add_admin_routes(app: web.Application, scheduler: AdminBackend) -> None:
     app[SCHEDULER_KEY] = scheduler
     app.router.add_get("/admin/models", list_models)
     app.router.add_get("/admin/models/{id}", get_model)
@@ -54,11 +58,11 @@ def add_admin_routes(app: web.Application, scheduler: Any) -> None:
     app.router.add_post("/admin/models/{id}/pull", pull_model)
 
 
-def _sched(request: web.Request) -> Any:
+def _sched(request: web.Request) -> AdminBackend:
     return request.app[SCHEDULER_KEY]
 
 
-def _row(request: web.Request, status: Any) -> dict[str, Any]:
+def _row(request: web.Request, status: ModelStatus) -> dict[str, Any]:
     """A scheduler status row plus the store's bundle signer (a key fingerprint, or null)."""
     row = status.to_json()
     signer = request.app.get(SIGNER_KEY)

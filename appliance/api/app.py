@@ -1,9 +1,10 @@
 """`create_app`: the aiohttp application with every middleware and route, nothing started.
 
 Middlewares, outermost first: request context (id, log line, hooks) -> errors (one
-mapping) -> CORS preflight -> draining -> body limit -> auth (+ rate limit). Routes:
-probes, /v1 (OpenAI), /admin (scheduler's, admin scope by path), the web console at /
-(appliance/console). The daemon owns the AppRunner/TCPSite (handler_cancellation=True) so
+mapping) -> CORS preflight -> draining -> body limit -> auth (a key's rate limit is spent
+when an inference request is admitted: api/context.py). Routes: probes, /v1 (OpenAI, Responses),
+/infill and /tokenize (llama-server's), /api (Ollama's), /admin (scheduler's, admin scope by
+path), the web console at / (appliance/console). The daemon owns the AppRunner/TCPSite (handler_cancellation=True) so
 the drain can keep the listener open.
 """
 
@@ -16,39 +17,41 @@ from aiohttp import web
 
 from ..auth import Keyring, RateLimiter
 from ..config import Catalog, Settings
-from .backend import Backend
+from .admin import add_admin_routes
+from .backend import AdminBackend
 from .chat import chat_completions
 from .completions import completions
 from .context import CTX_KEY, ApiContext
 from .directory import ModelDirectory
 from .embeddings import embeddings
-from .infill import infill
-from .tokenize import detokenize, tokenize
 from .errors import MAX_BODY_KEY
+from .infill import infill
 from .middleware import add_request_headers, auth, body_limit, cors, draining, errors, request_context
 from .models_routes import add_model_routes
+from .ollama import add_ollama_routes
 from .probes import add_probe_routes
+from .responses import add_responses_routes
 from .state import STATE_KEY, AppState
+from .tokenize import detokenize, tokenize
 
 
 def create_app(
     settings: Settings,
     *,
-    backend: Backend,
+    backend: AdminBackend,
     keyring: Keyring,
     state: AppState | None = None,
     catalog: Callable[[], Catalog] | None = None,
     store: Any = None,
     limiter: RateLimiter | None = None,
     open_without_keys: bool = True,
-    scheduler: Any = None,
 ) -> web.Application:
     """Build the app. `catalog` returns the live catalog (models.toml may be re-read);
-    `open_without_keys` is True only when listening on loopback; `scheduler`, when given,
-    gets its admin routes mounted under /admin (admin scope)."""
+    `open_without_keys` is True only when listening on loopback; the backend's admin routes
+    are mounted under /admin (admin scope)."""
     server = settings.config.server
     cors_mw = cors(list(server.cors_origins))
-    middlewares = [request_context, errors, cors_mw, draining, body_limit,
+    middlewares = [request_context, errors, cors_mw.middleware, draining, body_limit,
                    auth(keyring, open_without_keys=open_without_keys, metrics_public=server.metrics_public)]
     # client_max_size: aiohttp's own 413 for bodies that lie about (or omit) their length.
     app = web.Application(middlewares=middlewares, client_max_size=server.max_body_bytes)
@@ -69,18 +72,11 @@ def create_app(
     app.router.add_post("/infill", infill)
     app.router.add_post("/tokenize", tokenize)
     app.router.add_post("/detokenize", detokenize)
-    from .ollama import add_ollama_routes
-    from .responses import add_responses_routes
-
     add_responses_routes(app)
-
     add_ollama_routes(app, store, catalog or (lambda: settings.catalog))
-    if scheduler is not None:
-        from .admin import add_admin_routes
-
-        add_admin_routes(app, scheduler)
+    add_admin_routes(app, backend)
     from ..console import add_console
 
     add_console(app, settings, catalog=catalog or (lambda: settings.catalog), keyring=keyring,
-                state=app[STATE_KEY], scheduler=scheduler, store=store)
+                state=app[STATE_KEY], scheduler=backend, store=store)
     return app

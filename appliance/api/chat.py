@@ -14,6 +14,7 @@ from typing import Any
 
 from aiohttp import web
 
+from ..engine.protocol import ServingRunner
 from ..engine.types import Delta, GenerationRequest, TokenLogprob, Usage
 from . import chunks
 from .chat_render import ChatPrompt, render
@@ -91,7 +92,7 @@ class ChatChoices:
         return chunks.chat_response(self.head, out, usage)
 
 
-async def chat_generation(runner: Any, body: ChatCompletionRequest, request_id: str,
+async def chat_generation(runner: ServingRunner, body: ChatCompletionRequest, request_id: str,
                           **extra: Any) -> tuple[ChatPrompt, GenerationRequest]:
     """The prompt and engine request of one chat body (also for the Ollama and Responses
     APIs, which arrive here as a ChatCompletionRequest); `extra` adds sampling parameters."""

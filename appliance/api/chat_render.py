@@ -5,8 +5,9 @@ chat request. Adapter over the engine's chat rendering (appliance.engine.chat wh
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Callable
 
+from ..engine.protocol import ServingRunner
 from ..errors import InvalidRequest
 from .schemas import ChatCompletionRequest
 
@@ -39,7 +40,7 @@ def response_grammar(body: ChatCompletionRequest) -> str | None:
     return grammar_for_response_format(rf.model_dump(by_alias=True, exclude_none=True))
 
 
-def render(runner: Any, body: ChatCompletionRequest) -> ChatPrompt:
+def render(runner: ServingRunner, body: ChatCompletionRequest) -> ChatPrompt:
     """The engine renders (template, tool formats, tool grammar); this picks the grammar:
     a forced tool call (required / named) wins, else response_format, else the lazy
     tool-call grammar for tool_choice "auto"."""
@@ -50,13 +51,13 @@ def render(runner: Any, body: ChatCompletionRequest) -> ChatPrompt:
     tc = body.tool_choice
     tool_choice = tc.model_dump() if tc is not None and not isinstance(tc, str) else tc
     r = render_chat(
-        getattr(runner, "chat_template", None),
+        runner.chat_template,
         [m.as_dict() for m in body.messages],
         tools,
         tool_choice if use_tools else None,
         bos=runner.bos_text,
         eos=runner.eos_text,
-        arch=getattr(runner, "arch", ""),
+        arch=runner.arch,
     )
     grammar, triggers = r.grammar, r.grammar_triggers
     rf_grammar = response_grammar(body)

@@ -77,7 +77,7 @@ def completion_logprobs(items: list[TokenLogprob], offset: int, first_null: bool
     for lp in items:
         offsets.append(pos)
         pos += len(lp.token)
-    out = {
+    out: dict[str, Any] = {
         "tokens": [lp.token for lp in items],
         "token_logprobs": [lp.logprob for lp in items],
         "top_logprobs": [{t.token: t.logprob for t in lp.top} for lp in items],

@@ -7,32 +7,28 @@ from typing import Any
 
 from aiohttp import web
 
-from ..engine.types import Delta, GenerationRequest, TokenLogprob, Usage
+from ..engine.protocol import ServingRunner
+from ..engine.types import Delta, GenerationRequest, SamplingParams, TokenLogprob, Usage
 from ..errors import InvalidRequest
 from . import chunks
 from .chunks import Chunk, Head
 from .context import CTX_KEY, key_name, resolve_model
-from .infill import fim_tokens_for
 from .relay import relay
 from .sampling import sampling_params
 from .schemas import CompletionRequest, parse_body, read_json
 from .state import REQUEST_ID, request_facts
 
 
-def _echo_text(runner: Any, prompt: str | list[int]) -> str:
-    if isinstance(prompt, str):
-        return prompt
-    detok = getattr(runner, "detokenize", None)
-    if detok is None:
-        raise InvalidRequest("echo with token-array prompts is not supported", param="echo")
-    return str(detok(prompt))
+def _echo_text(runner: ServingRunner, prompt: str | list[int]) -> str:
+    return prompt if isinstance(prompt, str) else runner.detokenize(prompt)
 
 
-def _fim(runner: Any, mid: str, prompt: str | list[int], suffix: str, params: Any, rid: str) -> GenerationRequest:
+def _fim(runner: ServingRunner, prompt: str | list[int], suffix: str, params: SamplingParams,
+         rid: str) -> GenerationRequest:
     """`suffix`: the prompt is the code before the cursor, the suffix the code after it."""
     if not isinstance(prompt, str):
         raise InvalidRequest("suffix needs text prompts, not token arrays", param="prompt")
-    return GenerationRequest(fim_tokens_for(runner, mid, prompt, suffix), params, add_special=False, request_id=rid)
+    return GenerationRequest(runner.fim_prompt(prompt, suffix), params, add_special=False, request_id=rid)
 
 
 class CompletionChoices:
@@ -104,7 +100,7 @@ async def completions(request: web.Request) -> web.StreamResponse:
                 len(p) if isinstance(p, list) else len(runner.tokenize(p, True, True)) for p in body.prompts)
             request_facts(request).prompt_tokens = n_prompt
             return web.json_response(choices.prompt_only(n_prompt))
-        reqs = [_fim(runner, mid, p, body.suffix, params, rid) if body.suffix else GenerationRequest(p, params, request_id=rid)
+        reqs = [_fim(runner, p, body.suffix, params, rid) if body.suffix else GenerationRequest(p, params, request_id=rid)
                 for p in body.prompts]
         starts = [lambda r=r: runner.generate(r) for r in reqs]
         return await relay(request, head, body.stream, choices, starts)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import inspect
 import sys
 from array import array
 from typing import Any
@@ -32,9 +31,7 @@ async def embed_inputs(request: web.Request, model: str, inputs: list[str | list
     if not cfg.embedding:
         raise InvalidRequest(f"the model {mid!r} does not serve embeddings (embedding = false in models.toml)", param="model")
     async with request.app[CTX_KEY].backend.lease(mid, key_name(request), slots=1) as runner:
-        result = runner.embed(inputs)
-        if inspect.isawaitable(result):
-            result = await result
+        result = await runner.embed(inputs)
     request_facts(request).prompt_tokens = result.prompt_tokens
     return mid, result
 

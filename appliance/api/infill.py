@@ -16,7 +16,6 @@ from typing import Annotated, Any
 from aiohttp import web
 from pydantic import Field, model_validator
 
-from ..engine.fim import fim_prompt
 from ..engine.types import Delta, GenerationRequest, Usage
 from .chunks import Chunk
 from .context import CTX_KEY, key_name, resolve_model
@@ -25,12 +24,6 @@ from .sampling import sampling_params
 from .schemas import _Body, _Sampling, parse_body, read_json
 from .sse import PlainSSEStream
 from .state import REQUEST_ID
-
-
-def fim_tokens_for(runner: Any, model_id: str, prefix: str, suffix: str, middle: str = "",
-                   extra: list[tuple[str, str]] | None = None, param: str = "suffix") -> list[int]:
-    """A FIM prompt for the leased runner's model, or 400 when its vocabulary has no FIM tokens."""
-    return fim_prompt(runner.vocab, model_id, prefix, suffix, middle, extra or [], param=param)
 
 
 class ExtraFile(_Body):
@@ -84,8 +77,8 @@ async def infill(request: web.Request) -> web.StreamResponse:
     mid, _ = resolve_model(request, body.model)
     params = sampling_params(body)
     async with request.app[CTX_KEY].backend.lease(mid, key_name(request), slots=1) as runner:
-        tokens = fim_tokens_for(runner, mid, body.input_prefix, body.input_suffix, body.prompt,
-                                [(f.filename, f.text) for f in body.input_extra], param="input_suffix")
+        tokens = runner.fim_prompt(body.input_prefix, body.input_suffix, body.prompt,
+                                   [(f.filename, f.text) for f in body.input_extra], param="input_suffix")
         req = GenerationRequest(tokens, params, add_special=False, request_id=request[REQUEST_ID])
         choices = InfillChoices(mid, body.stream)
         return await relay(request, choices, body.stream, choices,

@@ -9,9 +9,11 @@ import logging
 import re
 import secrets
 import time
+from dataclasses import dataclass
 from typing import Awaitable, Callable
 
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 
 from ..auth import ADMIN, INFERENCE, Keyring
 from ..errors import ApplianceError, Draining, InsufficientScope, NotReady, RequestTooLarge
@@ -109,7 +111,15 @@ async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     return error_response(err, plain=request.path.startswith("/api/"))  # Ollama's routes
 
 
-def cors(origins: list[str]) -> Callable:
+@dataclass(frozen=True)
+class Cors:
+    """The CORS middleware and the response hook that marks allowed origins' responses."""
+
+    middleware: Middleware
+    on_prepare: Callable[[web.Request, web.StreamResponse], Awaitable[None]]
+
+
+def cors(origins: list[str]) -> Cors:
     """Answer preflights on every route for allowed origins (api/origins.py: exact, `*`, or
     any port of a host) and mark their responses. Small on purpose: the whole API is
     header-authenticated, so no cookies and never `Access-Control-Allow-Credentials`."""
@@ -146,8 +156,7 @@ def cors(origins: list[str]) -> Callable:
             if not allow_any:
                 response.headers.add("Vary", "Origin")
 
-    cors_middleware.on_prepare = on_prepare  # type: ignore[attr-defined]
-    return cors_middleware
+    return Cors(cors_middleware, on_prepare)
 
 
 @web.middleware
@@ -191,7 +200,7 @@ def required_scope(path: str, metrics_public: bool) -> str | None:
     return INFERENCE
 
 
-def auth(keyring: Keyring, *, open_without_keys: bool, metrics_public: bool) -> Callable:
+def auth(keyring: Keyring, *, open_without_keys: bool, metrics_public: bool) -> Middleware:
     """Bearer-token auth and scope check (a key's rate limit is spent where an inference
     request is admitted: api/context.py's resolve_model).
 

@@ -217,7 +217,7 @@ class CompletionRequest(_Sampling):
         if isinstance(p, str):
             return [p]
         if p and isinstance(p[0], int):
-            return [list(p)]  # type: ignore[arg-type]
+            return [list(p)]
         return list(p)  # type: ignore[arg-type]
 
 
@@ -233,7 +233,7 @@ class EmbeddingRequest(_Body):
         if isinstance(i, str):
             return [i]
         if i and isinstance(i[0], int):
-            return [list(i)]  # type: ignore[arg-type]
+            return [list(i)]
         return list(i)  # type: ignore[arg-type]
 
 

@@ -8,11 +8,12 @@ the model loaded (its vocabulary) but take no slot's work; they do count as requ
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated
 
 from aiohttp import web
 from pydantic import Field
 
+from ..engine.protocol import ServingRunner
 from .context import CTX_KEY, key_name, resolve_model
 from .schemas import _Body, parse_body, read_json
 
@@ -30,7 +31,7 @@ class DetokenizeRequest(_Body):
     tokens: Annotated[list[Annotated[int, Field(ge=0)]], Field(max_length=1_000_000)]
 
 
-def _piece(runner: Any, tok: int) -> str | list[int]:
+def _piece(runner: ServingRunner, tok: int) -> str | list[int]:
     raw = runner.piece(tok)
     try:
         return raw.decode("utf-8")

@@ -60,7 +60,8 @@ async def hot_swap(session: aiohttp.ClientSession, target: Target, model: str, w
                    trials: int = 3) -> dict[str, Any]:
     """Per trial: unload (admin API), a request that must load the model, then the same
     request on the loaded model. TTFTs of both."""
-    swap, loaded = [], []
+    swap: list[float] = []
+    loaded: list[float] = []
     for i in range(trials):
         async with session.post(f"{target.base}/admin/models/{model}/unload", headers=target.headers()) as resp:
             if resp.status != 200:

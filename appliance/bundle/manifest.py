@@ -118,18 +118,19 @@ def build_manifest(
     manifest that its own import would refuse.
     """
     when = (created or datetime.now(timezone.utc)).astimezone(timezone.utc)
-    doc = {
+    models: list[dict[str, Any]] = []
+    doc: dict[str, Any] = {
         "format_version": FORMAT_VERSION,
         "created": when.strftime("%Y-%m-%dT%H:%M:%SZ"),
         "appliance_version": appliance_version,
-        "models": [],
+        "models": models,
     }
     for model_id, table, shards in entries:
         cfg = _model_config(model_id, table)
         sources = cfg.shard_sources
         if len(shards) != len(sources):
             raise BundleError(f"model {model_id!r} has {len(shards)} file(s) in the store, its source names {len(sources)}")
-        doc["models"].append(
+        models.append(
             {
                 "id": model_id,
                 "catalog": table,

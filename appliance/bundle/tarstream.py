@@ -77,7 +77,7 @@ def write_bundle(
     """
     try:
         with tarfile.open(fileobj=out, mode="w|", bufsize=CHUNK, format=tarfile.PAX_FORMAT) as tar:
-            tar.copybufsize = CHUNK
+            tar.copybufsize = CHUNK  # type: ignore[attr-defined]  # undeclared in typeshed, read by addfile
             tar.addfile(_member(MANIFEST_NAME, len(manifest), mtime), io.BytesIO(manifest))
             if signature is not None:
                 tar.addfile(_member(SIGNATURE_NAME, len(signature), mtime), io.BytesIO(signature))
@@ -152,8 +152,8 @@ class BundleReader:
     # tar access, every tarfile failure becomes one clear BundleError
     def _next(self) -> tarfile.TarInfo | None:
         if self._pending is not None:
-            ti, self._pending = self._pending, None
-            return ti
+            pending, self._pending = self._pending, None
+            return pending
         try:
             if self._tar is None:
                 self._tar = tarfile.open(fileobj=self._stream, mode="r|", bufsize=CHUNK, tarinfo=_BoundedTarInfo)

@@ -131,7 +131,7 @@ def cmd_ls(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
-    table = [("ID", "STATE", "LOADED", "SIZE", "QUANT", "CONTEXT", "PARALLEL")]
+    table: list[tuple[str, ...]] = [("ID", "STATE", "LOADED", "SIZE", "QUANT", "CONTEXT", "PARALLEL")]
     signers = any(r["signer"] for r in rows)  # the SIGNER column only where bundles were signed
     if signers:
         table[0] += ("SIGNER",)

@@ -202,12 +202,15 @@ def render_chat(
             msgs.insert(0, {"role": "system", "content": sys_text})
     try:
         fmt_obj = Jinja2ChatFormatter(source, eos_token=eos, bos_token=bos, add_generation_prompt=add_generation_prompt)
-        res = fmt_obj(messages=msgs, tools=None if inline else tools, tool_choice=tool_choice)
+        # plain dicts: llama-cpp-python types them as TypedDicts that _normalize already checks
+        render: Any = fmt_obj
+        res = render(messages=msgs, tools=None if inline else tools, tool_choice=tool_choice)
     except (jinja2.TemplateError, ValueError, TypeError) as e:
         raise InvalidRequest(f"the chat template could not render these messages: {e}", param="messages") from None
     prompt = res.prompt
     add_special = not (bos and prompt.startswith(bos))
-    grammar, triggers = None, ()
+    grammar: str | None = None
+    triggers: tuple[str, ...] = ()
     if tools and tool_choice != "none":
         if tool_choice in (None, "auto"):
             grammar = tool_grammar(tools, fmt or "generic")

@@ -9,6 +9,7 @@ continue as plain text.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Sequence
 
 import llama_cpp as ll
 
@@ -35,7 +36,7 @@ def fim_tokens(vocab: Vocab) -> FimTokens | None:
 
 
 def fim_prompt(vocab: Vocab, model_id: str, prefix: str, suffix: str, middle: str = "",
-               extra: list[tuple[str, str]] = (), param: str = "suffix") -> list[int]:  # type: ignore[assignment]
+               extra: Sequence[tuple[str, str]] = (), param: str = "suffix") -> list[int]:
     """[BOS] [extra files] PRE prefix SUF suffix MID middle, as token ids. `extra` is
     (filename, text) pairs of other files for context, each after a FIM separator."""
     t = fim_tokens(vocab)

@@ -24,7 +24,7 @@ def schema_to_gbnf(schema: Any, param: str = "response_format") -> str:
     if len(text.encode()) > MAX_SCHEMA_BYTES:
         raise InvalidRequest(f"the JSON schema is larger than {MAX_SCHEMA_BYTES // 1024} KiB", param=param)
     try:
-        return json_schema_to_gbnf(text)
+        return str(json_schema_to_gbnf(text))
     except Exception as e:  # the converter raises bare ValueError/KeyError/... on what it can't do
         raise InvalidRequest(f"unsupported JSON schema: {e}", param=param) from None
 

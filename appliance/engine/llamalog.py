@@ -61,7 +61,7 @@ def parse_buffer_sizes(lines: list[str]) -> BufferSizes:
     return sizes
 
 
-@llama_cpp.llama_log_callback
+@llama_cpp.llama_log_callback  # type: ignore[untyped-decorator]  # a ctypes CFUNCTYPE
 def _callback(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
     try:
         s = text.decode("utf-8", errors="replace")

@@ -38,7 +38,9 @@ from .chat import ChatPrompt, render_chat
 from .cpufeatures import extra_buffers_safe
 from .embeddings import embed_batches, embedding_inputs
 from .generation import _END, Generation, post_many
+from .fim import fim_prompt
 from .output import OutputProcessor, usage
+from .params import N_BATCH, context_params, model_params
 from .promptscore import score_tokens
 from .sampling import RowLogprobs, SlotSampler, make_grammar, random_seed, row_logprobs
 from .slots import Choice, Job, Slot, SlotTable
@@ -51,10 +53,8 @@ from .vocab import Vocab
 log = logging.getLogger(__name__)
 _T = TypeVar("_T")
 
-DEFAULT_N_BATCH = 512
+DEFAULT_N_BATCH = N_BATCH
 ARRIVAL_WAIT_S = 0.02  # at most this long for the event loop before an idle runner's first step
-_KV_TYPES = {"f16": ll.GGML_TYPE_F16, "q8_0": ll.GGML_TYPE_Q8_0, "q4_0": ll.GGML_TYPE_Q4_0}
-_SPLIT = {"none": ll.LLAMA_SPLIT_MODE_NONE, "layer": ll.LLAMA_SPLIT_MODE_LAYER}
 
 
 @dataclass
@@ -111,40 +111,16 @@ class Runner:
         self.ctx: ll.llama_context_p | None = None
         threads = n_threads or os.cpu_count() or 1
 
-        mp = ll.llama_model_default_params()
-        mp.n_gpu_layers = n_gpu_layers
-        mp.main_gpu = main_gpu
-        if split_mode not in _SPLIT:
-            raise ValueError(f"split_mode must be one of {sorted(_SPLIT)}")
-        mp.split_mode = _SPLIT[split_mode]
-        mp.use_extra_bufts = extra_buffers_safe() if extra_buffers is None else extra_buffers
+        mp = model_params(n_gpu_layers=n_gpu_layers, main_gpu=main_gpu, split_mode=split_mode,
+                          extra_buffers=extra_buffers_safe() if extra_buffers is None else extra_buffers)
         with llamalog.capture() as chunks:
             self.model = ll.llama_model_load_from_file(str(paths[0]).encode(), mp)
             if not self.model:
                 raise EngineError(f"llama.cpp could not load {paths[0]}")
             self.vocab = Vocab(self.model, Vocab.file_key(paths[0]))
             self.arch = self.vocab.meta("general.architecture") or ""
-            cp = ll.llama_context_default_params()
-            cp.n_ctx = self.context * self.parallel
-            cp.n_seq_max = self.parallel
-            cp.kv_unified = False
-            cp.n_threads = cp.n_threads_batch = threads
-            cp.flash_attn_type = ll.LLAMA_FLASH_ATTN_TYPE_AUTO
-            cp.type_k = cp.type_v = _KV_TYPES[cfg.kv_cache_type]
-            if self.embedding:
-                # every token is an output when pooling; one input must fit one ubatch
-                cp.n_batch = cp.n_ubatch = max(self.context, 32)
-                # pooling needs each input whole in one ubatch; per-seq streams split the batch
-                # into equal-length ubatches (measured: the longer input's vector came out wrong)
-                cp.kv_unified = True
-                cp.n_outputs_max = 0
-                cp.n_outputs_max_per_seq = 0
-                cp.embeddings = True
-                has_pooling = self.vocab.meta(f"{self.arch}.pooling_type") is not None
-                cp.pooling_type = ll.LLAMA_POOLING_TYPE_UNSPECIFIED if has_pooling else ll.LLAMA_POOLING_TYPE_MEAN
-            else:
-                cp.n_batch = cp.n_ubatch = n_batch
-                cp.n_outputs_max = self.parallel  # logits rows: one per slot (cuts compute buffers)
+            cp = context_params(cfg, threads=threads, n_batch=n_batch,
+                                declares_pooling=self.vocab.meta(f"{self.arch}.pooling_type") is not None)
             self.ctx = ll.llama_init_from_model(self.model, cp)
             if not self.ctx:
                 ll.llama_model_free(self.model)
@@ -157,6 +133,8 @@ class Runner:
         self.n_embd = ll.llama_model_n_embd(self.model)
         self.model_bytes = int(ll.llama_model_size(self.model))
         self.context_bytes = self.buffers.total("KV", "RS", "compute", "output")
+        # the decode thread's handle: valid until close() frees it, after the thread stopped
+        self._ctx: ll.llama_context_p = self.ctx
         self.mem = ll.llama_get_memory(self.ctx)
         self._batch = Batch(self.n_batch)
         self._table = SlotTable(self.parallel, self._trim)
@@ -215,6 +193,11 @@ class Runner:
     def piece(self, token: int) -> bytes:
         """The bytes one generated token adds to the output text."""
         return self.vocab.piece(token)
+
+    def fim_prompt(self, prefix: str, suffix: str, middle: str = "",
+                   extra: Sequence[tuple[str, str]] = (), param: str = "suffix") -> list[int]:
+        """Fill-in-the-middle prompt tokens (engine/fim.py); 400 when the vocabulary has no FIM tokens."""
+        return fim_prompt(self.vocab, self.model_id, prefix, suffix, middle, extra, param=param)
 
     # --- generation ------------------------------------------------------------------------------
 
@@ -305,7 +288,7 @@ class Runner:
             raise InvalidRequest(f"model {self.model_id!r} is not an embedding model", param="model")
         token_lists = embedding_inputs(self.vocab, inputs, self.context)
         vectors = await self._call(lambda: embed_batches(
-            self.ctx, self._batch, token_lists, max_seqs=self.parallel, n_embd=self.n_embd,
+            self._ctx, self._batch, token_lists, max_seqs=self.parallel, n_embd=self.n_embd,
             decode=self._decode_prompts))
         return EmbeddingResult(vectors=vectors, prompt_tokens=sum(map(len, token_lists)))
 
@@ -383,16 +366,24 @@ class Runner:
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[_T] = loop.create_future()
 
+        def ok(res: _T) -> None:  # on the loop
+            if not fut.done():
+                fut.set_result(res)
+
+        def err(e: BaseException) -> None:  # on the loop
+            if not fut.done():
+                fut.set_exception(e)
+
         def task() -> None:
             try:
                 res = fn()
             except BaseException as e:  # noqa: BLE001 - handed to the awaiting caller
-                loop.call_soon_threadsafe(lambda: fut.done() or fut.set_exception(e))
+                loop.call_soon_threadsafe(err, e)
             else:
-                loop.call_soon_threadsafe(lambda: fut.done() or fut.set_result(res))
+                loop.call_soon_threadsafe(ok, res)
 
         def fail(e: BaseException) -> None:
-            loop.call_soon_threadsafe(lambda: fut.done() or fut.set_exception(e))
+            loop.call_soon_threadsafe(err, e)
 
         self._submit(_Task(task, fail))
         return await fut
@@ -442,7 +433,7 @@ class Runner:
             self._flush()  # cancelled jobs' ends
             return
         self.in_call_since = time.monotonic()
-        ret = ll.llama_decode(self.ctx, self._fill(plan).struct())
+        ret = ll.llama_decode(self._ctx, self._fill(plan).struct())
         if ret == 0:
             self._after(plan)
         else:
@@ -497,7 +488,7 @@ class Runner:
     def _decode_or_raise(self, b: Batch) -> None:
         self.in_call_since = time.monotonic()
         try:
-            ret = ll.llama_decode(self.ctx, b.struct())
+            ret = ll.llama_decode(self._ctx, b.struct())
         finally:
             self.in_call_since = None
         if ret != 0:
@@ -516,7 +507,7 @@ class Runner:
         for seqs in by_job.values():
             job = self._slots[seqs[0]].job
             alone = plan.only(seqs)
-            r = ll.llama_decode(self.ctx, self._fill(alone).struct())
+            r = ll.llama_decode(self._ctx, self._fill(alone).struct())
             if r == 0:
                 self._after(alone)
                 continue
@@ -564,9 +555,9 @@ class Runner:
         assert job is not None and ch is not None
         try:
             if job.params.logprobs:  # logprobs read the context's row after the pick: stay here
-                tok = ch.sampler.sample(self.ctx, idx)
+                tok = ch.sampler.sample(self._ctx, idx)
             else:
-                first = ch.sampler.first_pass(self.ctx, idx)
+                first = ch.sampler.first_pass(self._ctx, idx)
                 if first is None:  # refused by the grammar: resample while the others decode
                     ch.deferred = ch.sampler.start_resample(self._resample_pool())
                     ch.deferred.add_done_callback(self._wake)
@@ -626,7 +617,7 @@ class Runner:
             ch.pending = tok
 
     def _row_logprobs(self, idx: int, tok: int, top_n: int) -> RowLogprobs:
-        return row_logprobs(self.ctx, idx, self.vocab.n_vocab, tok, top_n)
+        return row_logprobs(self._ctx, idx, self.vocab.n_vocab, tok, top_n)
 
     # --- releasing -------------------------------------------------------------------------------
 

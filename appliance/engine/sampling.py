@@ -21,6 +21,7 @@ import re
 import secrets
 from concurrent.futures import Executor, Future
 from dataclasses import dataclass
+from typing import cast
 
 import llama_cpp as ll
 import numpy as np
@@ -54,7 +55,7 @@ def make_grammar(vocab: ll.llama_vocab_p, gbnf: str, triggers: tuple[str, ...] =
         smpl = ll.llama_sampler_init_grammar(vocab, gbnf.encode(), b"root")
     if not smpl:
         raise InvalidRequest("the grammar could not be parsed", param="grammar")
-    return smpl
+    return cast("ll.llama_sampler_p", smpl)
 
 
 class SlotSampler:
@@ -78,7 +79,10 @@ class SlotSampler:
         cp = ll.llama_sampler_chain_default_params()
         cp.no_perf = True
         self.chain = ll.llama_sampler_chain_init(cp)
-        add = lambda s: ll.llama_sampler_chain_add(self.chain, s)  # noqa: E731
+
+        def add(smpl: ll.llama_sampler_p) -> None:
+            ll.llama_sampler_chain_add(self.chain, smpl)
+
         bias = {int(k): float(v) for k, v in params.logit_bias.items()}
         if params.ignore_eos:
             for t in eog_ids:
@@ -119,7 +123,7 @@ class SlotSampler:
         """The cheap pick (accepted), or None when the grammar refuses it: then the raw row is
         kept for `resample`, which must follow before this sampler is used again."""
         if self.grammar is None and not self._greedy:
-            return ll.llama_sampler_sample(self.chain, ctx, idx)  # applies and accepts
+            return int(ll.llama_sampler_sample(self.chain, ctx, idx))  # applies and accepts
         row = np.ctypeslib.as_array(ll.llama_get_logits_ith(ctx, idx), shape=(self.n_vocab,))
         if self._greedy:
             tok = self.greedy(row)  # nothing to accept: greedy and logit bias keep no state
@@ -128,7 +132,7 @@ class SlotSampler:
         else:
             arr = self._candidates(row)
             ll.llama_sampler_apply(self.chain, ctypes.byref(arr))
-            tok = arr.data[arr.selected].id
+            tok = int(arr.data[arr.selected].id)
         if self._grammar_allows(tok):
             self._accept(tok)
             return tok
@@ -162,7 +166,7 @@ class SlotSampler:
         ll.llama_sampler_apply(self.chain, ctypes.byref(arr))
         if arr.selected < 0:
             raise EngineError("the grammar allows no token here")
-        tok = arr.data[arr.selected].id
+        tok = int(arr.data[arr.selected].id)
         if not self._grammar_allows(tok):
             raise EngineError("the grammar allows no token the sampler would pick")
         self._accept(tok)

@@ -1,6 +1,7 @@
 """Which models are in memory, and who may use them when (see docs/memory.md)."""
 
-from .core import ModelStatus, NoEvents, RunnerLike, Scheduler, SchedulerEvents
+from .core import ModelStatus, NoEvents, Scheduler, SchedulerEvents
+from .lifecycle import RunnerLike
 from .estimate import Estimate, Estimator, GGUFEstimator
 from .footprints import Footprints
 from .placement import Placement

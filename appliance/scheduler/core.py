@@ -27,6 +27,7 @@ import psutil
 
 from ..clock import Clock, SystemClock
 from ..config import ApplianceConfig, Catalog, ModelConfig
+from ..engine.protocol import EngineRunner
 from ..errors import (
     ApplianceError,
     BudgetExceeded,
@@ -239,7 +240,7 @@ class Scheduler:
         if m.admitting and len(m.queue) == 0 and m.busy_slots + slots <= m.parallel:
             self._grant(m, slots)
             if slots:
-                self._emit("queue_waited", m.id, 0.0)
+                self._emit(lambda e: e.queue_waited(m.id, 0.0))
             assert m.runner is not None
             return m, m.runner
         if len(m.queue) >= self.config.queue.max_waiting:
@@ -381,7 +382,7 @@ class Scheduler:
                 continue
             self._grant(m, w.slots)
             if w.slots:
-                self._emit("queue_waited", m.id, max(0.0, self.clock.monotonic() - w.enqueued))
+                self._emit(lambda e: e.queue_waited(m.id, max(0.0, self.clock.monotonic() - w.enqueued)))
             w.future.set_result(m.runner)
 
     def _grant(self, m: _Model, slots: int) -> None:
@@ -620,9 +621,7 @@ class Scheduler:
             before = self._hw.devices()
             rss_before = self._rss()
             runner = await self._run_blocking(self._loader, m.id, cfg, paths, p.placement)
-            warmup = getattr(runner, "warmup", None)
-            if warmup is not None:
-                await self._run_blocking(warmup)
+            await self._run_blocking(runner.warmup)
             measured = self._measure(p.placement, before, self._hw.devices(), rss_before, runner)
         except Exception as e:
             await self._load_failed(m, runner, started, e)
@@ -633,7 +632,7 @@ class Scheduler:
                 self._remember_footprint(m, cfg, paths, p, before)
             except Exception:  # the model is loaded fine; it is only measured again next time
                 log.exception("could not record the measured footprint of %s", m.id)
-        self._emit("model_loaded", m.id, m.loaded_at - started, True)
+        self._emit(lambda e: e.model_loaded(m.id, m.loaded_at - started, True))
         # An unload asked for during the load (unload_requested) is still owed to its
         # waiter, and happens as soon as the model is idle.
 
@@ -645,7 +644,7 @@ class Scheduler:
                 await self._run_blocking(runner.close)
             except Exception:
                 log.exception("closing the runner of failed load %s", m.id)
-        self._emit("model_loaded", m.id, self.clock.monotonic() - started, False)
+        self._emit(lambda e: e.model_loaded(m.id, self.clock.monotonic() - started, False))
         m.fail_load()
         err = e if isinstance(e, ApplianceError) else EngineError(f"loading model {m.id!r} failed: {e}")
         for w in m.queue.take_all():
@@ -691,7 +690,7 @@ class Scheduler:
         """Free an unloading model's runner (off the loop), then mark it unloaded."""
         log.info("unloading %s (%s)", m.id, reason)
         if reason == "evict":
-            self._emit("model_evicted", m.id)
+            self._emit(lambda e: e.model_evicted(m.id))
         try:
             if runner is not None:
                 await self._run_blocking(runner.close)
@@ -762,12 +761,13 @@ class Scheduler:
             raise ModelNotFound(f"model {name!r} does not exist")
         return self._models[found[0]]
 
-    def _emit(self, event: str, *args: Any) -> None:
-        """Report to the events sink; a failing sink must never break scheduling."""
+    def _emit(self, report: Callable[[SchedulerEvents], None]) -> None:
+        """Report to the events sink (`lambda e: e.model_loaded(...)`); a failing sink must
+        never break scheduling."""
         try:
-            getattr(self.events, event)(*args)
+            report(self.events)
         except Exception:
-            log.exception("scheduler events sink failed on %s", event)
+            log.exception("scheduler events sink failed")
 
     def _fail(self, w: Waiter, err: Exception) -> None:
         if not w.future.done():
@@ -786,10 +786,10 @@ class Scheduler:
         return float(min(max(1, math.ceil(ahead / rate)), max(1.0, self.config.queue.max_wait)))
 
 
-def _logged_bytes(runner: Any) -> int | None:
+def _logged_bytes(runner: RunnerLike) -> int | None:
     """RAM a CPU runner holds per llama.cpp's own buffer log (engine's `Runner.buffers`)."""
-    buffers = getattr(runner, "buffers", None)
-    by_kind = getattr(buffers, "by_kind", None)
+    buffers = runner.buffers
+    by_kind = buffers.by_kind if buffers is not None else None
     if not by_kind:
         return None
     model = by_kind.get("model", {})

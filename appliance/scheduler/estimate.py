@@ -5,13 +5,16 @@ need = offloaded weights + KV cache + compute buffers, following how llama.cpp p
   (output projection + norm) as layer n_layer, so one offloaded "layer" is the output and
   token embeddings always stay in RAM. On the CPU device everything is in RAM.
 - KV cache: n_ctx = context x parallel cells (each slot's context padded up to a multiple of
-  256, as llama.cpp does), per offloaded layer n_embd_k_gqa + n_embd_v_gqa elements of the
-  cache type; sliding-window layers keep a full cache (llama.cpp's default swa_full = true).
-- compute buffers: the worst-case prompt graph (n_ubatch tokens, n_outputs_max = parallel);
+  256, as llama.cpp does; the whole unified cache of an embedding model padded once), per
+  offloaded layer n_embd_k_gqa + n_embd_v_gqa elements of the cache type; sliding-window
+  layers keep a full cache (llama.cpp's default swa_full = true).
+- compute buffers: the worst-case prompt graph (n_ubatch tokens, n_outputs_max outputs);
   a linear model of the graph's largest live tensors, calibrated against the sizes
   llama.cpp logs (tests/test_estimate.py keeps it within 15%).
 After a real load the scheduler measures the footprint and prefers that (footprints.py).
-The header facts come from the store's reader (store/ggufinfo.py); this module is the math.
+The header facts come from the store's reader (store/ggufinfo.py); the context's sizes from
+the engine's own mapping (engine/params.py's `context_shape`, which the runner creates its
+context with); this module is the math.
 """
 
 from __future__ import annotations
@@ -23,12 +26,12 @@ from pathlib import Path
 from typing import Protocol, Sequence
 
 from ..config import ModelConfig
+from ..engine.params import context_shape
 from ..hardware.devices import DeviceKind
 from ..store.ggufinfo import GGUFInfo, read_gguf_info
 
 # bytes per element of the KV cache types (ggml block sizes: q8_0 34 B / 32, q4_0 18 B / 32)
 KV_BYTES = {"f16": 2.0, "q8_0": 34 / 32, "q4_0": 18 / 32}
-N_UBATCH = 512  # llama.cpp's default micro-batch; the engine keeps it
 CTX_PAD = 256
 MiB = 1024 * 1024
 
@@ -60,7 +63,16 @@ def slot_context(context: int) -> int:
 
 
 def kv_cells(cfg: ModelConfig) -> int:
+    """KV cells llama.cpp allocates: per-slot streams are padded one by one, a unified cache once."""
+    shape = context_shape(cfg)
+    if shape.kv_unified:
+        return slot_context(shape.n_ctx)
     return slot_context(cfg.context) * cfg.parallel
+
+
+def attended_cells(cfg: ModelConfig) -> int:
+    """KV cells one token attends over: its slot's stream, or the whole unified cache."""
+    return kv_cells(cfg) if context_shape(cfg).kv_unified else slot_context(cfg.context)
 
 
 def kv_bytes(info: GGUFInfo, cfg: ModelConfig, layers: Sequence[int]) -> int:
@@ -77,23 +89,19 @@ def compute_bytes(info: GGUFInfo, cfg: ModelConfig) -> int:
     activations (FFN gate/up [n_ff, n_tokens] plus a handful of [n_embd, n_tokens] rows:
     measured 2 n_ff + 8 n_embd floats per token) and the logits of the outputs
     [n_vocab, n_outputs]. Added to it: the attention mask, f16, one slot's context per
-    token, twice for models with sliding-window layers (a second mask). n_outputs is
-    `parallel` for generation (the engine sets n_outputs_max) and the whole micro-batch
-    for embeddings. The output buffer holds `parallel` logits rows in RAM.
+    token, twice for models with sliding-window layers (a second mask). n_outputs is the
+    context's n_outputs_max (`parallel` for generation) or the whole micro-batch for
+    embeddings. The output buffer holds `parallel` logits rows in RAM.
     """
     f32 = 4
-    if cfg.embedding:
-        n_ubatch = max(cfg.context, 32)
-        n_outputs = min(n_ubatch, kv_cells(cfg))
-    else:
-        n_ubatch = N_UBATCH
-        n_outputs = cfg.parallel
-    n_tokens = min(n_ubatch, kv_cells(cfg))
+    shape = context_shape(cfg)
+    n_tokens = min(shape.n_ubatch, kv_cells(cfg))
+    n_outputs = shape.n_outputs_max or n_tokens
     n_embd, n_vocab = info.embedding, info.vocab_size
     acts = n_tokens * (2 * info.feed_forward + 8 * n_embd) * f32
     logits = n_vocab * n_outputs * f32 + 2 * n_tokens * n_embd * f32
     masks = 2 if info.sliding_window else 1
-    mask = masks * n_tokens * slot_context(cfg.context) * 2
+    mask = masks * n_tokens * attended_cells(cfg) * 2
     output = (n_vocab + (n_embd if cfg.embedding else 0)) * cfg.parallel * f32
     return int(max(acts, logits) + mask + output)
 

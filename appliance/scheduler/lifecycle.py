@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
 from ..config import ModelConfig
+from ..engine.protocol import EngineRunner
 from .admission import FairQueue
 from .estimate import Estimate
 from .placement import Placement
@@ -31,10 +32,7 @@ State = Literal["unloaded", "loading", "loaded", "draining", "unloading"]
 RESIDENT: frozenset[str] = frozenset({"loading", "loaded", "draining", "unloading"})
 
 
-class RunnerLike(Protocol):
-    n_slots: int
-
-    def close(self) -> None: ...
+RunnerLike = EngineRunner  # what loaders return and leases hand out (engine/protocol.py)
 
 
 class IllegalTransition(RuntimeError):

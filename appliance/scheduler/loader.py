@@ -5,10 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..config import ModelConfig
+from ..engine.protocol import EngineRunner
 from .placement import Placement
 
 
-def engine_loader(model_id: str, cfg: ModelConfig, paths: list[Path], placement: Placement):  # type: ignore[no-untyped-def]
+def engine_loader(model_id: str, cfg: ModelConfig, paths: list[Path], placement: Placement) -> EngineRunner:
     """Build a Runner (blocking, seconds): the scheduler calls this in a worker thread."""
     from ..engine.runner import Runner  # imported late: loads llama.cpp
 

@@ -139,7 +139,7 @@ def plan(
         if isinstance(r, Plan):
             key = (len(r.evict) + len(r.drain), -sum(mem.available(i, []) for i in opt))
             if best is None or key < best[:2]:
-                best = (*key, r)  # type: ignore[assignment]
+                best = (*key, r)
         elif isinstance(r, Wait):
             waiting = True
     if best is not None:
@@ -164,7 +164,7 @@ def plan(
         cand = _result(mem, opt, e, chosen, placement(opt, k_now))
         key = (k_now, -len(chosen))
         if best_k is None or key > best_k[:2]:
-            best_k = (*key, cand)  # type: ignore[assignment]
+            best_k = (*key, cand)
     if best_k is not None and most_later <= best_k[0]:
         return best_k[2]
     if most_later >= 0:

@@ -13,54 +13,41 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import logging
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
-from ..config import Catalog, load_catalog
+from aiohttp import web
+
+from ..config import load_catalog
 from ..errors import ApplianceError, ModelNotFound
 from .adminsock import AdminServer, admin_socket_path
 from .drain import FileWatcher, drain, install_signals
 from .logs import log_request
 from .metrics import Metrics, add_metrics_route
+from .backend import ServiceBackend
 from .notify import Heartbeat, Notifier, RunnerReading, watchdog_interval
+
+if TYPE_CHECKING:
+    from ..daemon import Daemon
 
 log = logging.getLogger("appliance.service")
 
 LOADED_STATES = ("loading", "loaded")
 
 
-# --- reading the backend (scheduler, or the interim one-runner-per-model backend) ----------
+# --- reading the backend (the scheduler, through service/backend.py) ------------------------
 
 
-def backend_runners(backend: Any) -> dict[str, Any]:
-    """model id -> runner, for the watchdog (the scheduler's public `runners()`)."""
-    runners = getattr(backend, "runners", None)
-    if callable(runners):
-        runners = runners()
-    return dict(runners) if isinstance(runners, dict) else {}
+def runner_readings(backend: ServiceBackend) -> list[RunnerReading]:
+    """The watchdog's view of every runner."""
+    return [RunnerReading(mid, r.in_call_since, r.last_progress) for mid, r in backend.runners().items()]
 
 
-def backend_snapshot(backend: Any) -> list[Any]:
-    snap = getattr(backend, "snapshot", None)
-    return list(snap()) if callable(snap) else []
+def loaded_models(backend: ServiceBackend) -> list[str]:
+    return sorted(s.id for s in backend.snapshot() if s.state in LOADED_STATES)
 
 
-def runner_readings(backend: Any) -> list[RunnerReading]:
-    return [
-        RunnerReading(mid, getattr(r, "in_call_since", None), getattr(r, "last_progress", None))
-        for mid, r in backend_runners(backend).items()
-    ]
-
-
-def loaded_models(backend: Any) -> list[str]:
-    snap = backend_snapshot(backend)
-    if snap:
-        return sorted(s.id for s in snap if s.state in LOADED_STATES)
-    return sorted(backend_runners(backend))
-
-
-def status_line(daemon: Any) -> str:
+def status_line(daemon: Daemon) -> str:
     """STATUS= text for `systemctl status`: what is loaded, what waits."""
     if daemon.state.draining:
         prefix = f"draining ({daemon.state.in_flight} in flight)"
@@ -68,13 +55,12 @@ def status_line(daemon: Any) -> str:
         prefix = "serving"
     else:
         prefix = "starting"
-    snap = backend_snapshot(daemon.backend)
-    queued = sum(getattr(s, "queue_depth", 0) for s in snap)
+    queued = sum(s.queue_depth for s in daemon.backend.snapshot())
     loaded = loaded_models(daemon.backend)
     return f"{prefix}; loaded: {', '.join(loaded) or 'none'}; queued: {queued}"
 
 
-def status_report(daemon: Any) -> dict[str, Any]:
+def status_report(daemon: Daemon) -> dict[str, Any]:
     """The admin socket's `status` answer."""
     return {
         "ready": daemon.state.ready,
@@ -82,27 +68,14 @@ def status_report(daemon: Any) -> dict[str, Any]:
         "in_flight": daemon.state.in_flight,
         "url": daemon.url,
         "loaded": loaded_models(daemon.backend),
-        "models": {s.id: (s.to_json() if hasattr(s, "to_json") else dataclasses.asdict(s))
-                   for s in backend_snapshot(daemon.backend)},
+        "models": {s.id: s.to_json() for s in daemon.backend.snapshot()},
     }
 
 
 # --- re-reading files ------------------------------------------------------------------------
 
 
-def apply_catalog(daemon: Any, catalog: Catalog) -> None:
-    """Give the daemon (and its scheduler) the re-read catalog; settings apply at next load."""
-    update = getattr(daemon, "update_catalog", None)
-    if callable(update):
-        update(catalog)
-        return
-    daemon.settings = dataclasses.replace(daemon.settings, catalog=catalog)
-    backend_update = getattr(daemon.backend, "update_catalog", None)
-    if callable(backend_update):
-        backend_update(catalog)
-
-
-def reload_files(daemon: Any) -> dict[str, Any]:
+def reload_files(daemon: Daemon) -> dict[str, Any]:
     """SIGHUP / admin `reload`: re-read models.toml and the keys file now. A broken file is
     logged and the previous version kept (the daemon keeps serving)."""
     out: dict[str, Any] = {}
@@ -116,7 +89,7 @@ def reload_files(daemon: Any) -> dict[str, Any]:
             log.error("models.toml not reloaded: %s", e.message)
             out["models_error"] = e.message
         else:
-            apply_catalog(daemon, new)
+            daemon.update_catalog(new)  # settings apply at each model's next load
             out["models"] = sorted(new.models)
             log.info("models.toml re-read: %d model(s)", len(new.models))
     try:
@@ -131,20 +104,19 @@ def reload_files(daemon: Any) -> dict[str, Any]:
 # --- the service ---------------------------------------------------------------------------
 
 
-def _has_route(app: Any, path: str) -> bool:
-    return any(getattr(r, "canonical", None) == path for r in app.router.resources())
+def _has_route(app: web.Application, path: str) -> bool:
+    return any(r.canonical == path for r in app.router.resources())
 
 
 class Service:
     """The operations layer around one Daemon."""
 
-    def __init__(self, daemon: Any, *, notifier: Notifier | None = None, env: dict[str, str] | None = None) -> None:
+    def __init__(self, daemon: Daemon, *, notifier: Notifier | None = None, env: dict[str, str] | None = None) -> None:
         self.daemon = daemon
         self.clock = daemon.clock
         self.notifier = notifier or Notifier(env)
-        self.metrics = Metrics(lambda: backend_snapshot(daemon.backend))
-        if hasattr(daemon.backend, "events"):  # the scheduler reports loads, evictions, waits
-            daemon.backend.events = self.metrics
+        self.metrics = Metrics(daemon.backend.snapshot)
+        daemon.backend.events = self.metrics  # the scheduler reports loads, evictions, waits
         self.stop_requested = asyncio.Event()
         self._tasks: list[asyncio.Task[Any]] = []
         self.heartbeat = Heartbeat(
@@ -164,12 +136,9 @@ class Service:
 
     async def _unload(self, req: dict[str, Any]) -> dict[str, Any]:
         model = str(req.get("model") or "")
-        unload = getattr(self.daemon.backend, "unload", None)
-        if not callable(unload):
-            raise ApplianceError("this backend cannot unload models on request")
         if model not in loaded_models(self.daemon.backend):
             raise ModelNotFound(f"model {model!r} is not loaded")
-        await unload(model)
+        await self.daemon.backend.unload(model)
         return {"unloaded": model}
 
     def prepare(self) -> None:
@@ -204,7 +173,7 @@ class Service:
             await drain(
                 self.daemon.state, self.notifier, self.clock,
                 self.daemon.settings.config.server.drain_timeout,
-                stop_admitting=getattr(self.daemon.backend, "drain", None),
+                stop_admitting=self.daemon.backend.drain,
             )
             self.heartbeat.beat(0.0)
         finally:
@@ -239,5 +208,5 @@ class Service:
         self._spawn(self.catalog_watcher().run())
 
 
-async def run_service(daemon: Any, on_listening: Callable[[], None] | None = None) -> int:
+async def run_service(daemon: Daemon, on_listening: Callable[[], None] | None = None) -> int:
     return await Service(daemon).run(on_listening)

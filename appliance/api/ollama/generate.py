@@ -18,20 +18,20 @@ from aiohttp import web
 
 from ...auth import ADMIN
 from ...engine.types import Delta, GenerationRequest, Usage
-from ...errors import InsufficientScope, InvalidRequest, NotFound
+from ...engine.protocol import ServingRunner
+from ...errors import InsufficientScope, InvalidRequest
 from ..admin import SCHEDULER_KEY
 from ..chat import chat_generation
 from ..chat_render import ChatPrompt, response_grammar
 from ..chunks import Chunk
 from ..context import CTX_KEY, api_key, key_name, resolve_model
-from ..infill import fim_tokens_for
 from ..relay import relay
 from ..sampling import sampling_params
 from ..schemas import parse_body, read_json
 from ..sse import NDJSONStream
 from ..state import REQUEST_ID
 from . import convert
-from .schemas import ChatRequest, GenerateRequest, keep_alive_zero
+from .schemas import ChatRequest, GenerateRequest, KeepAlive, keep_alive_zero
 
 
 class OllamaChoices:
@@ -108,17 +108,14 @@ def _done(kind: str, model: str, reason: str) -> dict[str, Any]:
     return line
 
 
-async def _load_or_unload(request: web.Request, kind: str, mid: str, keep_alive: Any) -> web.Response:
+async def _load_or_unload(request: web.Request, kind: str, mid: str, keep_alive: KeepAlive) -> web.Response:
     """Ollama's idiom for an empty request: load the model, or unload it with keep_alive 0
     (unloading affects everyone: admin scope, or open mode)."""
     if keep_alive_zero(keep_alive):
         key = api_key(request)
         if key is not None and not key.has_scope(ADMIN):
             raise InsufficientScope(f"key {key.name!r} lacks the 'admin' scope needed to unload a model")
-        sched: Any = request.app.get(SCHEDULER_KEY)
-        if sched is None:
-            raise NotFound("unloading is not available here")
-        await sched.unload(mid)
+        await request.app[SCHEDULER_KEY].unload(mid)
         return web.json_response(_done(kind, mid, "unload"))
     async with request.app[CTX_KEY].backend.lease(mid, key_name(request), slots=1):
         pass
@@ -140,7 +137,7 @@ async def chat(request: web.Request) -> web.StreamResponse:
                            [lambda: runner.generate(req)], stream_type=NDJSONStream)
 
 
-async def _generate_request(runner: Any, mid: str, body: GenerateRequest, rid: str) -> tuple[GenerationRequest, list[int]]:
+async def _generate_request(runner: ServingRunner, mid: str, body: GenerateRequest, rid: str) -> tuple[GenerationRequest, list[int]]:
     """raw: the prompt as given; suffix: a FIM prompt; else the chat template around
     `system` + `prompt`. `context` (a previous answer's tokens) goes first. Returns the
     engine request and the prompt's token ids."""
@@ -149,7 +146,7 @@ async def _generate_request(runner: Any, mid: str, body: GenerateRequest, rid: s
         grammar = await asyncio.to_thread(response_grammar, oa)  # CPU work: off the loop
         params = sampling_params(oa, max_tokens=oa.token_limit, grammar=grammar, **extra)
         if body.suffix is not None:
-            ids = fim_tokens_for(runner, mid, body.prompt, body.suffix)
+            ids = runner.fim_prompt(body.prompt, body.suffix)
         else:
             ids = runner.tokenize(body.prompt, not body.context, True)
     else:

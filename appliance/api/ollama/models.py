@@ -77,10 +77,10 @@ async def show(request: web.Request) -> web.Response:
 async def ps(request: web.Request) -> web.Response:
     """Loaded models this key may use; `expires_at` from the catalog's keep_alive."""
     d = request.app[CTX_KEY].directory
-    sched: Any = request.app.get(SCHEDULER_KEY)
+    sched = request.app[SCHEDULER_KEY]
     visible = dict(d.visible(api_key(request)))
     models = []
-    for st in sched.snapshot() if sched is not None else []:
+    for st in sched.snapshot():
         cfg = visible.get(st.id)
         if cfg is None or st.state != "loaded":
             continue

@@ -21,7 +21,7 @@ class TextFormat(_Body):
 
 
 class TextConfig(_Body):
-    format: TextFormat = TextFormat()  # type: ignore[call-arg]  # `schema` has a default
+    format: TextFormat = TextFormat()
 
 
 class ResponsesRequest(_Body):
