@@ -128,11 +128,24 @@ async def test_generate_raw_context_suffix_and_load(env) -> None:  # noqa: ANN00
         with pytest.raises(ollama.ResponseError) as e:  # unloading affects everyone: admin only
             await c.generate(model="tiny", keep_alive=0)
         assert e.value.status_code == 403
+        with pytest.raises(ollama.ResponseError) as e:
+            await c.generate(model="tiny", prompt="x", keep_alive=0)
+        assert e.value.status_code == 403
+        # a request's keep_alive replaces the catalog's 10m until the model unloads
+        before = (await c.ps()).models[0].expires_at
+        await c.generate(model="tiny", prompt="x", keep_alive="2h", options=_opts(num_predict=1))
+        after = (await c.ps()).models[0].expires_at
+        assert (after - before).total_seconds() > 3600
+        with pytest.raises(ollama.ResponseError) as e:
+            await c.generate(model="tiny", prompt="x", keep_alive="soon")
+        assert e.value.status_code == 400 and "keep_alive" in e.value.error
     async with client(env, "admin") as (_, c):
         await c.generate(model="tiny", prompt="hi", options=_opts(num_predict=1))
         assert [m.model for m in (await c.ps()).models] == ["tiny"]
         r = await c.generate(model="tiny", keep_alive=0)
         assert r.done_reason == "unload" and (await c.ps()).models == []
+        await c.generate(model="tiny", prompt="hi", keep_alive=0, options=_opts(num_predict=1))
+        assert (await c.ps()).models == []  # unloaded once the request was done
 
 
 async def test_embed_and_embeddings(env) -> None:  # noqa: ANN001

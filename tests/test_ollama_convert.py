@@ -4,12 +4,16 @@
 from __future__ import annotations
 
 import json
+import math
+
+import pytest
 
 from appliance.api.chat_render import ChatPrompt
 from appliance.api.ollama import convert
 from appliance.api.ollama.generate import OllamaChoices
-from appliance.api.ollama.schemas import Message, Options, keep_alive_zero
+from appliance.api.ollama.schemas import Message, Options, keep_alive_seconds
 from appliance.engine.types import Delta, Usage
+from appliance.errors import InvalidRequest
 
 
 def test_messages_get_tool_call_ids_matched_by_name() -> None:
@@ -34,7 +38,10 @@ def test_options_and_format() -> None:
     assert convert.response_format("json") == {"type": "json_object"}
     assert convert.response_format({"type": "object"})["json_schema"]["schema"] == {"type": "object"}
     assert convert.response_format("") is None
-    assert keep_alive_zero(0) and keep_alive_zero("0s") and not keep_alive_zero("5m") and not keep_alive_zero(None)
+    assert keep_alive_seconds(0) == keep_alive_seconds("0s") == 0 and keep_alive_seconds("5m") == 300
+    assert keep_alive_seconds(-1) == keep_alive_seconds("-1m") == math.inf and keep_alive_seconds(None) is None
+    with pytest.raises(InvalidRequest):
+        keep_alive_seconds("soon")
 
 
 def _tool_prompt() -> ChatPrompt:

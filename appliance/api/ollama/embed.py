@@ -12,6 +12,7 @@ from ..context import CTX_KEY
 from ..embeddings import embed_inputs
 from ..schemas import parse_body, read_json
 from .convert import catalog_name
+from .generate import apply_keep_alive
 from .schemas import EmbeddingsRequest, EmbedRequest
 
 
@@ -23,6 +24,7 @@ async def embed(request: web.Request) -> web.Response:
     body = parse_body(EmbedRequest, await read_json(request))
     t0 = time.monotonic_ns()
     mid, result = await embed_inputs(request, _name(request, body.model), body.inputs)
+    apply_keep_alive(request, mid, body.keep_alive)
     if body.dimensions is not None and body.dimensions != len(result.vectors[0]):
         raise InvalidRequest(f"the model {mid!r} makes {len(result.vectors[0])}-dimensional embeddings",
                              param="dimensions")
@@ -33,5 +35,6 @@ async def embed(request: web.Request) -> web.Response:
 
 async def embeddings(request: web.Request) -> web.Response:
     body = parse_body(EmbeddingsRequest, await read_json(request))
-    _, result = await embed_inputs(request, _name(request, body.model), [body.prompt])
+    mid, result = await embed_inputs(request, _name(request, body.model), [body.prompt])
+    apply_keep_alive(request, mid, body.keep_alive)
     return web.json_response({"embedding": result.vectors[0]})

@@ -31,7 +31,7 @@ from ..schemas import parse_body, read_json
 from ..sse import NDJSONStream
 from ..state import REQUEST_ID
 from . import convert
-from .schemas import ChatRequest, GenerateRequest, KeepAlive, keep_alive_zero
+from .schemas import ChatRequest, GenerateRequest, KeepAlive, keep_alive_seconds
 
 
 class OllamaChoices:
@@ -108,13 +108,22 @@ def _done(kind: str, model: str, reason: str) -> dict[str, Any]:
     return line
 
 
+def apply_keep_alive(request: web.Request, mid: str, keep_alive: KeepAlive) -> float | None:
+    """A request's keep_alive: how long the model stays loaded once idle, until it next
+    unloads. 0 unloads it as soon as it is idle, which affects everyone: admin scope (or open mode)."""
+    seconds = keep_alive_seconds(keep_alive)
+    if seconds is None:
+        return None
+    key = api_key(request)
+    if seconds == 0 and key is not None and not key.has_scope(ADMIN):
+        raise InsufficientScope(f"key {key.name!r} lacks the 'admin' scope needed for keep_alive 0 (unloading)")
+    request.app[SCHEDULER_KEY].set_keep_alive(mid, seconds)
+    return seconds
+
+
 async def _load_or_unload(request: web.Request, kind: str, mid: str, keep_alive: KeepAlive) -> web.Response:
-    """Ollama's idiom for an empty request: load the model, or unload it with keep_alive 0
-    (unloading affects everyone: admin scope, or open mode)."""
-    if keep_alive_zero(keep_alive):
-        key = api_key(request)
-        if key is not None and not key.has_scope(ADMIN):
-            raise InsufficientScope(f"key {key.name!r} lacks the 'admin' scope needed to unload a model")
+    """Ollama's idiom for an empty request: load the model, or unload it with keep_alive 0."""
+    if apply_keep_alive(request, mid, keep_alive) == 0:
         await request.app[SCHEDULER_KEY].unload(mid)
         return web.json_response(_done(kind, mid, "unload"))
     async with request.app[CTX_KEY].backend.lease(mid, key_name(request), slots=1):
@@ -127,6 +136,7 @@ async def chat(request: web.Request) -> web.StreamResponse:
     mid, _ = resolve_model(request, convert.catalog_name(request.app[CTX_KEY].directory.catalog, body.model))
     if not body.messages:
         return await _load_or_unload(request, "chat", mid, body.keep_alive)
+    apply_keep_alive(request, mid, body.keep_alive)
     oa, extra = convert.chat_request_body(body)
     t0 = time.monotonic_ns()
     async with request.app[CTX_KEY].backend.lease(mid, key_name(request), slots=1) as runner:
@@ -167,6 +177,7 @@ async def generate(request: web.Request) -> web.StreamResponse:
         raise InvalidRequest("template overrides are not supported; set chat_template in models.toml", param="template")
     if not body.prompt and body.suffix is None:
         return await _load_or_unload(request, "generate", mid, body.keep_alive)
+    apply_keep_alive(request, mid, body.keep_alive)
     t0 = time.monotonic_ns()
     async with request.app[CTX_KEY].backend.lease(mid, key_name(request), slots=1) as runner:
         load_ns = time.monotonic_ns() - t0

@@ -4,7 +4,6 @@ caller's key may use, as /v1/models does."""
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 from aiohttp import web
@@ -22,6 +21,7 @@ from .schemas import ModelRequest
 
 # Ollama clients gate features on the server's version; this API follows Ollama 0.12's.
 OLLAMA_VERSION = "0.12.0"
+NEVER = 4102444800.0  # 2100-01-01, Ollama's way of saying "not scheduled"
 
 
 async def version(request: web.Request) -> web.Response:
@@ -75,7 +75,8 @@ async def show(request: web.Request) -> web.Response:
 
 
 async def ps(request: web.Request) -> web.Response:
-    """Loaded models this key may use; `expires_at` from the catalog's keep_alive."""
+    """Loaded models this key may use; `expires_at`: when keep_alive unloads it (far ahead
+    while it is busy, pinned or kept forever)."""
     d = request.app[CTX_KEY].directory
     sched = request.app[SCHEDULER_KEY]
     visible = dict(d.visible(api_key(request)))
@@ -85,8 +86,7 @@ async def ps(request: web.Request) -> web.Response:
         if cfg is None or st.state != "loaded":
             continue
         size = st.memory_measured or st.memory_estimated or 0
-        idle_since = st.last_used or time.time()
-        expires = idle_since + cfg.keep_alive if cfg.keep_alive != float("inf") and not cfg.pinned else 4102444800.0
+        expires = st.unload_at or NEVER  # busy, pinned or kept forever: not due
         entry = _entry(d, st.id, cfg, await model_facts(d, st.id))
         entry.update({"expires_at": iso(expires), "size": size,
                       "size_vram": size if st.device and not str(st.device).startswith("cpu") else 0,

@@ -6,10 +6,12 @@ owns context and offload) are accepted and ignored, as Ollama ignores unknown op
 
 from __future__ import annotations
 
+import math
 from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator
 
+from ...errors import InvalidRequest
 from ...units import parse_duration
 from ..schemas import _Body
 
@@ -32,14 +34,18 @@ class Options(_Body):
 KeepAlive = float | str | None
 
 
-def keep_alive_zero(value: KeepAlive) -> bool:
-    """`keep_alive: 0` ("0", "0s", 0): unload now. Anything unparsable is not zero."""
+def keep_alive_seconds(value: KeepAlive) -> float | None:
+    """Ollama's keep_alive: seconds or a duration ("5m"); negative: forever; None: not given."""
     if value is None:
-        return False
+        return None
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and value < 0:
+        return math.inf
+    if isinstance(value, str) and value.strip().startswith("-"):
+        return math.inf
     try:
-        return parse_duration(value) == 0
-    except ValueError:
-        return False
+        return parse_duration(value)
+    except ValueError as e:
+        raise InvalidRequest(f"invalid keep_alive: {e}", param="keep_alive") from None
 
 
 class _Generating(_Body):
