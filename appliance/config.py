@@ -128,6 +128,16 @@ class ApplianceConfig(_Strict):
 
 # --- models.toml ------------------------------------------------------------------------
 
+# Sampling defaults where a request leaves a setting out and the model's entry sets none:
+# OpenAI's where OpenAI defines the setting (temperature, top_p), llama-server's elsewhere.
+DEFAULT_TEMPERATURE = 1.0
+DEFAULT_TOP_P = 1.0
+DEFAULT_TOP_K = 40
+DEFAULT_MIN_P = 0.05
+DEFAULT_TYPICAL_P = 1.0
+DEFAULT_REPEAT_PENALTY = 1.0
+DEFAULT_REPEAT_LAST_N = 64  # -1: the whole context, 0: penalties off
+
 
 class ModelConfig(_Strict):
     source: str
@@ -143,6 +153,14 @@ class ModelConfig(_Strict):
     embedding: bool = False
     chat_template: str | None = None
     aliases: list[str] = []
+    # per-model sampling defaults, used where a request leaves the setting out
+    temperature: Annotated[float, Field(ge=0.0, le=2.0)] = DEFAULT_TEMPERATURE
+    top_k: int = Field(DEFAULT_TOP_K, ge=0)
+    top_p: Annotated[float, Field(gt=0.0, le=1.0)] = DEFAULT_TOP_P
+    min_p: Annotated[float, Field(ge=0.0, le=1.0)] = DEFAULT_MIN_P
+    repeat_penalty: Annotated[float, Field(gt=0.0)] = DEFAULT_REPEAT_PENALTY
+    # sample inside the compute graph (llama.cpp's backend sampling): "auto" = on a GPU
+    backend_sampling: Literal["auto"] | bool = "auto"
 
     @field_validator("source")
     @classmethod

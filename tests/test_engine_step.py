@@ -57,11 +57,13 @@ def test_a_long_prompt_is_chunked_to_the_budget_and_asks_no_output_until_its_las
     assert plan.n_tokens == 4
 
 
-def test_prompts_beyond_the_budget_wait_for_a_later_step() -> None:
+def test_short_prompts_go_first_and_the_oldest_keeps_a_share_of_the_budget() -> None:
     plan = plan_step([S(0, unread=[1] * 6, submitted=0.0), S(1, unread=[2] * 3, submitted=1.0)], budget=6)
-    assert [p.seq for p in plan.parts] == [0]
-    plan = plan_step([S(0, unread=[1] * 4, submitted=0.0), S(1, unread=[2] * 3, submitted=1.0)], budget=6)
-    assert [(p.seq, len(p.tokens), p.output) for p in plan.parts] == [(0, 4, True), (1, 2, False)]
+    assert [(p.seq, len(p.tokens), p.output) for p in plan.parts] == [(1, 3, True), (0, 3, False)]
+    plan = plan_step([S(0, unread=[1] * 40, submitted=0.0), S(1, unread=[2] * 30, submitted=1.0)], budget=8)
+    assert [(p.seq, len(p.tokens), p.output) for p in plan.parts] == [(1, 6, False), (0, 2, False)]
+    plan = plan_step([S(0, unread=[1] * 3, submitted=0.0), S(1, unread=[2] * 30, submitted=1.0)], budget=2)
+    assert [(p.seq, len(p.tokens)) for p in plan.parts] == [(0, 2)]  # the oldest and shortest first
 
 
 def test_generated_tokens_are_never_cut_by_the_budget() -> None:

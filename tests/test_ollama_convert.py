@@ -30,11 +30,10 @@ def test_messages_get_tool_call_ids_matched_by_name() -> None:
 
 
 def test_options_and_format() -> None:
-    body, extra = convert.sampling(Options(num_predict=7, temperature=0.2, top_k=5, min_p=0.1, stop="x",
-                                           repeat_penalty=1.1, num_ctx=99))  # type: ignore[call-arg]
-    assert body == {"temperature": 0.2, "stop": ["x"], "max_tokens": 7}
-    assert extra == {"top_k": 5, "min_p": 0.1, "repeat_penalty": 1.1}
-    assert "max_tokens" not in convert.sampling(Options(num_predict=-1))[0]
+    body = convert.sampling(Options(num_predict=7, temperature=0.2, top_k=5, min_p=0.1, stop="x",
+                                    repeat_penalty=1.1, num_ctx=99))  # type: ignore[call-arg]
+    assert body == {"temperature": 0.2, "top_k": 5, "min_p": 0.1, "repeat_penalty": 1.1, "stop": ["x"], "max_tokens": 7}
+    assert "max_tokens" not in convert.sampling(Options(num_predict=-1))
     assert convert.response_format("json") == {"type": "json_object"}
     assert convert.response_format({"type": "object"})["json_schema"]["schema"] == {"type": "object"}
     assert convert.response_format("") is None

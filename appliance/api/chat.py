@@ -14,6 +14,7 @@ from typing import Any
 
 from aiohttp import web
 
+from ..config import ModelConfig
 from ..engine.protocol import ServingRunner
 from ..engine.types import Delta, GenerationRequest, TokenLogprob, Usage
 from . import chunks
@@ -92,14 +93,16 @@ class ChatChoices:
         return chunks.chat_response(self.head, out, usage)
 
 
-async def chat_generation(runner: ServingRunner, body: ChatCompletionRequest, request_id: str,
-                          **extra: Any) -> tuple[ChatPrompt, GenerationRequest]:
+async def chat_generation(runner: ServingRunner, body: ChatCompletionRequest, cfg: ModelConfig,
+                          request_id: str, **extra: Any) -> tuple[ChatPrompt, GenerationRequest]:
     """The prompt and engine request of one chat body (also for the Ollama and Responses
-    APIs, which arrive here as a ChatCompletionRequest); `extra` adds sampling parameters."""
+    APIs, which arrive here as a ChatCompletionRequest); `cfg` gives the model's sampling
+    defaults, `extra` adds sampling parameters."""
     # Jinja rendering and JSON-schema -> grammar conversion are CPU work: off the loop.
     prompt: ChatPrompt = await asyncio.to_thread(render, runner, body)
     params = sampling_params(
         body,
+        cfg,
         max_tokens=body.token_limit,
         stop=tuple(body.stops) + prompt.stop,
         logprobs=body.logprobs,
@@ -113,9 +116,9 @@ async def chat_generation(runner: ServingRunner, body: ChatCompletionRequest, re
 
 async def chat_completions(request: web.Request) -> web.StreamResponse:
     body = parse_body(ChatCompletionRequest, await read_json(request))
-    mid, _ = resolve_model(request, body.model)
+    mid, cfg = resolve_model(request, body.model)
     head = Head.new("chat", mid, body.include_usage)
     async with request.app[CTX_KEY].backend.lease(mid, key_name(request), slots=body.n) as runner:
-        prompt, req = await chat_generation(runner, body, request[REQUEST_ID])
+        prompt, req = await chat_generation(runner, body, cfg, request[REQUEST_ID])
         choices = ChatChoices(head, prompt, body.n, body.stream, body.logprobs)
         return await relay(request, head, body.stream, choices, [lambda: runner.generate(req)])

@@ -83,10 +83,10 @@ class CompletionChoices:
 
 async def completions(request: web.Request) -> web.StreamResponse:
     body = parse_body(CompletionRequest, await read_json(request))
-    mid, _ = resolve_model(request, body.model)
+    mid, cfg = resolve_model(request, body.model)
     head = Head.new("completion", mid, body.include_usage)
     want_lp = body.logprobs is not None
-    params = sampling_params(body, logprobs=want_lp, top_logprobs=body.logprobs or 0)
+    params = sampling_params(body, cfg, logprobs=want_lp, top_logprobs=body.logprobs or 0)
     rid = request[REQUEST_ID]
     async with request.app[CTX_KEY].backend.lease(mid, key_name(request), slots=body.n) as runner:
         echoes = [_echo_text(runner, p) if body.echo else "" for p in body.prompts]  # refused before streaming

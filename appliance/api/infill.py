@@ -74,8 +74,8 @@ class InfillChoices:
 
 async def infill(request: web.Request) -> web.StreamResponse:
     body = parse_body(InfillRequest, await read_json(request))
-    mid, _ = resolve_model(request, body.model)
-    params = sampling_params(body)
+    mid, cfg = resolve_model(request, body.model)
+    params = sampling_params(body, cfg)
     async with request.app[CTX_KEY].backend.lease(mid, key_name(request), slots=1) as runner:
         tokens = runner.fim_prompt(body.input_prefix, body.input_suffix, body.prompt,
                                    [(f.filename, f.text) for f in body.input_extra], param="input_suffix")

@@ -146,6 +146,12 @@ class _Sampling(_Body):
     presence_penalty: Penalty | None = None
     frequency_penalty: Penalty | None = None
     logit_bias: dict[str, Annotated[float, Field(ge=-100.0, le=100.0)]] | None = None
+    # llama.cpp servers' sampling extensions (null: the model's default, docs/api.md)
+    top_k: Annotated[int, Field(ge=0)] | None = None
+    min_p: Annotated[float, Field(ge=0.0, le=1.0)] | None = None
+    typical_p: Annotated[float, Field(gt=0.0, le=1.0)] | None = None
+    repeat_penalty: Annotated[float, Field(gt=0.0, le=10.0)] | None = None
+    repeat_last_n: Annotated[int, Field(ge=-1)] | None = None
 
     @field_validator("stop")
     @classmethod

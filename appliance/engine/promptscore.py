@@ -2,9 +2,10 @@
 log-probability of each prompt token given the ones before it.
 
 Runs on the runner's thread in one free slot's sequence, emptied before and after (its cached
-prefix is dropped). Every prompt position needs its own logits row while a context keeps only
-`parallel` rows per decode (n_outputs_max, which keeps compute buffers small), so the prompt
-is read `max_rows` tokens per decode: slow for long prompts, fine for scoring.
+prefix is dropped). Every prompt position needs its own logits row while a generation context
+gives each sequence one row per decode (engine/params.py: n_outputs_max_per_seq = 1, the bound
+of in-graph sampling, and n_outputs_max keeps compute buffers small), so the prompt is read
+`max_rows` tokens per decode: one decode per token, slow for long prompts, fine for scoring.
 """
 
 from __future__ import annotations

@@ -37,12 +37,13 @@ from .batch import Batch
 from .chat import ChatPrompt, render_chat
 from .cpufeatures import extra_buffers_safe
 from .embeddings import embed_batches, embedding_inputs
-from .generation import _END, Generation, post_many
 from .fim import fim_prompt
+from .generation import _END, Generation, post_many
 from .output import OutputProcessor, usage
 from .params import N_BATCH, context_params, model_params
 from .promptscore import score_tokens
-from .sampling import RowLogprobs, SlotSampler, make_grammar, random_seed, row_logprobs
+from .sampling import (Resident, RowLogprobs, SlotSampler, make_grammar, random_seed, row_logprobs,
+                       use_backend_sampling)
 from .slots import Choice, Job, Slot, SlotTable
 from .step import StepPlan, plan_step
 from .textout import TextStream
@@ -136,6 +137,8 @@ class Runner:
         # the decode thread's handle: valid until close() frees it, after the thread stopped
         self._ctx: ll.llama_context_p = self.ctx
         self.mem = ll.llama_get_memory(self.ctx)
+        self.backend_sampling = not self.embedding and use_backend_sampling(cfg.backend_sampling, n_gpu_layers)
+        self._resident: dict[int, Resident] = {}  # seq -> chain a finished request left in the graph
         self._batch = Batch(self.n_batch)
         self._table = SlotTable(self.parallel, self._trim)
         self._slots = self._table.slots
@@ -245,7 +248,7 @@ class Runner:
             for i in range(p.n):
                 grammar = make_grammar(self.vocab.vocab, p.grammar, p.grammar_triggers) if p.grammar else None
                 samplers.append(SlotSampler(self.vocab.vocab, self.vocab.n_vocab, p, base_seed + i,
-                                            self.vocab.eog_ids, grammar))
+                                            self.vocab.eog_ids, grammar, n_ctx=self.context))
         except BaseException:
             for smp in samplers:
                 smp.free()
@@ -312,7 +315,8 @@ class Runner:
             s.cached = []
             ll.llama_memory_seq_rm(self.mem, s.seq, -1, -1)
             try:
-                return score_tokens(tokens, seq=s.seq, batch=self._batch, max_rows=self.parallel,
+                # one logits row per sequence a decode (params.py: n_outputs_max_per_seq = 1)
+                return score_tokens(tokens, seq=s.seq, batch=self._batch, max_rows=1,
                                     decode=self._decode_prompts, logprob=self._output.logprob,
                                     piece=self.vocab.piece, top_n=top_n)
             finally:
@@ -468,6 +472,11 @@ class Runner:
         for job in self._table.admit():
             for i, s in enumerate(job.slots):
                 s.choice = Choice(i, job.samplers[i], TextStream(job.params.stop))
+                resident = self._resident.pop(s.seq, None)
+                if self.backend_sampling and job.params.n == 1:  # n > 1: from the first token on (_emit)
+                    job.samplers[i].attach(self._ctx, s.seq, resident)
+                elif resident is not None:
+                    resident.free()
             self.stats.requests += 1
             self.stats.cached_tokens += job.cached
 
@@ -615,6 +624,8 @@ class Runner:
             self._release(s)
         else:
             ch.pending = tok
+            if self.backend_sampling:
+                ch.sampler.attach(self._ctx, s.seq)  # the next tokens are drawn in the graph
 
     def _row_logprobs(self, idx: int, tok: int, top_n: int) -> RowLogprobs:
         return row_logprobs(self._ctx, idx, self.vocab.n_vocab, tok, top_n)
@@ -626,6 +637,9 @@ class Runner:
         ch = s.choice
         ended = self._table.release(s)
         if ch is not None:
+            parked = ch.sampler.park() if self.backend_sampling else None
+            if parked is not None:  # stays in the graph for the slot's next request
+                self._resident[s.seq] = parked
             ch.sampler.free()
         if ended is not None:
             self._end_job(ended)
@@ -700,6 +714,9 @@ class Runner:
             t.fail(EngineError("the model was unloaded"))
         if self._resampler is not None and self._own_resampler:
             self._resampler.shutdown(wait=True)  # samplers are freed above, after their resample
+        for r in self._resident.values():  # out of the graph before the context goes
+            r.free()
+        self._resident.clear()
         if self.ctx:
             ll.llama_free(self.ctx)
             self.ctx = None

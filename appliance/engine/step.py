@@ -4,8 +4,9 @@ Like vLLM's `SchedulerOutput`: the runner asks `plan_step()` what goes into the 
 `llama_decode`, fills the batch from the plan, decodes, and samples the plan's output rows.
 The policy lives here alone and is tested without llama.cpp:
 - every slot with a sampled token decodes it (one token each, always an output row);
-- prompts still being read fill the rest of the budget, oldest request first, in chunks;
-  a prompt's last chunk asks for an output row (its first token is sampled from it).
+- prompts still being read fill the rest of the budget in chunks, shortest remaining first
+  with a share kept for the oldest (prefill.split_budget); a prompt's last chunk asks for an
+  output row (its first token is sampled from it).
 A long prompt is thus read over several steps and never stalls generating slots.
 """
 
@@ -13,6 +14,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Iterable, Protocol, Sequence
+
+from .prefill import Reader, split_budget
 
 
 class SlotState(Protocol):
@@ -38,7 +41,7 @@ class SlotState(Protocol):
 
     @property
     def submitted(self) -> float:
-        """When the slot's request arrived (prompts are read oldest first)."""
+        """When the slot's request arrived (orders prompts of equal length; the oldest keeps a share)."""
         ...
 
 
@@ -76,21 +79,21 @@ def plan_step(slots: Sequence[SlotState], budget: int) -> StepPlan:
     """The next step: generated tokens first, then prompt chunks up to `budget` tokens in all.
 
     Generated tokens are never cut (there is at most one per slot, and the context holds at
-    most `budget` slots); prompts take what is left, oldest request first."""
+    most `budget` slots); prompts take what is left (prefill.split_budget: shortest remaining
+    first, so short prompts never wait behind a long one; the oldest keeps a share)."""
     parts: list[Part] = []
     for s in slots:
         tok = s.next_token
         if tok is not None:
             parts.append(Part(s.seq, (tok,), s.n_cached, len(parts), output=True, prompt=False))
     rows = len(parts)
-    readers = sorted((s for s in slots if s.unread), key=lambda s: s.submitted)
-    for s in readers:
-        if rows >= budget:
-            break
+    readers = {s.seq: s for s in slots if s.unread}
+    grants = split_budget(budget - rows, [Reader(s.seq, len(s.unread), s.submitted) for s in readers.values()])
+    for seq, n in grants:
+        s = readers[seq]
         rest = s.unread
-        chunk = tuple(rest[: budget - rows])
-        rows += len(chunk)
-        parts.append(Part(s.seq, chunk, s.n_cached, rows - 1, output=len(chunk) == len(rest), prompt=True))
+        rows += n
+        parts.append(Part(s.seq, tuple(rest[:n]), s.n_cached, rows - 1, output=n == len(rest), prompt=True))
     return StepPlan(tuple(parts))
 
 

@@ -15,18 +15,21 @@ FinishReason = Literal["stop", "length"]  # failures raise EngineError; "tool_ca
 
 @dataclass(frozen=True)
 class SamplingParams:
-    """One request's sampling settings; defaults follow OpenAI's."""
+    """One request's sampling settings. These defaults switch every filter off (the engine's
+    neutral chain); the HTTP layer fills in the model's defaults (config.py, docs/api.md)."""
 
     max_tokens: int | None = None  # None: until the slot's context is full
     temperature: float = 1.0  # 0 = greedy
     top_p: float = 1.0
     top_k: int = 0  # 0 = off
     min_p: float = 0.0
+    typical_p: float = 1.0  # 1 = off
     seed: int | None = None  # None: random
     stop: tuple[str, ...] = ()
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0
     repeat_penalty: float = 1.0
+    repeat_last_n: int = 64  # tokens the penalties look back over; -1 the whole context, 0 off
     logit_bias: Mapping[int, float] = field(default_factory=dict)
     logprobs: bool = False
     top_logprobs: int = 0

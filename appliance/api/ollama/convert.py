@@ -38,10 +38,12 @@ def response_format(fmt: str | dict[str, Any] | None) -> dict[str, Any] | None:
     return {"type": "json_schema", "json_schema": {"name": "format", "schema": fmt}}
 
 
-def sampling(o: Options) -> tuple[dict[str, Any], dict[str, Any]]:
-    """(OpenAI body fields, extra engine SamplingParams) from Ollama's options."""
+def sampling(o: Options) -> dict[str, Any]:
+    """The OpenAI body's sampling fields (with llama.cpp's extensions) from Ollama's options;
+    what is left out takes the model's defaults from models.toml."""
     body: dict[str, Any] = {}
-    for name in ("temperature", "top_p", "seed", "presence_penalty", "frequency_penalty"):
+    for name in ("temperature", "top_p", "top_k", "min_p", "typical_p", "repeat_penalty", "repeat_last_n",
+                 "seed", "presence_penalty", "frequency_penalty"):
         v = getattr(o, name)
         if v is not None:
             body[name] = v
@@ -49,8 +51,7 @@ def sampling(o: Options) -> tuple[dict[str, Any], dict[str, Any]]:
         body["stop"] = [o.stop] if isinstance(o.stop, str) else list(o.stop)
     if o.num_predict is not None and o.num_predict > 0:
         body["max_tokens"] = o.num_predict
-    extra = {name: getattr(o, name) for name in ("top_k", "min_p", "repeat_penalty") if getattr(o, name) is not None}
-    return body, extra
+    return body
 
 
 def refuse_images(images: list[str] | None, param: str) -> None:
@@ -86,19 +87,18 @@ def openai_messages(messages: list[Message]) -> list[dict[str, Any]]:
 
 
 def chat_body(model: str, messages: list[dict[str, Any]], options: Options, fmt: Any,
-              tools: list[dict[str, Any]] | None = None) -> tuple[ChatCompletionRequest, dict[str, Any]]:
-    """The OpenAI chat body (validated as /v1/chat/completions validates it) and extra sampling."""
-    fields, extra = sampling(options)
-    raw: dict[str, Any] = {"model": model, "messages": messages, **fields}
+              tools: list[dict[str, Any]] | None = None) -> ChatCompletionRequest:
+    """The OpenAI chat body, validated as /v1/chat/completions validates it."""
+    raw: dict[str, Any] = {"model": model, "messages": messages, **sampling(options)}
     rf = response_format(fmt)
     if rf is not None:
         raw["response_format"] = rf
     if tools:
         raw["tools"] = tools
-    return parse_body(ChatCompletionRequest, raw), extra
+    return parse_body(ChatCompletionRequest, raw)
 
 
-def chat_request_body(b: ChatRequest) -> tuple[ChatCompletionRequest, dict[str, Any]]:
+def chat_request_body(b: ChatRequest) -> ChatCompletionRequest:
     return chat_body(b.model, openai_messages(b.messages), b.options, b.format, b.tools)
 
 

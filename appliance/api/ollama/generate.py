@@ -18,6 +18,7 @@ from aiohttp import web
 
 from ...auth import ADMIN
 from ...engine.types import Delta, GenerationRequest, Usage
+from ...config import ModelConfig
 from ...engine.protocol import ServingRunner
 from ...errors import InsufficientScope, InvalidRequest
 from ..admin import SCHEDULER_KEY
@@ -133,36 +134,36 @@ async def _load_or_unload(request: web.Request, kind: str, mid: str, keep_alive:
 
 async def chat(request: web.Request) -> web.StreamResponse:
     body = parse_body(ChatRequest, await read_json(request))
-    mid, _ = resolve_model(request, convert.catalog_name(request.app[CTX_KEY].directory.catalog, body.model))
+    mid, cfg = resolve_model(request, convert.catalog_name(request.app[CTX_KEY].directory.catalog, body.model))
     if not body.messages:
         return await _load_or_unload(request, "chat", mid, body.keep_alive)
     apply_keep_alive(request, mid, body.keep_alive)
-    oa, extra = convert.chat_request_body(body)
+    oa = convert.chat_request_body(body)
     t0 = time.monotonic_ns()
     async with request.app[CTX_KEY].backend.lease(mid, key_name(request), slots=1) as runner:
         load_ns = time.monotonic_ns() - t0
-        prompt, req = await chat_generation(runner, oa, request[REQUEST_ID], **extra)
+        prompt, req = await chat_generation(runner, oa, cfg, request[REQUEST_ID])
         choices = OllamaChoices("chat", mid, body.stream, prompt, t0, load_ns)
         return await relay(request, choices, body.stream, choices,
                            [lambda: runner.generate(req)], stream_type=NDJSONStream)
 
 
-async def _generate_request(runner: ServingRunner, mid: str, body: GenerateRequest, rid: str) -> tuple[GenerationRequest, list[int]]:
+async def _generate_request(runner: ServingRunner, cfg: ModelConfig, body: GenerateRequest, rid: str) -> tuple[GenerationRequest, list[int]]:
     """raw: the prompt as given; suffix: a FIM prompt; else the chat template around
     `system` + `prompt`. `context` (a previous answer's tokens) goes first. Returns the
     engine request and the prompt's token ids."""
     if body.raw or body.suffix is not None:
-        oa, extra = convert.chat_body(mid, [{"role": "user", "content": "-"}], body.options, body.format)
+        oa = convert.chat_body(body.model, [{"role": "user", "content": "-"}], body.options, body.format)
         grammar = await asyncio.to_thread(response_grammar, oa)  # CPU work: off the loop
-        params = sampling_params(oa, max_tokens=oa.token_limit, grammar=grammar, **extra)
+        params = sampling_params(oa, cfg, max_tokens=oa.token_limit, grammar=grammar)
         if body.suffix is not None:
             ids = runner.fim_prompt(body.prompt, body.suffix)
         else:
             ids = runner.tokenize(body.prompt, not body.context, True)
     else:
         msgs = ([{"role": "system", "content": body.system}] if body.system else []) + [{"role": "user", "content": body.prompt}]
-        oa, extra = convert.chat_body(mid, msgs, body.options, body.format)
-        rendered, base = await chat_generation(runner, oa, rid, **extra)
+        oa = convert.chat_body(body.model, msgs, body.options, body.format)
+        rendered, base = await chat_generation(runner, oa, cfg, rid)
         params = base.params
         ids = runner.tokenize(rendered.text, rendered.add_special and not body.context, True)
     ids = list(body.context or []) + ids
@@ -171,7 +172,7 @@ async def _generate_request(runner: ServingRunner, mid: str, body: GenerateReque
 
 async def generate(request: web.Request) -> web.StreamResponse:
     body = parse_body(GenerateRequest, await read_json(request))
-    mid, _ = resolve_model(request, convert.catalog_name(request.app[CTX_KEY].directory.catalog, body.model))
+    mid, cfg = resolve_model(request, convert.catalog_name(request.app[CTX_KEY].directory.catalog, body.model))
     convert.refuse_images(body.images, "images")
     if body.template:
         raise InvalidRequest("template overrides are not supported; set chat_template in models.toml", param="template")
@@ -181,7 +182,7 @@ async def generate(request: web.Request) -> web.StreamResponse:
     t0 = time.monotonic_ns()
     async with request.app[CTX_KEY].backend.lease(mid, key_name(request), slots=1) as runner:
         load_ns = time.monotonic_ns() - t0
-        req, ids = await _generate_request(runner, mid, body, request[REQUEST_ID])
+        req, ids = await _generate_request(runner, cfg, body, request[REQUEST_ID])
         choices = OllamaChoices("generate", mid, body.stream, None, t0, load_ns, context=ids)
         return await relay(request, choices, body.stream, choices,
                            [lambda: runner.generate(req)], stream_type=NDJSONStream)

@@ -24,6 +24,8 @@ class Options(_Body):
     top_k: Annotated[int, Field(ge=0)] | None = None
     top_p: float | None = None
     min_p: float | None = None
+    typical_p: float | None = None
+    repeat_last_n: int | None = None
     seed: int | None = None
     stop: list[str] | str | None = None
     presence_penalty: float | None = None

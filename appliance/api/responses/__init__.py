@@ -22,7 +22,7 @@ HISTORY_KEY = web.AppKey("appliance_responses", ResponseHistory)
 
 async def responses(request: web.Request) -> web.StreamResponse:
     body = parse_body(ResponsesRequest, await read_json(request))
-    mid, _ = resolve_model(request, body.model)
+    mid, cfg = resolve_model(request, body.model)
     history = request.app[HISTORY_KEY]
     owner = key_name(request)
     before = history.get(body.previous_response_id, owner) if body.previous_response_id else []
@@ -34,7 +34,7 @@ async def responses(request: web.Request) -> web.StreamResponse:
             history.put(response_id, owner, convo + as_messages(items))
 
     async with request.app[CTX_KEY].backend.lease(mid, owner, slots=1) as runner:
-        prompt, req = await chat_generation(runner, oa, request[REQUEST_ID])
+        prompt, req = await chat_generation(runner, oa, cfg, request[REQUEST_ID])
         choices = ResponseChoices(body, mid, prompt, body.stream, keep)
         return await relay(request, choices, body.stream, choices,
                            [lambda: runner.generate(req)], stream_type=EventSSEStream)
