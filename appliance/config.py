@@ -152,6 +152,7 @@ class ModelConfig(_Strict):
     pinned: bool = False
     embedding: bool = False
     chat_template: str | None = None
+    reasoning: Literal["separate", "inline"] = "separate"  # thinking into reasoning_content, or kept in content
     aliases: list[str] = []
     # per-model sampling defaults, used where a request leaves the setting out
     temperature: Annotated[float, Field(ge=0.0, le=2.0)] = DEFAULT_TEMPERATURE

@@ -64,6 +64,7 @@ BAD_MODELS = [
     ('[m]\nsource = "hf://o/r/m.gguf"\ntop_p = 0\n', "m.top_p", "0"),
     ('[m]\nsource = "hf://o/r/m.gguf"\nrepeat_penalty = 0\n', "m.repeat_penalty", "0"),
     ('[m]\nsource = "hf://o/r/m.gguf"\nbackend_sampling = "gpu"\n', "m.backend_sampling", ""),
+    ('[m]\nsource = "hf://o/r/m.gguf"\nreasoning = "hidden"\n', "m.reasoning", "'separate' or 'inline'"),
 ]
 
 

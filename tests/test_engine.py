@@ -18,7 +18,7 @@ from typing import Iterator
 import pytest
 
 from appliance.config import ModelConfig
-from appliance.engine.chat import parse_tool_calls, render_chat
+from appliance.engine.chat import render_chat
 from appliance.engine.generation import Generation
 from appliance.engine.grammar import grammar_for_response_format
 from appliance.engine.runner import Runner
@@ -370,10 +370,10 @@ async def test_tool_call_round_trip_with_forced_function(make_runner) -> None:
                                                                  grammar=chat.grammar), add_special=chat.add_special))
     texts, _, finish, _ = await drain(g)
     assert finish == {0: "stop"}
-    content, calls = parse_tool_calls(texts[0], chat.tool_parser)
-    assert content is None and len(calls) == 1
-    assert calls[0].name == "get_weather"
-    assert json.loads(calls[0].arguments_json)["city"] in ("Paris", "Rome")
+    p = chat.reader.read(texts[0])
+    assert p.content == "" and len(p.calls) == 1
+    assert p.calls[0].name == "get_weather"
+    assert json.loads(p.calls[0].arguments)["city"] in ("Paris", "Rome")
 
 
 async def test_lazy_tool_grammar_leaves_plain_text_alone(make_runner) -> None:
@@ -385,7 +385,8 @@ async def test_lazy_tool_grammar_leaves_plain_text_alone(make_runner) -> None:
                             grammar_triggers=chat.grammar_triggers)
     texts, toks, finish, _ = await drain(r.generate(GenerationRequest(chat.prompt, params)))
     assert finish == {0: "length"} and len(toks[0]) == 10
-    assert parse_tool_calls(texts[0], chat.tool_parser) == (texts[0], [])
+    p = chat.reader.read(texts[0])
+    assert (p.content, p.calls) == (texts[0], [])
 
 
 async def test_embeddings_are_normalized_deterministic_and_batched(tiny_gguf: Path) -> None:

@@ -12,6 +12,8 @@ from appliance.api.chat_render import ChatPrompt
 from appliance.api.ollama import convert
 from appliance.api.ollama.generate import OllamaChoices
 from appliance.api.ollama.schemas import Message, Options, keep_alive_seconds
+from appliance.engine.chatout import OutputReader
+from appliance.engine.tools.families import GENERIC
 from appliance.engine.types import Delta, Usage
 from appliance.errors import InvalidRequest
 
@@ -44,18 +46,16 @@ def test_options_and_format() -> None:
 
 
 def _tool_prompt() -> ChatPrompt:
-    def parse(text: str) -> tuple[str, list[tuple[str, str]]]:
-        head, _, call = text.partition("<call>")
-        return head, [("weather", call)] if call else []
-
-    return ChatPrompt("prompt", parses_tools=True, parse=parse)
+    """The generic `<tool_call>{json}</tool_call>` family's reader, as the engine builds it."""
+    return ChatPrompt("prompt", reader=OutputReader(tools=GENERIC))
 
 
 def test_streamed_tool_calls_are_held_and_parsed() -> None:
     ch = OllamaChoices("chat", "m", True, _tool_prompt(), t0=0, load_ns=0)
-    assert ch.add(0, Delta(0, "ok <call>")) == []  # held back: the call syntax is parsed whole
-    lines = ch.add(0, Delta(0, '{"city": "Oslo"}', finish_reason="stop"))
-    assert lines[0]["message"] == {"role": "assistant", "content": "ok ",
+    assert ch.add(0, Delta(0, "ok <tool_call>")) == []  # held back: the call syntax is read whole
+    lines = ch.add(0, Delta(0, '{"name": "weather", "arguments": {"city": "Oslo"}}</tool_call>',
+                            finish_reason="stop"))
+    assert lines[0]["message"] == {"role": "assistant", "content": "ok",
                                    "tool_calls": [{"function": {"name": "weather", "arguments": {"city": "Oslo"}}}]}
     last = ch.usage_chunk(Usage(prompt_tokens=3, completion_tokens=2, decode_tokens_per_s=2.0))
     assert last["done"] and last["done_reason"] == "stop" and last["eval_count"] == 2

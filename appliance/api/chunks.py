@@ -107,21 +107,6 @@ def tool_call_ids(calls: list[tuple[str, str]]) -> list[dict[str, Any]]:
     ]
 
 
-def tool_call_chunks(head: Head, index: int, calls: list[dict[str, Any]]) -> list[Chunk]:
-    """Each call streamed as two deltas with an integer index: id and name first (empty
-    arguments), then the arguments, the way OpenAI streams them."""
-    out = []
-    for k, call in enumerate(calls):
-        out.append(chat_delta(head, index, {"tool_calls": [{
-            "index": k, "id": call["id"], "type": "function",
-            "function": {"name": call["function"]["name"], "arguments": ""},
-        }]}))
-        out.append(chat_delta(head, index, {"tool_calls": [{
-            "index": k, "function": {"arguments": call["function"]["arguments"]},
-        }]}))
-    return out
-
-
 def chat_choice(index: int, content: str, calls: list[dict[str, Any]], finish: str,
                 logprobs: list[TokenLogprob] | None) -> dict[str, Any]:
     """One choice of a whole (non-streamed) chat response."""

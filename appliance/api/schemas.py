@@ -56,6 +56,7 @@ class ChatMessage(_Body):
     name: str | None = None
     tool_calls: list[ToolCall] | None = None
     tool_call_id: str | None = None
+    reasoning_content: str | None = None  # an earlier turn's thinking, for templates that show it
 
     @model_validator(mode="after")
     def _content_required(self) -> "ChatMessage":
@@ -82,6 +83,8 @@ class ChatMessage(_Body):
             d["tool_calls"] = [tc.model_dump() for tc in self.tool_calls]
         if self.tool_call_id:
             d["tool_call_id"] = self.tool_call_id
+        if self.reasoning_content is not None:
+            d["reasoning_content"] = self.reasoning_content
         return d
 
 
@@ -183,6 +186,10 @@ class _Sampling(_Body):
         return {int(k): v for k, v in (self.logit_bias or {}).items()}
 
 
+# What the renderer itself passes to a chat template; clients' chat_template_kwargs may not replace it.
+_TEMPLATE_VARIABLES = frozenset({"messages", "tools", "tool_choice", "add_generation_prompt", "bos_token", "eos_token"})
+
+
 class ChatCompletionRequest(_Sampling):
     messages: Annotated[list[ChatMessage], Field(min_length=1)]
     max_completion_tokens: Annotated[int, Field(ge=1)] | None = None
@@ -192,6 +199,17 @@ class ChatCompletionRequest(_Sampling):
     tools: list[Tool] | None = None
     tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
     parallel_tool_calls: bool | None = None
+    chat_template_kwargs: dict[str, Any] | None = None  # extra template variables (enable_thinking ...)
+    reasoning_effort: Literal["low", "medium", "high"] | None = None  # gpt-oss
+    # thinking into reasoning_content ("separate") or left in content ("inline"); llama-server's
+    # names too: "deepseek"/"auto" = separate, "none" = inline. Default: the model's `reasoning`.
+    reasoning_format: Literal["separate", "inline", "deepseek", "auto", "none"] | None = None
+
+    @property
+    def reasoning_mode(self) -> Literal["separate", "inline"] | None:
+        if self.reasoning_format is None:
+            return None
+        return "inline" if self.reasoning_format in ("inline", "none") else "separate"
 
     @model_validator(mode="after")
     def _consistent(self) -> "ChatCompletionRequest":
@@ -203,6 +221,9 @@ class ChatCompletionRequest(_Sampling):
                 raise _ParamError("tool_choice", f"tool_choice names {self.tool_choice.function.name!r}, which is not in tools")
         elif self.tool_choice == "required" and not self.tools:
             raise _ParamError("tool_choice", "tool_choice 'required' needs tools")
+        taken = sorted(set(self.chat_template_kwargs or {}) & _TEMPLATE_VARIABLES)
+        if taken:
+            raise _ParamError("chat_template_kwargs", f"chat_template_kwargs may not set {', '.join(taken)}")
         return self
 
     @property

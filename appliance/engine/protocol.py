@@ -9,7 +9,7 @@ Importing this module loads no llama.cpp.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Protocol, Sequence
+from typing import TYPE_CHECKING, Literal, Protocol, Sequence
 
 from .generation import Generation
 from .types import EmbeddingResult, GenerationRequest, TokenLogprob
@@ -65,6 +65,16 @@ class ServingRunner(Protocol):
 
     @property
     def arch(self) -> str: ...
+
+    @property
+    def tool_use_template(self) -> str | None:
+        """The GGUF's tool_use template variant, if any (used when tools are offered)."""
+        ...
+
+    @property
+    def reasoning(self) -> Literal["separate", "inline"]:
+        """The catalog's `reasoning`: thinking into reasoning_content, or kept in the content."""
+        ...
 
     def generate(self, req: GenerationRequest) -> Generation: ...
 

@@ -26,7 +26,7 @@ from collections import deque
 from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence, TypeVar
+from typing import Any, Callable, Literal, Sequence, TypeVar
 
 import llama_cpp as ll
 
@@ -177,6 +177,15 @@ class Runner:
         return self.cfg.chat_template or self.vocab.chat_template
 
     @property
+    def reasoning(self) -> Literal["separate", "inline"]:
+        return self.cfg.reasoning
+
+    @property
+    def tool_use_template(self) -> str | None:
+        """The GGUF's tool_use variant, unless the catalog overrides the template."""
+        return None if self.cfg.chat_template else self.vocab.tool_use_template
+
+    @property
     def bos_text(self) -> str:
         return self.vocab.token_text(self.vocab.bos)
 
@@ -257,7 +266,7 @@ class Runner:
         job: Job
         gen = Generation(loop, p.n, lambda: self._cancel(job), req.request_id)
         job = Job(gen=gen, prompt=prompt, params=p, max_tokens=max_tokens, samplers=samplers,
-                  t_submit=time.monotonic())
+                  t_submit=time.monotonic(), preserved=self.vocab.special_ids(p.preserved))
         return job
 
     def render_chat(
@@ -265,10 +274,14 @@ class Runner:
         messages: list[dict[str, Any]],
         tools: list[dict[str, Any]] | None = None,
         tool_choice: str | dict[str, Any] | None = None,
+        **options: Any,
     ) -> ChatPrompt:
-        """Render messages with this model's template (catalog's, GGUF's, or the default)."""
+        """Render messages with this model's template (catalog's, GGUF's, or the default);
+        `options`: render_chat's keywords (template_kwargs, parallel_tool_calls, reasoning)."""
+        options.setdefault("reasoning", self.reasoning)
         return render_chat(self.chat_template, messages, tools, tool_choice,
-                           bos=self.bos_text, eos=self.eos_text, arch=self.arch)
+                           bos=self.bos_text, eos=self.eos_text, arch=self.arch,
+                           tool_use_template=self.tool_use_template, **options)
 
     def _check_open(self) -> None:
         if self._closed:

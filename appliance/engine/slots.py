@@ -62,6 +62,7 @@ class Job:
     t_last: float | None = None
     out: list[object] = field(default_factory=list)  # items for the consumer, sent once per step
     queued: bool = False  # in the runner's outbox for this step's delivery
+    preserved: frozenset[int] = frozenset()  # special tokens whose text goes out (params.preserved)
 
 
 @dataclass(eq=False)

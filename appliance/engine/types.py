@@ -37,6 +37,7 @@ class SamplingParams:
     grammar: str | None = None  # GBNF; applied the fast way (check, resample on rejection)
     grammar_triggers: tuple[str, ...] = ()  # lazy grammar: active only after one of these
     ignore_eos: bool = False
+    preserved: tuple[str, ...] = ()  # special tokens whose text stays in the output (tool-call markers)
 
 
 @dataclass(frozen=True)

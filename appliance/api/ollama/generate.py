@@ -49,17 +49,23 @@ class OllamaChoices:
 
     @property
     def _holds_text(self) -> bool:
-        return self.prompt is not None and self.prompt.parses_tools
+        """Tools or separate reasoning: the output is read whole (the family's syntax) at the end."""
+        return self.prompt is not None and not self.prompt.reader.plain
 
-    def _line(self, text: str, calls: list[dict[str, Any]] | None = None, done: bool = False) -> Chunk:
+    def _line(self, text: str, calls: list[dict[str, Any]] | None = None, done: bool = False,
+              thinking: str = "") -> Chunk:
         line: Chunk = {"model": self.model, "created_at": convert.now_iso()}
         if self.kind == "chat":
             msg: dict[str, Any] = {"role": "assistant", "content": text}
+            if thinking:
+                msg["thinking"] = thinking
             if calls:
                 msg["tool_calls"] = calls
             line["message"] = msg
         else:
             line["response"] = text
+            if thinking:
+                line["thinking"] = thinking
         line["done"] = done
         return line
 
@@ -73,19 +79,20 @@ class OllamaChoices:
         if not self._holds_text:
             return [self._line(d.text)] if d.text else []
         if d.finish_reason:
-            content, calls = self._split()
-            return [self._line(content, calls)] if content or calls else []
+            content, calls, thinking = self._split()
+            return [self._line(content, calls, thinking=thinking)] if content or calls or thinking else []
         return []
 
-    def _split(self) -> tuple[str, list[dict[str, Any]]]:
+    def _split(self) -> tuple[str, list[dict[str, Any]], str]:
+        """(content, tool calls, reasoning) of the whole output."""
         if not self._holds_text:
-            return self.text, []
+            return self.text, [], ""
         assert self.prompt is not None
-        content, calls = self.prompt.split(self.text)
-        return content, convert.tool_calls(calls)
+        p = self.prompt.reader.read(self.text, final=True)
+        return p.content, convert.tool_calls([(c.name, c.arguments) for c in p.calls]), p.reasoning
 
-    def _final(self, usage: Usage, text: str, calls: list[dict[str, Any]] | None) -> Chunk:
-        line = self._line(text, calls, done=True)
+    def _final(self, usage: Usage, text: str, calls: list[dict[str, Any]] | None, thinking: str = "") -> Chunk:
+        line = self._line(text, calls, done=True, thinking=thinking)
         line["done_reason"] = self.finish
         line.update(convert.timings(usage, time.monotonic_ns() - self.t0, self.load_ns))
         if self.context is not None:
@@ -96,8 +103,8 @@ class OllamaChoices:
         return self._final(usage, "", None)
 
     def response(self, usage: Usage) -> dict[str, Any]:
-        content, calls = self._split()
-        return self._final(usage, content, calls or None)
+        content, calls, thinking = self._split()
+        return self._final(usage, content, calls or None, thinking)
 
 
 def _done(kind: str, model: str, reason: str) -> dict[str, Any]:

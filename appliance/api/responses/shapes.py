@@ -5,7 +5,8 @@ Streamed: `response.created`, `response.in_progress`, then per output item
 `response.output_text.done`, `response.content_part.done`) or
 (`response.function_call_arguments.delta`, `…done`), `response.output_item.done`, and last
 `response.completed` with the whole response; every event has a `sequence_number`. With
-tools the text is held back to the end (the call syntax is parsed whole), as on /v1/chat.
+tools or separate reasoning the text is held back to the end and read whole (the model
+family's call syntax, a `reasoning` item first).
 """
 
 from __future__ import annotations
@@ -34,6 +35,11 @@ def usage(u: Usage) -> dict[str, Any]:
 def message_item(item_id: str, text: str, status: str = "completed") -> dict[str, Any]:
     content = [{"type": "output_text", "text": text, "annotations": []}] if status == "completed" else []
     return {"type": "message", "id": item_id, "status": status, "role": "assistant", "content": content}
+
+
+def reasoning_item(text: str) -> dict[str, Any]:
+    return {"type": "reasoning", "id": new_id("rs"), "summary": [],
+            "content": [{"type": "reasoning_text", "text": text}], "status": "completed"}
 
 
 def call_item(name: str, arguments: str, status: str = "completed") -> dict[str, Any]:
@@ -76,12 +82,21 @@ class ResponseChoices:
             "truncation": "disabled", "store": b.store, "reasoning": None,
         }
 
+    @property
+    def _plain(self) -> bool:
+        """No tools and no separate reasoning: text streams as it comes."""
+        return self.prompt.reader.plain
+
     def items(self) -> list[dict[str, Any]]:
         """The output items (made once: their ids must not change between events and the end)."""
         if self._items is None:
-            content, calls = self.prompt.split(self.text) if self.prompt.parses_tools else (self.text, [])
-            self._items = ([message_item(self.msg_id, content)] if content or not calls else []) + \
-                [call_item(name, args) for name, args in calls]
+            if self._plain:
+                self._items = [message_item(self.msg_id, self.text)]
+            else:
+                p = self.prompt.reader.read(self.text, final=True)
+                self._items = ([reasoning_item(p.reasoning)] if p.reasoning else []) + \
+                    ([message_item(self.msg_id, p.content)] if p.content or not p.calls else []) + \
+                    [call_item(c.name, c.arguments) for c in p.calls]
         return self._items
 
     def add(self, generation: int, d: Delta) -> list[Chunk]:
@@ -95,7 +110,7 @@ class ResponseChoices:
             self.started = True
             shell = self._shell("in_progress", [], None)
             out += [self._event("response.created", response=shell), self._event("response.in_progress", response=shell)]
-        if not self.prompt.parses_tools:
+        if self._plain:
             if not self.msg_open:
                 self.msg_open = True
                 out += self._open_message(0)
@@ -106,7 +121,10 @@ class ResponseChoices:
                 out += self._close_message(0, self.items()[0])
         elif d.finish_reason:
             for k, item in enumerate(self.items()):
-                if item["type"] == "message":
+                if item["type"] == "reasoning":
+                    out += [self._event("response.output_item.added", output_index=k, item=item),
+                            self._event("response.output_item.done", output_index=k, item=item)]
+                elif item["type"] == "message":
                     out += self._open_message(k)
                     if item["content"][0]["text"]:
                         out.append(self._event("response.output_text.delta", item_id=item["id"], output_index=k,
@@ -154,6 +172,8 @@ def as_messages(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Output items as chat messages, for the next turn's history."""
     out: list[dict[str, Any]] = []
     for item in items:
+        if item["type"] == "reasoning":
+            continue  # not fed back, as a client's reasoning input items are not
         if item["type"] == "message":
             out.append({"role": "assistant", "content": item["content"][0]["text"]})
         else:
