@@ -39,6 +39,9 @@ def test_options_and_format() -> None:
     assert convert.response_format("json") == {"type": "json_object"}
     assert convert.response_format({"type": "object"})["json_schema"]["schema"] == {"type": "object"}
     assert convert.response_format("") is None
+    assert convert.thinking(True) == {"reasoning_format": "separate"}
+    assert convert.thinking(False) == {"chat_template_kwargs": {"enable_thinking": False}}
+    assert convert.thinking("high")["reasoning_effort"] == "high" and convert.thinking(None) == {}
     assert keep_alive_seconds(0) == keep_alive_seconds("0s") == 0 and keep_alive_seconds("5m") == 300
     assert keep_alive_seconds(-1) == keep_alive_seconds("-1m") == math.inf and keep_alive_seconds(None) is None
     with pytest.raises(InvalidRequest):

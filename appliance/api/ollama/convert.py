@@ -86,10 +86,22 @@ def openai_messages(messages: list[Message]) -> list[dict[str, Any]]:
     return out
 
 
+def thinking(think: bool | str | None) -> dict[str, Any]:
+    """Ollama's `think`: true -> reasoning apart (message.thinking); false -> the template's
+    enable_thinking off; "low"/"medium"/"high" -> reasoning_effort (gpt-oss)."""
+    if think is None:
+        return {}
+    if isinstance(think, str):
+        return {"reasoning_format": "separate", "reasoning_effort": think}
+    if think:
+        return {"reasoning_format": "separate"}
+    return {"chat_template_kwargs": {"enable_thinking": False}}
+
+
 def chat_body(model: str, messages: list[dict[str, Any]], options: Options, fmt: Any,
-              tools: list[dict[str, Any]] | None = None) -> ChatCompletionRequest:
+              tools: list[dict[str, Any]] | None = None, think: bool | str | None = None) -> ChatCompletionRequest:
     """The OpenAI chat body, validated as /v1/chat/completions validates it."""
-    raw: dict[str, Any] = {"model": model, "messages": messages, **sampling(options)}
+    raw: dict[str, Any] = {"model": model, "messages": messages, **sampling(options), **thinking(think)}
     rf = response_format(fmt)
     if rf is not None:
         raw["response_format"] = rf
@@ -99,7 +111,7 @@ def chat_body(model: str, messages: list[dict[str, Any]], options: Options, fmt:
 
 
 def chat_request_body(b: ChatRequest) -> ChatCompletionRequest:
-    return chat_body(b.model, openai_messages(b.messages), b.options, b.format, b.tools)
+    return chat_body(b.model, openai_messages(b.messages), b.options, b.format, b.tools, b.think)
 
 
 def tool_calls(calls: list[tuple[str, str]]) -> list[dict[str, Any]]:

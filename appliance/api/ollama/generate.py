@@ -169,7 +169,7 @@ async def _generate_request(runner: ServingRunner, cfg: ModelConfig, body: Gener
             ids = runner.tokenize(body.prompt, not body.context, True)
     else:
         msgs = ([{"role": "system", "content": body.system}] if body.system else []) + [{"role": "user", "content": body.prompt}]
-        oa = convert.chat_body(body.model, msgs, body.options, body.format)
+        oa = convert.chat_body(body.model, msgs, body.options, body.format, think=body.think)
         rendered, base = await chat_generation(runner, oa, cfg, rid)
         params = base.params
         ids = runner.tokenize(rendered.text, rendered.add_special and not body.context, True)

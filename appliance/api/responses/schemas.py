@@ -40,6 +40,7 @@ class ResponsesRequest(_Body):
     store: bool = True
     metadata: dict[str, str] | None = None
     seed: int | None = None  # not OpenAI's, as /v1/chat takes it
+    reasoning: dict[str, Any] | None = None  # {"effort": "low" | "medium" | "high"} (gpt-oss)
 
 
 def _text(content: Any, where: str) -> str:
@@ -128,6 +129,9 @@ def chat_fields(body: ResponsesRequest, history: list[dict[str, Any]]) -> tuple[
     if body.tools:
         raw["tools"] = chat_tools(body.tools)
         raw["tool_choice"] = chat_tool_choice(body.tool_choice)
+    effort = (body.reasoning or {}).get("effort")
+    if effort is not None:
+        raw["reasoning_effort"] = effort
     rf = response_format(body.text.format)
     if rf is not None:
         raw["response_format"] = rf
