@@ -23,6 +23,7 @@ from . import chunks
 from .chat_render import ChatPrompt, render
 from .chunks import Chunk, Head
 from .context import CTX_KEY, key_name, resolve_model
+from .model_defaults import with_model_defaults
 from .relay import relay
 from .sampling import sampling_params
 from .schemas import ChatCompletionRequest, parse_body, read_json
@@ -123,6 +124,7 @@ async def chat_generation(runner: ServingRunner, body: ChatCompletionRequest, cf
 async def chat_completions(request: web.Request) -> web.StreamResponse:
     body = parse_body(ChatCompletionRequest, await read_json(request))
     mid, cfg = resolve_model(request, body.model)
+    body = with_model_defaults(body, cfg)
     head = Head.new("chat", mid, body.include_usage)
     async with request.app[CTX_KEY].backend.lease(mid, key_name(request), slots=body.n) as runner:
         prompt, req = await chat_generation(runner, body, cfg, request[REQUEST_ID])

@@ -13,6 +13,7 @@ from ..errors import InvalidRequest
 from . import chunks
 from .chunks import Chunk, Head
 from .context import CTX_KEY, key_name, resolve_model
+from .model_defaults import with_model_defaults
 from .relay import relay
 from .sampling import sampling_params
 from .schemas import CompletionRequest, parse_body, read_json
@@ -84,6 +85,7 @@ class CompletionChoices:
 async def completions(request: web.Request) -> web.StreamResponse:
     body = parse_body(CompletionRequest, await read_json(request))
     mid, cfg = resolve_model(request, body.model)
+    body = with_model_defaults(body, cfg)
     head = Head.new("completion", mid, body.include_usage)
     want_lp = body.logprobs is not None
     params = sampling_params(body, cfg, logprobs=want_lp, top_logprobs=body.logprobs or 0)
