@@ -77,8 +77,17 @@ class ServerConfig(_Strict):
     max_body_bytes: Size = 8 * 1024**2
     cors_origins: list[str] = ["http://localhost:*", "http://127.0.0.1:*"]  # any port: local dev servers
     metrics_public: bool = False
+    fetch_image_urls: bool = False  # http(s) image_url parts (data: URLs always work)
+    max_images: int = Field(8, ge=0)  # per chat request
+    max_image_pixels: int = Field(16_777_216, ge=1)  # per image
     drain_timeout: Duration = 30.0
     log_format: Literal["text", "json"] = "text"
+    # Connection hygiene (docs/security.md): a client may not hold a socket or a slot for free.
+    idle_timeout: Duration = 15.0  # headers must arrive, and an idle keep-alive socket closes, within this
+    body_timeout: Duration = 30.0  # reading a request body
+    write_timeout: Duration = 30.0  # a streamed response the client stops reading is cancelled
+    max_connections: Literal["auto"] | Annotated[int, Field(ge=1)] = "auto"  # auto: below the fd limit
+    allowed_hosts: list[str] = []  # Host names accepted besides loopback and server.host
 
     @model_validator(mode="after")
     def _tls_pair(self) -> "ServerConfig":

@@ -117,17 +117,23 @@ async def test_models_list_only_what_the_key_may_use(keys, daemon) -> None:  # n
     beta = await client.models.retrieve("beta")
     assert beta.owned_by == "appliance" and beta.object == "model"
     extra = beta.model_extra or {}
-    assert extra["sha256"] == "b" * 64 and extra["source"] == "file:///nonexistent/beta.gguf"
+    assert extra["sha256"] == "b" * 64 and extra["source"] is None  # paths: admin keys only
+    admin = openai.AsyncOpenAI(base_url=daemon.url + "/v1", api_key=keys["admin"], _strict_response_validation=True)
+    assert (await admin.models.retrieve("beta")).model_extra["source"] == "file:///nonexistent/beta.gguf"
     assert (await client.models.retrieve("a1")).id == "alpha"  # aliases resolve
 
     limited = openai.AsyncOpenAI(base_url=daemon.url + "/v1", api_key=keys["limited"], _strict_response_validation=True)
     assert [m.id for m in (await limited.models.list()).data] == ["beta"]
-    with pytest.raises(openai.PermissionDeniedError) as e:
+    # not yours and missing look the same: a restricted key learns nothing beyond its list
+    with pytest.raises(openai.NotFoundError) as e:
         await limited.models.retrieve("alpha")
-    assert e.value.code == "model_not_allowed"
-    with pytest.raises(openai.PermissionDeniedError) as e:
+    with pytest.raises(openai.NotFoundError) as e2:
+        await limited.models.retrieve("nope")
+    assert e.value.body == {**e2.value.body, "message": e.value.body["message"]}
+    assert e.value.code == e2.value.code == "model_not_found"
+    with pytest.raises(openai.NotFoundError) as e:
         await limited.chat.completions.create(model="alpha", messages=[{"role": "user", "content": "hi"}])
-    assert e.value.code == "model_not_allowed"
+    assert e.value.code == "model_not_found"
     with pytest.raises(openai.NotFoundError) as e:
         await client.models.retrieve("nope")
     assert e.value.code == "model_not_found"
@@ -203,7 +209,9 @@ BAD_CHAT: list[tuple[dict[str, Any], str]] = [
     ({"messages": []}, "messages"),
     ({"messages": [{"role": "robot", "content": "x"}]}, "messages[0].role"),
     ({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]},
-     "messages[0].content[0].type"),
+     "messages[0].content[0].image_url.url"),
+    ({"messages": [{"role": "user", "content": [{"type": "input_audio", "input_audio": {}}]}]},
+     "messages[0].content[0]"),
     ({"messages": [{"role": "user", "content": 5}]}, "messages[0].content"),
     ({"response_format": {"type": "xml"}}, "response_format.type"),
     ({"response_format": {"type": "json_schema"}}, "response_format"),

@@ -102,18 +102,22 @@ async def test_json_without_json_content_type(tmp_path: Path) -> None:
         for ctype in ("application/x-www-form-urlencoded", "text/plain"):
             st, _, resp = await _req(d, "POST", "/v1/completions", data=body, headers={"Content-Type": ctype})
             assert st == 404 and resp["error"]["code"] == "model_not_found", ctype
-        # a page elsewhere posting text/plain (no preflight needed): refused
-        st, _, resp = await _req(d, "POST", "/v1/completions", data=body,
-                                 headers={"Content-Type": "text/plain", "Origin": "https://evil.example"})
-        assert st == 400 and resp["error"]["code"] == "invalid_json"
-        st, _, resp = await _req(d, "POST", "/v1/completions", data=body,
-                                 headers={"Content-Type": "text/plain", "Sec-Fetch-Site": "cross-site"})
-        assert st == 400 and resp["error"]["code"] == "invalid_json"
+        # a page posting text/plain (no preflight needed), even from an allowed origin: refused
+        # by the browser guard (api/browser.py, issue 13)
+        for headers in ({"Origin": "https://evil.example"}, {"Origin": "http://localhost:3000"},
+                        {"Sec-Fetch-Site": "cross-site"}):
+            st, _, resp = await _req(d, "POST", "/v1/completions", data=body,
+                                     headers={"Content-Type": "text/plain", **headers})
+            assert st == 403 and resp["error"]["code"] == "cross_site_request", headers
+        # ... but JSON from an allowed origin is a browser front end's request
+        st, _, resp = await _req(d, "POST", "/v1/completions", json={"model": "nope", "prompt": "x"},
+                                 headers={"Origin": "http://localhost:3000"})
+        assert st == 404 and resp["error"]["code"] == "model_not_found"
     token, _ = create_key(settings.keys_path, "k")
     async with serving(settings) as d:
         # with an Authorization header no page could have sent it without a preflight
         st, _, resp = await _req(d, "POST", "/v1/completions", data=body, headers={
-            "Content-Type": "text/plain", "Authorization": f"Bearer {token}", "Origin": "https://evil.example"})
+            "Content-Type": "text/plain", "Authorization": f"Bearer {token}"})
         assert st == 404 and resp["error"]["code"] == "model_not_found"
 
 
@@ -123,10 +127,10 @@ async def test_rpm_counts_only_admitted_inference(tmp_path: Path) -> None:
     clock = FakeClock()
     h = {"Authorization": f"Bearer {token}"}
     async with serving(settings, clock=clock) as d:
-        for _ in range(3):  # listing models and refused requests are free
+        for _ in range(3):  # listing models and refused requests (a model not on its list, bad bodies) are free
             assert (await _req(d, "GET", "/v1/models", headers=h))[0] == 200
             st, _, resp = await _req(d, "POST", "/v1/embeddings", headers=h, json={"model": "beta", "input": "x"})
-            assert st == 403 and resp["error"]["code"] == "model_not_allowed"
+            assert st == 404 and resp["error"]["code"] == "model_not_found"  # another key's model
             st, _, resp = await _req(d, "POST", "/v1/completions", headers=h, json={"model": "alpha", "prompt": []})
             assert st == 400
         for _ in range(2):  # admitted (its file is missing, so it fails later: it still counts)

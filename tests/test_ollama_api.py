@@ -65,7 +65,7 @@ async def test_list_show_ps_version(env) -> None:  # noqa: ANN001
         assert [m.model for m in (await c.list()).models] == ["emb"]
         with pytest.raises(ollama.ResponseError) as e:
             await c.show("tiny")
-        assert e.value.status_code == 403 and "may not use" in e.value.error  # Ollama's {"error": "..."}
+        assert e.value.status_code == 404 and "does not exist" in e.value.error  # Ollama's {"error": "..."}
 
 
 async def test_chat_streamed_and_not(env) -> None:  # noqa: ANN001

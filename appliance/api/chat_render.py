@@ -21,15 +21,16 @@ class ChatPrompt:
     grammar_triggers: tuple[str, ...] = ()
     reader: OutputReader = field(default_factory=OutputReader)  # output -> reasoning, content, tool calls
     preserved: tuple[str, ...] = ()  # special tokens the reader must see in the output
+    grammar_param: str = "response_format"  # the request field a grammar error points at
 
 
 def response_grammar(body: ChatCompletionRequest) -> str | None:
-    from ..engine.grammar import grammar_for_response_format
+    from ..engine.guidance import response_format_grammar
 
     rf = body.response_format
     if rf is None:
         return None
-    return grammar_for_response_format(rf.model_dump(by_alias=True, exclude_none=True))
+    return response_format_grammar(rf.model_dump(by_alias=True, exclude_none=True))
 
 
 def template_kwargs(body: ChatCompletionRequest) -> dict[str, Any]:
@@ -45,6 +46,7 @@ def render(runner: ServingRunner, body: ChatCompletionRequest) -> ChatPrompt:
     a forced tool call (required / named) wins, else response_format, else the lazy
     tool-call grammar for tool_choice "auto"."""
     from ..engine.chat import render_chat
+    from ..engine.guidance import specials_of
 
     use_tools = bool(body.tools) and body.tool_choice != "none"
     tools = [t.model_dump(exclude_none=True) for t in body.tools or []] if use_tools else None
@@ -62,9 +64,11 @@ def render(runner: ServingRunner, body: ChatCompletionRequest) -> ChatPrompt:
         template_kwargs=template_kwargs(body),
         parallel_tool_calls=body.parallel_tool_calls is not False,
         reasoning=body.reasoning_mode or runner.reasoning,
+        specials=specials_of(runner.vocab) if tools else None,
     )
-    grammar, triggers = r.grammar, r.grammar_triggers
+    grammar, triggers, param = r.grammar, r.grammar_triggers, "tools"
     rf_grammar = response_grammar(body)
     if rf_grammar is not None and (grammar is None or triggers):
-        grammar, triggers = rf_grammar, ()
-    return ChatPrompt(r.prompt, r.add_special, tuple(r.stop), grammar, tuple(triggers), r.reader, r.preserved)
+        grammar, triggers, param = rf_grammar, (), "response_format"
+    return ChatPrompt(r.prompt, r.add_special, tuple(r.stop), grammar, tuple(triggers), r.reader, r.preserved,
+                      param)

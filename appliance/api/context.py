@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
-from ..auth import ApiKey, RateLimiter
+from ..auth import ApiKey, Keyring, RateLimiter
 from ..config import ModelConfig
 from .backend import Backend
 from .directory import ModelDirectory
@@ -21,6 +21,7 @@ class ApiContext:
 
 
 CTX_KEY = web.AppKey("appliance_api", ApiContext)
+KEYRING_KEY = web.AppKey("keyring", Keyring)
 
 ANONYMOUS = "anonymous"  # the fairness bucket of requests in open (no keys) mode
 

@@ -1,7 +1,8 @@
 """Which models a request may name: catalog ids and aliases, filtered by the key's list.
 
-A model outside the key's list is 403 when named and absent from /v1/models, so a key
-cannot even enumerate what it may not use.
+A model outside the key's list gets the same 404 as a model that does not exist and is
+absent from /v1/models, so a key cannot even tell what exists beyond its list. File paths
+(`source`) are shown to admin keys (and in open mode) only.
 """
 
 from __future__ import annotations
@@ -9,9 +10,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Callable, Protocol
 
-from ..auth import ApiKey
+from ..auth import ADMIN, ApiKey
 from ..config import Catalog, ModelConfig
-from ..errors import ModelNotAllowed, ModelNotFound
+from ..errors import ModelNotFound
 
 
 class _Records(Protocol):
@@ -39,7 +40,7 @@ class ModelDirectory:
             raise ModelNotFound(f"the model {name!r} does not exist", param="model")
         mid, cfg = found
         if key is not None and not key.may_use(mid, name, *cfg.aliases):
-            raise ModelNotAllowed(f"key {key.name!r} may not use the model {name!r}", param="model")
+            raise ModelNotFound(f"the model {name!r} does not exist", param="model")  # same as missing
         return mid, cfg
 
     def record(self, mid: str) -> Any:
@@ -61,7 +62,7 @@ class ModelDirectory:
             if key is None or key.may_use(mid, *cfg.aliases)
         ]
 
-    def card(self, mid: str, cfg: ModelConfig) -> dict[str, Any]:
+    def card(self, mid: str, cfg: ModelConfig, key: ApiKey | None = None) -> dict[str, Any]:
         """OpenAI's model object plus what an auditor needs: the checksum and the source."""
         rec = self.record(mid)
         shas: list[str | None] = list(rec.shas) if rec is not None and rec.shas else cfg.pinned_sha256
@@ -75,7 +76,7 @@ class ModelDirectory:
             "created": created,
             "owned_by": "appliance",
             "sha256": sha,
-            "source": cfg.source,
+            "source": cfg.source if key is None or key.has_scope(ADMIN) else None,
             "aliases": list(cfg.aliases),
             "context_length": cfg.context,
             "parallel": cfg.parallel,

@@ -31,6 +31,15 @@ _CLIENT_ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 REQUEST_ID_HEADER = "x-request-id"
 
 
+def log_safe(text: str, limit: int = 512) -> str:
+    """A client-supplied string for a text log line: control characters (CR, LF, ESC, ...)
+    and other unprintables as \\x/\\u escapes, cut at `limit` characters."""
+    if text.isprintable() and len(text) <= limit:
+        return text
+    out = "".join(c if c.isprintable() else ascii(c)[1:-1] for c in text[:limit])
+    return out + ("..." if len(text) > limit else "")
+
+
 def new_request_id() -> str:
     return "req_" + secrets.token_hex(12)
 
@@ -58,10 +67,10 @@ async def request_context(request: web.Request, handler: Handler) -> web.StreamR
     finally:
         state.in_flight -= 1
         latency = time.perf_counter() - start
-        access_log.info(
+        access_log.info(  # client-controlled fields escaped: no forged lines, no terminal escapes
             "%s %s %d %.3fs key=%s model=%s tokens=%d+%d",
-            request.method, request.path, status, latency, facts.key_name or "-",
-            facts.model or "-", facts.prompt_tokens, facts.completion_tokens,
+            log_safe(request.method), log_safe(request.path), status, latency, log_safe(facts.key_name or "-"),
+            log_safe(facts.model or "-"), facts.prompt_tokens, facts.completion_tokens,
         )
         record = RequestRecord(
             request_id=rid, method=request.method, path=request.path, status=status, latency_s=latency,

@@ -37,11 +37,13 @@ def same_origin(origin: str, host: str | None) -> bool:
 
 
 def plain_body_ok(request: web.Request) -> bool:
-    """A body without a JSON content type is read as JSON (curl -d, simple scripts) unless it
-    may be a cross-site browser request: a page can send `text/plain` to localhost without a
-    preflight, but it cannot add an Authorization header, and its browser says where it came from."""
-    if "Authorization" in request.headers:
-        return True
+    """A POST without a JSON content type is taken (curl -d, simple scripts; its body read as
+    JSON) unless it may be a cross-site browser request: a page can send a form or `text/plain`
+    to localhost without a preflight, but it cannot add an Authorization header, and browsers
+    send `Origin` with every POST (and `Sec-Fetch-Site`). The browser guard (api/browser.py)
+    applies this to every state-changing request, read_json to every JSON body."""
+    if "Authorization" in request.headers or "X-Requested-With" in request.headers:
+        return True  # a page cannot add these without a preflight
     origin = request.headers.get("Origin")
     if origin is not None:
         return same_origin(origin, request.headers.get("Host"))

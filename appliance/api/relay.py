@@ -91,6 +91,8 @@ async def relay(request: web.Request, head: StreamHead, stream: bool, choices: C
                     raise
                 return await sse.error(e)
         finally:
+            if not gen.finished:  # cut short (client gone, error): count what it cost so far
+                facts.add_usage(gen.delivered)
             await gen.aclose()
         facts.add_usage(gen.usage)
         add_usage(total, gen.usage)

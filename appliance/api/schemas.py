@@ -6,6 +6,7 @@ Unknown fields are ignored (clients send vendor extras); every violation becomes
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Annotated, Any, Literal, TypeVar
 
@@ -14,8 +15,12 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from pydantic_core import ErrorDetails
 
 from ..errors import InvalidJSON, InvalidRequest
+from . import budgets
+from .timeouts import read_body
 from ..validation import error_path, error_text
 from .origins import plain_body_ok
+
+IMAGE_MARKER = "<__media__>"  # libmtmd's default marker (engine/vision.MARKER, without loading llama.cpp)
 
 
 class _Body(BaseModel):
@@ -39,9 +44,36 @@ class TextPart(_Body):
     text: str
 
 
+class ImageURL(_Body):
+    url: str
+    detail: Literal["auto", "low", "high"] | None = None
+
+
+class ImagePart(_Body):
+    """An image (api/images.py reads it); in the rendered prompt it is libmtmd's marker."""
+
+    type: Literal["image_url"]
+    image_url: ImageURL
+
+
+ContentPart = Annotated[TextPart | ImagePart, Field(discriminator="type")]
+
+
 class FunctionCall(_Body):
     name: str
     arguments: str = ""
+
+    @field_validator("arguments")
+    @classmethod
+    def _json_arguments(cls, v: str) -> str:
+        """Templates parse the arguments back: they must be JSON, nested within the budget."""
+        if v.strip():
+            try:
+                obj = json.loads(v)
+            except (ValueError, RecursionError):
+                raise ValueError("tool call arguments must be a JSON string") from None
+            budgets.check_json(obj, "arguments")
+        return v
 
 
 class ToolCall(_Body):
@@ -52,7 +84,7 @@ class ToolCall(_Body):
 
 class ChatMessage(_Body):
     role: Literal["system", "developer", "user", "assistant", "tool"]
-    content: str | list[TextPart] | None = None
+    content: str | list[ContentPart] | None = None
     name: str | None = None
     tool_calls: list[ToolCall] | None = None
     tool_call_id: str | None = None
@@ -72,7 +104,14 @@ class ChatMessage(_Body):
             return ""
         if isinstance(self.content, str):
             return self.content
-        return "".join(p.text for p in self.content)
+        return "".join(p.text if isinstance(p, TextPart) else IMAGE_MARKER for p in self.content)
+
+    def image_urls(self, i: int) -> list[tuple[str, str]]:
+        """(param, url) of each image part; `i`: this message's index."""
+        if not isinstance(self.content, list):
+            return []
+        return [(f"messages[{i}].content[{j}].image_url.url", p.image_url.url)
+                for j, p in enumerate(self.content) if isinstance(p, ImagePart)]
 
     def as_dict(self) -> dict[str, Any]:
         """Plain dict for the chat template, content flattened to a string."""
@@ -155,6 +194,20 @@ class _Sampling(_Body):
     typical_p: Annotated[float, Field(gt=0.0, le=1.0)] | None = None
     repeat_penalty: Annotated[float, Field(gt=0.0, le=10.0)] | None = None
     repeat_last_n: Annotated[int, Field(ge=-1)] | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _budgets(cls, raw: Any) -> Any:
+        """Counts first, before validating a hundred thousand items one by one."""
+        if isinstance(raw, dict):
+            budgets.check_stop(raw.get("stop"))
+            budgets.at_most(raw.get("logit_bias"), budgets.MAX_LOGIT_BIAS, "logit_bias", "logit_bias entries")
+            budgets.at_most(raw.get("messages"), budgets.MAX_MESSAGES, "messages", "messages")
+            budgets.at_most(raw.get("tools"), budgets.MAX_TOOLS, "tools", "tools")
+            prompt = raw.get("prompt")
+            if isinstance(prompt, list) and prompt and not isinstance(prompt[0], int):
+                budgets.at_most(prompt, budgets.MAX_PROMPTS, "prompt", "prompts")
+        return raw
 
     @field_validator("stop")
     @classmethod
@@ -254,6 +307,15 @@ class EmbeddingRequest(_Body):
     encoding_format: Literal["float", "base64"] = "float"
     dimensions: Annotated[int, Field(ge=1)] | None = None
 
+    @model_validator(mode="before")
+    @classmethod
+    def _budgets(cls, raw: Any) -> Any:
+        if isinstance(raw, dict):
+            i = raw.get("input")
+            if isinstance(i, list) and i and not isinstance(i[0], int):
+                budgets.at_most(i, budgets.MAX_EMBEDDING_INPUTS, "input", "inputs")
+        return raw
+
     @property
     def inputs(self) -> list[str | list[int]]:
         i = self.input
@@ -309,8 +371,22 @@ async def read_json(request: web.Request) -> Any:
     ctype = request.content_type
     if ctype != "application/json" and not ctype.endswith("+json") and not plain_body_ok(request):
         raise InvalidJSON(f"expected Content-Type: application/json, got {ctype or 'none'!r}")
-    raw = await request.read()
+    raw = await read_body(request)
+    if len(raw) > OFF_LOOP_BYTES:  # megabytes of JSON: decode and check beside the loop
+        return await asyncio.to_thread(decode_json, raw)
+    return decode_json(raw)
+
+
+OFF_LOOP_BYTES = 64 * 1024
+
+
+def decode_json(raw: bytes) -> Any:
+    """Decode and check a body: 400 for bad JSON, nesting over budget, lone surrogates."""
     try:
-        return json.loads(raw)
+        body = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as e:
         raise InvalidJSON(f"the request body is not valid JSON: {e}") from None
+    except RecursionError:
+        raise InvalidJSON(f"the request body is nested deeper than {budgets.MAX_JSON_DEPTH} levels") from None
+    budgets.check_json(body)
+    return body

@@ -5,21 +5,28 @@ llama-server's native SSE without [DONE], the Responses API's `event:` lines, Ol
 from __future__ import annotations
 
 import json
+import time
 from typing import Any
 
 from aiohttp import web
 
-from ..errors import ApplianceError
+from ..errors import ApplianceError, InvalidAPIKey
+from .context import KEYRING_KEY, api_key
 from .errors import error_payload
 from .state import STATE_KEY, request_facts
+from .timeouts import write_within
 
 
 class SSEStream:
     """One streamed response. Open it only once the first token is in hand, so a request
     that fails early still gets a real HTTP status instead of a 200 stream."""
 
+    KEY_CHECK_S = 1.0  # how often a stream re-checks its key: revocation ends it within this
+
     def __init__(self, request: web.Request) -> None:
         self.request = request
+        self._key = api_key(request)
+        self._key_checked = time.monotonic()
         self.ended = False  # error() or done() sent the end: later sends are dropped
         self.response = web.StreamResponse(
             status=200,
@@ -51,18 +58,32 @@ class SSEStream:
         return error_payload(exc)
 
     async def send(self, obj: dict[str, Any]) -> None:
+        self._check_key()
+        await self._send(obj)
+
+    def _check_key(self) -> None:
+        """A revoked key's stream ends (the relay turns this into an error event)."""
+        now = time.monotonic()
+        if self._key is None or self.ended or now - self._key_checked < self.KEY_CHECK_S:
+            return
+        self._key_checked = now
+        keyring = self.request.app.get(KEYRING_KEY)
+        if keyring is not None and not keyring.active(self._key):
+            raise InvalidAPIKey(f"the API key {self._key.name!r} was revoked")
+
+    async def _send(self, obj: dict[str, Any]) -> None:
         if self.ended:
             return
-        await self.response.write(self.frame(obj))
+        await write_within(self.request, self.response, self.frame(obj))
 
     async def error(self, exc: ApplianceError) -> web.StreamResponse:
         """A failure after streaming began: recorded for the request's log line (as the error
         middleware does for plain HTTP errors), one error event, then the stream ends."""
         if not self.ended:
             request_facts(self.request).error_code = exc.code
-            await self.send(self.error_event(exc))
+            await self._send(self.error_event(exc))
             self._end()
-            await self.response.write_eof()
+            await write_within(self.request, self.response, None)
         return self.response
 
     async def done(self) -> None:
@@ -70,8 +91,8 @@ class SSEStream:
             return
         self._end()
         if self.closing:
-            await self.response.write(self.closing)
-        await self.response.write_eof()
+            await write_within(self.request, self.response, self.closing)
+        await write_within(self.request, self.response, None)
 
     def _end(self) -> None:
         self.ended = True

@@ -16,10 +16,11 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field, replace
-from typing import Any, Literal
+from typing import Any, Literal, Mapping
 
 from ..errors import InvalidRequest
 from .chatout import OutputReader, schemas_of
+from .guidance import lark_grammar, lazy_grammar, with_specials
 from .messages import fold_system, prepare, tool_definitions
 from .reasoning import thinking_for
 from .template import Caps, TemplateRefused, compiled
@@ -60,8 +61,8 @@ END_MARKERS = ("<end_of_turn>", "<|im_end|>", "<|eot_id|>", "<|eom_id|>", "<|end
 class ChatPrompt:
     prompt: str
     add_special: bool  # False when the template already put the BOS text at the start
-    grammar: str | None  # GBNF for the tool calls (or None)
-    grammar_triggers: tuple[str, ...]  # non-empty: the grammar is lazy (tool_choice "auto")
+    grammar: str | None  # llguidance grammar for the tool calls (or None)
+    grammar_triggers: tuple[str, ...]  # non-empty: "auto", free text until one (built into `grammar`)
     tool_parser: str | None  # the tool-call family's name (None: no tools offered)
     stop: tuple[str, ...]  # the template's turn-end markers, to pass as stop strings
     reader: OutputReader = field(default_factory=OutputReader)  # output -> reasoning, content, calls
@@ -100,17 +101,23 @@ def _check_tools(tools: Any) -> list[dict[str, Any]]:
 
 
 def _grammar(syn: Syntax, tools: list[dict[str, Any]], tool_choice: Any, parallel: bool,
-             lead: str) -> tuple[str | None, tuple[str, ...]]:
-    """The tool-call grammar and its triggers (none: from the first token) for tool_choice."""
+             lead: str, specials: Mapping[str, int]) -> tuple[str | None, tuple[str, ...]]:
+    """The llguidance grammar of the tool calls for tool_choice, and its triggers (none: the
+    calls start at the first token). "auto" is free text, or text up to the family's trigger
+    and then the calls, in one grammar (llguidance has no lazy mode of its own)."""
     if tool_choice in (None, "auto"):
-        return tool_call_grammar(syn, tools, None, parallel, lazy=True), triggers(syn)
+        trig = triggers(syn)
+        return lazy_grammar(tool_call_grammar(syn, tools, None, parallel, lazy=True), trig[0],
+                            specials=specials), trig
     if tool_choice == "required":
-        return tool_call_grammar(syn, tools, None, parallel, lead=lead), ()
+        return lark_grammar(with_specials(tool_call_grammar(syn, tools, None, parallel, lead=lead), specials),
+                            "tools"), ()
     if isinstance(tool_choice, dict):
         name = (tool_choice.get("function") or {}).get("name")
         if not isinstance(name, str):
             raise InvalidRequest("tool_choice must name a function", param="tool_choice")
-        return tool_call_grammar(syn, tools, name, False, lead=lead), ()
+        return lark_grammar(with_specials(tool_call_grammar(syn, tools, name, False, lead=lead), specials),
+                            "tools"), ()
     raise InvalidRequest(f"unsupported tool_choice {tool_choice!r}", param="tool_choice")
 
 
@@ -128,13 +135,15 @@ def render_chat(
     template_kwargs: dict[str, Any] | None = None,
     parallel_tool_calls: bool = True,
     reasoning: ReasoningMode = "separate",
+    specials: Mapping[str, int] | None = None,
 ) -> ChatPrompt:
     """Render messages with the model's template; work out tool grammar, output reader and stops.
 
     `tool_use_template`: the GGUF's `tokenizer.chat_template.tool_use` variant, used when
     tools are offered. `template_kwargs`: extra template variables (`chat_template_kwargs`,
     e.g. enable_thinking; `reasoning_effort`). `reasoning`: thinking into reasoning_content
-    ("separate") or left in the content ("inline")."""
+    ("separate") or left in the content ("inline"). `specials`: the model's special tokens
+    (guidance.specials_of), so the grammar lets markers come as the tokens they are."""
     if tools and tool_use_template:
         template_source = tool_use_template
     source = template_source or default_template(arch)
@@ -160,7 +169,7 @@ def render_chat(
         raise InvalidRequest(f"the chat template could not render these messages: {e}", param="messages") from None
     offered = bool(tools) and tool_choice != "none"
     lead = lead_in(prompt, syn) if offered else ""
-    grammar, trig = _grammar(syn, tools, tool_choice, parallel_tool_calls, lead) if offered and tools else (None, ())
+    grammar, trig = _grammar(syn, tools, tool_choice, parallel_tool_calls, lead, specials or {}) if offered and tools else (None, ())
     thinking = thinking_for(source, prompt) if known else None
     if thinking is not None and thinking.starts_inside and trig == () and grammar is not None:
         # A forced call (required / named) is the answer now: the thinking the prompt opened

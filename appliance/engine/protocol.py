@@ -16,6 +16,8 @@ from .types import EmbeddingResult, GenerationRequest, TokenLogprob
 
 if TYPE_CHECKING:
     from .llamalog import BufferSizes
+    from .vision import VisionPrompt
+    from .vocab import Vocab
 
 
 class DrivenRunner(Protocol):
@@ -67,6 +69,9 @@ class ServingRunner(Protocol):
     def arch(self) -> str: ...
 
     @property
+    def vocab(self) -> Vocab: ...  # read-only tokenizer side: llguidance builds its tokenizer from it
+
+    @property
     def tool_use_template(self) -> str | None:
         """The GGUF's tool_use template variant, if any (used when tools are offered)."""
         ...
@@ -77,6 +82,11 @@ class ServingRunner(Protocol):
         ...
 
     def generate(self, req: GenerationRequest) -> Generation: ...
+
+    def tokenize_images(self, text: str, images: list[bytes], add_special: bool) -> VisionPrompt:
+        """A prompt with images, tokenized by the model's projector (CPU work: call it off
+        the event loop and pass the result as GenerationRequest.vision)."""
+        ...
 
     async def embed(self, inputs: list[str | list[int]]) -> EmbeddingResult: ...
 

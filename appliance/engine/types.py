@@ -8,7 +8,10 @@ returned `Generation` (an async iterator of `Delta`s). Closing the iteration ear
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal, Mapping
+from typing import TYPE_CHECKING, Literal, Mapping
+
+if TYPE_CHECKING:
+    from .vision import VisionPrompt
 
 FinishReason = Literal["stop", "length"]  # failures raise EngineError; "tool_calls" is the API's
 
@@ -34,8 +37,9 @@ class SamplingParams:
     logprobs: bool = False
     top_logprobs: int = 0
     n: int = 1  # choices decoded from one prompt, each in its own slot
-    grammar: str | None = None  # GBNF; applied the fast way (check, resample on rejection)
-    grammar_triggers: tuple[str, ...] = ()  # lazy grammar: active only after one of these
+    # A compiled grammar (engine.guidance.Constraint: json_object, json_schema, tool calls,
+    # GBNF or Lark): masks computed beside the decode, one matcher per choice.
+    constraint: object | None = field(default=None, compare=False)
     ignore_eos: bool = False
     preserved: tuple[str, ...] = ()  # special tokens whose text stays in the output (tool-call markers)
 
@@ -46,6 +50,8 @@ class GenerationRequest:
     params: SamplingParams = SamplingParams()
     add_special: bool = True  # add BOS; False for chat prompts whose template already has it
     request_id: str = ""
+    images: tuple[bytes, ...] = ()  # encoded images, one per vision.MARKER in `prompt` (a str)
+    vision: VisionPrompt | None = None  # the same, already tokenized (Runner.tokenize_images)
 
 
 @dataclass(frozen=True)

@@ -65,6 +65,11 @@ def prompt_tokens(vocab: Vocab, req: GenerationRequest, context: int) -> list[in
     else:
         prompt = [int(t) for t in req.prompt]
         check_ids(prompt, vocab.n_vocab, "prompt")
+    return check_length(prompt, context)
+
+
+def check_length(prompt: list[int], context: int) -> list[int]:
+    """`prompt`, refused when empty or when it leaves no room to generate within `context`."""
     if not prompt:
         raise InvalidRequest("the prompt is empty", param="prompt")
     if len(prompt) >= context:

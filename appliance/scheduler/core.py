@@ -45,7 +45,7 @@ from ..hardware.devices import Device, DeviceKind, Hardware
 from ..units import format_size
 from .admission import Waiter
 from .decide import Decision, UnloadReason, decide
-from .estimate import Estimate, Estimator, GGUFEstimator
+from .estimate import Estimate, Estimator, GGUFEstimator, projector_need
 from .footprints import Footprints, footprint_key
 from .lifecycle import ModelEntry, RunnerLike
 from .memory import Memory, Resident, check_budget
@@ -90,6 +90,7 @@ class NoEvents:
 
 Loader = Callable[[str, ModelConfig, list[Path], Placement], RunnerLike]
 StorePaths = Callable[[str, ModelConfig], "list[Path] | None"]
+StoreMmproj = Callable[[str, ModelConfig], "Path | None"]  # a model's image projector, if pulled
 
 
 @dataclass
@@ -132,6 +133,7 @@ class Scheduler:
         *,
         store_paths: StorePaths,
         loader: Loader,
+        store_mmproj: StoreMmproj | None = None,
         hardware: Hardware,
         clock: Clock | None = None,
         estimator: Estimator | None = None,
@@ -149,6 +151,7 @@ class Scheduler:
         self._config_file = str(config_path) if config_path is not None else "appliance.toml"
         self.catalog = catalog
         self._store_paths = store_paths
+        self._store_mmproj = store_mmproj
         self._loader = loader
         self._hw = hardware
         self.clock: Clock = clock or SystemClock()
@@ -246,6 +249,12 @@ class Scheduler:
             return m, m.runner
         if len(m.queue) >= self.config.queue.max_waiting:
             ra = self._retry_after(m)
+            victim = m.queue.make_room(key, self.config.queue.max_waiting)  # fair shares of the room
+            if victim is not None:
+                self._fail(victim, QueueFull(
+                    f"model {m.id!r}: this key holds more than its share of queue.max_waiting; retry later",
+                    retry_after=ra))
+        if len(m.queue) >= self.config.queue.max_waiting:
             raise QueueFull(
                 f"model {m.id!r} has {len(m.queue)} requests waiting (queue.max_waiting); retry later",
                 retry_after=ra,
@@ -525,9 +534,12 @@ class Scheduler:
 
     def _need_fn(self, m: _Model, paths: list[Path], layer_count: int) -> Callable[[DeviceKind, int], Estimate]:
         sha = self._sha256(m, paths)
+        proj = self._store_mmproj(m.id, m.cfg) if self._store_mmproj and m.cfg.mmproj else None
 
         def need(kind: DeviceKind, k: int) -> Estimate:
             e = self._estimator.estimate(paths, m.cfg, gpu_layers=k, device=kind)
+            if proj is not None and (kind == "cpu" or k > 0):  # encoded where the model runs
+                e = e.plus(projector_need(proj))
             full = kind == "cpu" or k >= layer_count
             key = footprint_key(sha, m.cfg, device=kind, gpu_layers=layer_count if full else k, split=m.cfg.gpu == "split")
             measured = self._footprints.get(key)

@@ -9,8 +9,10 @@ from ..engine.protocol import EngineRunner
 from .placement import Placement
 
 
-def engine_loader(model_id: str, cfg: ModelConfig, paths: list[Path], placement: Placement) -> EngineRunner:
-    """Build a Runner (blocking, seconds): the scheduler calls this in a worker thread."""
+def engine_loader(model_id: str, cfg: ModelConfig, paths: list[Path], placement: Placement,
+                  mmproj: Path | None = None) -> EngineRunner:
+    """Build a Runner (blocking, seconds): the scheduler calls this in a worker thread.
+    `mmproj`: the model's image projector, when it has one."""
     from ..engine.runner import Runner  # imported late: loads llama.cpp
 
     return Runner(
@@ -20,4 +22,5 @@ def engine_loader(model_id: str, cfg: ModelConfig, paths: list[Path], placement:
         main_gpu=placement.main_gpu,
         split_mode=placement.split_mode,
         model_id=model_id,
+        mmproj=mmproj,
     )

@@ -196,6 +196,12 @@ class Store:
         """Blob paths in shard order if every blob is present (what the daemon loads)."""
         return self.state(model_id, cfg).paths
 
+    def mmproj_path(self, model_id: str, cfg: ModelConfig) -> Path | None:
+        """The model's multimodal projector blob, when the catalog names one and it was pulled."""
+        rec = self.record(model_id)
+        mm = rec.mmproj if cfg.mmproj and rec else None
+        return self.blob_path(mm.sha256) if mm and self.has_blob(mm.sha256) else None
+
     # --- verify and remove ---------------------------------------------------------------
 
     def verify(self, model_id: str, cfg: ModelConfig, progress: Callable[[int], None] | None = None) -> ModelState:

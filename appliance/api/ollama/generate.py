@@ -19,6 +19,7 @@ from aiohttp import web
 from ...auth import ADMIN
 from ...engine.types import Delta, GenerationRequest, Usage
 from ...config import ModelConfig
+from ...engine.guidance import compile_async
 from ...engine.protocol import ServingRunner
 from ...errors import InsufficientScope, InvalidRequest
 from ..admin import SCHEDULER_KEY
@@ -26,6 +27,7 @@ from ..chat import chat_generation
 from ..chat_render import ChatPrompt, response_grammar
 from ..chunks import Chunk
 from ..context import CTX_KEY, api_key, key_name, resolve_model
+from ..model_defaults import with_model_defaults
 from ..relay import relay
 from ..sampling import sampling_params
 from ..schemas import parse_body, read_json
@@ -145,7 +147,7 @@ async def chat(request: web.Request) -> web.StreamResponse:
     if not body.messages:
         return await _load_or_unload(request, "chat", mid, body.keep_alive)
     apply_keep_alive(request, mid, body.keep_alive)
-    oa = convert.chat_request_body(body)
+    oa = with_model_defaults(convert.chat_request_body(body), cfg)
     t0 = time.monotonic_ns()
     async with request.app[CTX_KEY].backend.lease(mid, key_name(request), slots=1) as runner:
         load_ns = time.monotonic_ns() - t0
@@ -160,16 +162,18 @@ async def _generate_request(runner: ServingRunner, cfg: ModelConfig, body: Gener
     `system` + `prompt`. `context` (a previous answer's tokens) goes first. Returns the
     engine request and the prompt's token ids."""
     if body.raw or body.suffix is not None:
-        oa = convert.chat_body(body.model, [{"role": "user", "content": "-"}], body.options, body.format)
+        oa = with_model_defaults(convert.chat_body(body.model, [{"role": "user", "content": "-"}], body.options,
+                                                   body.format), cfg)
         grammar = await asyncio.to_thread(response_grammar, oa)  # CPU work: off the loop
-        params = sampling_params(oa, cfg, max_tokens=oa.token_limit, grammar=grammar)
+        constraint = await compile_async(grammar, runner.vocab, param="format") if grammar is not None else None
+        params = sampling_params(oa, cfg, max_tokens=oa.token_limit, constraint=constraint)
         if body.suffix is not None:
             ids = runner.fim_prompt(body.prompt, body.suffix)
         else:
             ids = runner.tokenize(body.prompt, not body.context, True)
     else:
         msgs = ([{"role": "system", "content": body.system}] if body.system else []) + [{"role": "user", "content": body.prompt}]
-        oa = convert.chat_body(body.model, msgs, body.options, body.format, think=body.think)
+        oa = with_model_defaults(convert.chat_body(body.model, msgs, body.options, body.format, think=body.think), cfg)
         rendered, base = await chat_generation(runner, oa, cfg, rid)
         params = base.params
         ids = runner.tokenize(rendered.text, rendered.add_special and not body.context, True)

@@ -9,6 +9,7 @@ from aiohttp import web
 
 from ..chat import chat_generation
 from ..context import CTX_KEY, key_name, resolve_model
+from ..model_defaults import with_model_defaults
 from ..relay import relay
 from ..schemas import ChatCompletionRequest, parse_body, read_json
 from ..sse import EventSSEStream
@@ -27,7 +28,7 @@ async def responses(request: web.Request) -> web.StreamResponse:
     owner = key_name(request)
     before = history.get(body.previous_response_id, owner) if body.previous_response_id else []
     raw, convo = chat_fields(body, before)
-    oa = parse_body(ChatCompletionRequest, raw)
+    oa = with_model_defaults(parse_body(ChatCompletionRequest, raw), cfg)
 
     def keep(response_id: str, items: list[dict[str, Any]]) -> None:
         if body.store:

@@ -1,10 +1,12 @@
-"""A family's tool-call syntax as GBNF, so a model writes calls its parser reads back.
+"""A family's tool-call syntax as an llguidance (Lark) grammar, so a model writes calls its
+parser reads back.
 
 Built from the same `Syntax` the parser reads: the block markers, each call written with the
-family's `call_fmt` (or as the family's JSON object), arguments constrained by each tool's
-JSON schema (llama-cpp-python's converter). Lazy for tool_choice "auto" (active from one of
-the family's start markers, the triggers), from the first token for "required" or a named
-function; one call only when parallel calls are off.
+family's `call_fmt` (or as the family's JSON object), arguments held to each tool's JSON
+schema by llguidance's own `%json` (no schema -> GBNF expansion: a hostile `minLength` costs
+nothing). From the first token for "required" or a named function; for "auto" the grammar of
+what follows the family's trigger, which `guidance.lazy_grammar` puts behind free text. One
+call only when parallel calls are off.
 """
 
 from __future__ import annotations
@@ -14,18 +16,16 @@ import re
 from typing import Any
 
 from ...errors import InvalidRequest
-from ..grammar import schema_to_gbnf
+from ..guidance import schema_lark
 from .syntax import Syntax
 
+EMPTY = '""'  # the empty sequence
 _PLACEHOLDER = re.compile(r"\{(name|args|params|index)\}")
 
 
 def lit(text: str) -> str:
-    """A GBNF string literal."""
-    if not text:
-        return ""
-    esc = text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n").replace("\r", "\\r").replace("\t", "\\t")
-    return f'"{esc}"'
+    """A Lark string literal ("" for none)."""
+    return json.dumps(text, ensure_ascii=False) if text else ""
 
 
 def _seq(*parts: str) -> str:
@@ -33,7 +33,7 @@ def _seq(*parts: str) -> str:
 
 
 class _Rules:
-    """Collects named rules; schema-derived grammars are embedded under unique prefixes."""
+    """Collects named Lark rules; each schema becomes a `%json` rule of its own."""
 
     def __init__(self) -> None:
         self.lines: list[str] = []
@@ -42,28 +42,30 @@ class _Rules:
     def add(self, body: str, name: str = "") -> str:
         self.n += 1
         name = name or f"r{self.n}"
-        self.lines.append(f"{name} ::= {body}")
+        self.lines.append(f"{name}: {body or EMPTY}")
         return name
 
     def schema(self, schema: dict[str, Any]) -> str:
-        """Embed a JSON schema's grammar; returns its root rule's name."""
+        """A rule for one JSON schema; returns its name."""
         self.n += 1
-        prefix = f"s{self.n}-"
-        gbnf = schema_to_gbnf(schema, param="tools")
-        names = set(re.findall(r"^([A-Za-z0-9-]+) ::=", gbnf, re.M))
-        self.lines.append(_prefixed(gbnf, names, prefix).strip())
-        return prefix + "root"
+        name = f"s{self.n}"
+        self.lines.append(f"{name}: {schema_lark(schema, param='tools')}")
+        return name
+
+    def text_until(self, tail: str) -> str:
+        """Free text without `<`, then `tail`. The text and what of the tail comes before its
+        first `<` are one lexeme (a terminal), because llguidance's lexer is greedy: a text
+        lexeme of its own would swallow the newline a tail like "\\n</parameter>" starts
+        with, and the tail could then never match. The rest, from `<`, stays a literal of
+        the rule (where a marker may be a special token: guidance.with_specials)."""
+        self.n += 1
+        name = f"T{self.n}"
+        cut = tail.find("<") if "<" in tail else len(tail)
+        self.lines.append(_seq(f"{name}: /[^<]*/", lit(tail[:cut])))
+        return _seq(name, lit(tail[cut:]))
 
     def text(self) -> str:
         return "\n".join(self.lines) + "\n"
-
-
-_GBNF_TOKEN = re.compile(r'"(?:[^"\\]|\\.)*"|\[(?:[^\]\\]|\\.)*\]|[A-Za-z0-9-]+|.', re.S)
-
-
-def _prefixed(gbnf: str, names: set[str], prefix: str) -> str:
-    """`gbnf` with its rule names prefixed, leaving string literals and character classes alone."""
-    return "".join(prefix + t if t in names else t for t in _GBNF_TOKEN.findall(gbnf))
 
 
 def _params_rule(r: _Rules, syn: Syntax, params: dict[str, Any]) -> str:
@@ -75,16 +77,16 @@ def _params_rule(r: _Rules, syn: Syntax, params: dict[str, Any]) -> str:
         sch = sch if isinstance(sch, dict) else {}
         enum = sch.get("enum") or []
         is_str = sch.get("type") == "string" or (bool(enum) and all(isinstance(v, str) for v in enum))
-        if is_str:  # strings are written as they are, not JSON-quoted
-            value = r.add(" | ".join(lit(v) for v in enum) if enum else "[^<]*")
-        else:
-            value = r.schema(sch)
         fmt = syn.param_fmt.replace("{is_str}", "true" if is_str else "false").replace(
             "{type}", "string" if is_str else str(sch.get("type", "string")))
         head, _, tail = fmt.replace("{key}", key).partition("{value}")
-        one = _seq(lit(head), value, lit(tail))
+        if is_str and not enum:  # free text and its closing tag in one lexeme (see `text_until`)
+            one = _seq(lit(head), r.text_until(tail))
+        else:  # strings are written as they are, not JSON-quoted
+            value = r.add(" | ".join(lit(v) for v in enum)) if is_str else r.schema(sch)
+            one = _seq(lit(head), value, lit(tail))
         parts.append(one if key in required else f"({one})?")
-    return r.add(" ".join(parts) or '""')
+    return r.add(" ".join(parts))
 
 
 def _call_rule(r: _Rules, syn: Syntax, fn: dict[str, Any], skip: str = "") -> str:
@@ -101,12 +103,12 @@ def _call_rule(r: _Rules, syn: Syntax, fn: dict[str, Any], skip: str = "") -> st
             schema = {"type": "object", "properties": props, "required": list(props), "additionalProperties": False}
         return r.add(_seq(lit(syn.call_open[len(skip):]), r.schema(schema), lit(syn.call_close)))
     if syn.kind == "python":
-        kwargs = []
+        kwargs: list[str] = []
         required = set(params.get("required") or [])
         for key, sch in (params.get("properties") or {}).items():
-            one = _seq(lit(f"{key}="), r.schema(sch if isinstance(sch, dict) else {}))
-            kwargs.append(one if key in required else f"({one})?")
-        body = ' ", " '.join(kwargs) if kwargs else ""
+            one = _seq('", "' if kwargs else "", lit(f"{key}="), r.schema(sch if isinstance(sch, dict) else {}))
+            kwargs.append(one if key in required else f"({one})?")  # the comma goes with its argument
+        body = " ".join(kwargs)
         return r.add(_seq(lit(f"{name}("), body, lit(")")))
     parts = []
     fmt = syn.call_fmt[len(skip):] if syn.call_fmt.startswith(skip) else syn.call_fmt
@@ -116,7 +118,7 @@ def _call_rule(r: _Rules, syn: Syntax, fn: dict[str, Any], skip: str = "") -> st
         elif piece == "params":
             parts.append(_params_rule(r, syn, params))
         elif piece == "index":
-            parts.append("[0-9]")
+            parts.append("/[0-9]/")
         else:
             parts.append(lit(piece.replace("\x00", name)))
     return r.add(_seq(*parts))
@@ -124,34 +126,37 @@ def _call_rule(r: _Rules, syn: Syntax, fn: dict[str, Any], skip: str = "") -> st
 
 def tool_call_grammar(syn: Syntax, tools: list[dict[str, Any]], only: str | None = None,
                       parallel: bool = True, lazy: bool = False, lead: str = "") -> str:
-    """GBNF whose root writes one block of calls (several when `parallel`) in `syn`'s syntax,
-    starting with its first start marker (`lazy`: the trigger) or, when the prompt already
-    ends with a marker (`lead`), with what follows it."""
+    """Lark whose `start` writes one block of calls (several when `parallel`) in `syn`'s
+    syntax, starting with its first start marker or, when the prompt already ends with a
+    marker (`lead`), with what follows it. `lazy`: what follows the trigger (`triggers`)."""
     fns = [t["function"] for t in tools if only is None or t["function"]["name"] == only]
     if not fns:
         raise InvalidRequest(f"tool_choice names a function that is not in tools: {only!r}", param="tool_choice")
     if syn.kind == "harmony":
         return _harmony(fns, lazy)
+    trigger = triggers(syn)[0]
+    if lazy and not syn.consumes(trigger):  # the trigger is the first call's own opening
+        lead = trigger
     r = _Rules()
     call = r.add(" | ".join(_call_rule(r, syn, fn) for fn in fns), "call")
-    start = lit(syn.start[0]) if syn.consumes(syn.start[0]) else ""
-    if lead:  # the first call without the marker the prompt wrote
+    start = lit(syn.start[0]) if syn.consumes(syn.start[0]) and not lazy else ""
+    if lead:  # the first call without the marker the prompt (or the trigger) wrote
         first = r.add(" | ".join(_call_rule(r, syn, fn, skip=lead) for fn in fns), "first")
         more = f"({_seq(lit(syn.sep) if syn.sep else '', 'call')})*" if parallel else ""
-        return f"root ::= {_seq(first, more, lit(syn.end))}\n" + r.text()
+        return f"start: {_seq(first, more, lit(syn.end))}\n" + r.text()
     if syn.kind == "python":
         block = _seq(start, '"["', call, '(", " call)*' if parallel else "", '"]"', lit(syn.end))
     elif syn.open_list:
         block = _seq(start, lit(syn.list_intro), '"["', call, f'({lit(syn.sep + " ")} call)*' if parallel else "",
                      '"]"', lit(syn.end))
     elif syn.one_per_block:
-        one = _seq(start, call, lit(syn.end))
-        r.add(one, "block")
-        return "root ::= block" + (' ("\\n" block)*' if parallel else "") + "\n" + r.text()
+        r.add(_seq(lit(syn.start[0]) if syn.consumes(syn.start[0]) else "", call, lit(syn.end)), "block")
+        first_block = _seq(start, call, lit(syn.end))
+        return f"start: {first_block}" + (' ("\\n"? block)*' if parallel else "") + "\n" + r.text()
     else:
         sep = lit(syn.sep) if syn.sep else ""
         block = _seq(start, call, f"({_seq(sep, 'call')})*" if parallel else "", lit(syn.end))
-    return f"root ::= {block}\n" + r.text()
+    return f"start: {block}\n" + r.text()
 
 
 def _harmony(fns: list[dict[str, Any]], lazy: bool) -> str:
@@ -159,8 +164,7 @@ def _harmony(fns: list[dict[str, Any]], lazy: bool) -> str:
     calls = [r.add(_seq(lit(f"{fn['name']} <|constrain|>json<|message|>"), r.schema(fn.get("parameters") or {})))
              for fn in fns]
     r.add(" | ".join(calls), "call")
-    start = '" to=functions."' if lazy else '"<|channel|>commentary to=functions."'
-    return f"root ::= {start} call\n" + r.text()
+    return ("start: call\n" if lazy else 'start: "<|channel|>commentary to=functions." call\n') + r.text()
 
 
 def triggers(syn: Syntax) -> tuple[str, ...]:
@@ -174,6 +178,8 @@ def write_calls(syn: Syntax, calls: list[tuple[str, Any]]) -> str:
     def one(i: int, name: str, args: Any) -> str:
         if syn.kind == "object":
             obj = {name: args} if syn.name_key is None else {syn.name_key: name, syn.args_key: args}
+            if syn.name_key == "tool_name":  # Command R7B numbers its calls (as its grammar asks)
+                obj = {"tool_call_id": str(i), **obj}
             return syn.call_open + json.dumps(obj, ensure_ascii=False) + syn.call_close
         if syn.kind == "python":
             return f"{name}(" + ", ".join(f"{k}={_py(v)}" for k, v in (args or {}).items()) + ")"
