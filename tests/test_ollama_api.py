@@ -124,7 +124,7 @@ async def test_generate_raw_context_suffix_and_load(env) -> None:  # noqa: ANN00
         assert e.value.status_code == 400 and "fill-in-the-middle" in e.value.error
         with pytest.raises(ollama.ResponseError) as e:
             await c.generate(model="tiny", prompt="x", images=[b"\x89PNG"])
-        assert e.value.status_code == 400 and "images" in e.value.error
+        assert e.value.status_code == 400 and "could not be decoded" in e.value.error
         with pytest.raises(ollama.ResponseError) as e:  # unloading affects everyone: admin only
             await c.generate(model="tiny", keep_alive=0)
         assert e.value.status_code == 403
@@ -186,3 +186,27 @@ async def test_pull_streams_progress_and_needs_admin(tmp_path: Path, tiny_models
             await c.pull("not-in-catalog")
         assert e.value.status_code == 404
         assert sorted(m.model for m in (await c.list()).models) == ["emb", "tiny"]
+
+
+async def test_images_reach_a_vision_model(tmp_path: Path, tiny_gguf: Path) -> None:
+    """Ollama's base64 `images` take /v1's image path: a model with a projector reads them
+    (each adds its image tokens), one without says so."""
+    from test_api_vision import N_IMG, env_for
+    from test_vision import png
+
+    settings, store, token = env_for(tmp_path, tiny_gguf)
+    async with serving(settings, store=store) as d:
+        c = ollama.AsyncClient(host=d.url, headers={"Authorization": f"Bearer {token}"})
+        ask = {"role": "user", "content": "What is this?"}
+        one = await c.chat(model="vl", messages=[{**ask, "images": [png(20, 20)]}], options=_opts(num_predict=2))
+        two = await c.chat(model="vl", messages=[{**ask, "images": [png(20, 20), png(10, 30)]}],
+                           options=_opts(num_predict=2))
+        assert one.eval_count == 2 and two.prompt_eval_count - one.prompt_eval_count == N_IMG
+        g1 = await c.generate(model="vl", prompt="What is this?", images=[png(20, 20)], options=_opts(num_predict=2))
+        assert g1.prompt_eval_count == one.prompt_eval_count  # the same template around the same image
+        with pytest.raises(ollama.ResponseError) as e:
+            await c.chat(model="text", messages=[{**ask, "images": [png(20, 20)]}], options=_opts(num_predict=2))
+        assert e.value.status_code == 400 and "does not take images" in e.value.error
+        with pytest.raises(ollama.ResponseError) as e:
+            await c.generate(model="vl", prompt="x", raw=True, images=[png(20, 20)])
+        assert e.value.status_code == 400 and "raw" in e.value.error

@@ -54,9 +54,13 @@ def sampling(o: Options) -> dict[str, Any]:
     return body
 
 
-def refuse_images(images: list[str] | None, param: str) -> None:
-    if images:
-        raise InvalidRequest("images are not supported yet (no vision models here)", param=param)
+def with_images(text: str, images: list[str] | None) -> str | list[dict[str, Any]]:
+    """Ollama's base64 `images` -> OpenAI content parts (the text, then each image as a data
+    URL), so they are checked and placed the way /v1/chat's images are."""
+    if not images:
+        return text
+    return [{"type": "text", "text": text}] + [
+        {"type": "image_url", "image_url": {"url": "data:image/png;base64," + b64}} for b64 in images]
 
 
 def openai_messages(messages: list[Message]) -> list[dict[str, Any]]:
@@ -65,8 +69,7 @@ def openai_messages(messages: list[Message]) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
     pending: list[tuple[str, str]] = []  # (id, name) of calls not answered yet
     for i, m in enumerate(messages):
-        refuse_images(m.images, f"messages[{i}].images")
-        d: dict[str, Any] = {"role": m.role, "content": m.content}
+        d: dict[str, Any] = {"role": m.role, "content": with_images(m.content, m.images)}
         if m.role == "assistant" and m.tool_calls:
             calls = []
             for k, c in enumerate(m.tool_calls):

@@ -27,10 +27,11 @@ from ..chat import chat_generation
 from ..chat_render import ChatPrompt, response_grammar
 from ..chunks import Chunk
 from ..context import CTX_KEY, api_key, key_name, resolve_model
+from ..images import IMAGES_KEY, ImageLimits, load_images
 from ..model_defaults import with_model_defaults
 from ..relay import relay
 from ..sampling import sampling_params
-from ..schemas import parse_body, read_json
+from ..schemas import ChatCompletionRequest, parse_body, read_json
 from ..sse import NDJSONStream
 from ..state import REQUEST_ID
 from . import convert
@@ -148,19 +149,30 @@ async def chat(request: web.Request) -> web.StreamResponse:
         return await _load_or_unload(request, "chat", mid, body.keep_alive)
     apply_keep_alive(request, mid, body.keep_alive)
     oa = with_model_defaults(convert.chat_request_body(body), cfg)
+    images = await _images(request, oa)
     t0 = time.monotonic_ns()
     async with request.app[CTX_KEY].backend.lease(mid, key_name(request), slots=1) as runner:
         load_ns = time.monotonic_ns() - t0
-        prompt, req = await chat_generation(runner, oa, cfg, request[REQUEST_ID])
+        prompt, req = await chat_generation(runner, oa, cfg, request[REQUEST_ID], images)
         choices = OllamaChoices("chat", mid, body.stream, prompt, t0, load_ns)
         return await relay(request, choices, body.stream, choices,
                            [lambda: runner.generate(req)], stream_type=NDJSONStream)
 
 
-async def _generate_request(runner: ServingRunner, cfg: ModelConfig, body: GenerateRequest, rid: str) -> tuple[GenerationRequest, list[int]]:
+async def _images(request: web.Request, oa: ChatCompletionRequest) -> list[bytes]:
+    """The messages' images, read and checked before a model is leased (as /v1/chat does)."""
+    urls = [u for i, m in enumerate(oa.messages) for u in m.image_urls(i)]
+    return await load_images(urls, request.app.get(IMAGES_KEY, ImageLimits())) if urls else []
+
+
+async def _generate_request(request: web.Request, runner: ServingRunner, cfg: ModelConfig,
+                            body: GenerateRequest) -> tuple[GenerationRequest, list[int]]:
     """raw: the prompt as given; suffix: a FIM prompt; else the chat template around
-    `system` + `prompt`. `context` (a previous answer's tokens) goes first. Returns the
-    engine request and the prompt's token ids."""
+    `system` + `prompt` (+ `images`). `context` (a previous answer's tokens) goes first.
+    Returns the engine request and the prompt's token ids (without images' embeddings)."""
+    rid = request[REQUEST_ID]
+    if body.images and (body.raw or body.suffix is not None):
+        raise InvalidRequest("images need the chat template: not with raw or suffix", param="images")
     if body.raw or body.suffix is not None:
         oa = with_model_defaults(convert.chat_body(body.model, [{"role": "user", "content": "-"}], body.options,
                                                    body.format), cfg)
@@ -172,9 +184,15 @@ async def _generate_request(runner: ServingRunner, cfg: ModelConfig, body: Gener
         else:
             ids = runner.tokenize(body.prompt, not body.context, True)
     else:
-        msgs = ([{"role": "system", "content": body.system}] if body.system else []) + [{"role": "user", "content": body.prompt}]
+        msgs = ([{"role": "system", "content": body.system}] if body.system else []) + \
+            [{"role": "user", "content": convert.with_images(body.prompt, body.images)}]
         oa = with_model_defaults(convert.chat_body(body.model, msgs, body.options, body.format, think=body.think), cfg)
-        rendered, base = await chat_generation(runner, oa, cfg, rid)
+        images = await _images(request, oa)
+        rendered, base = await chat_generation(runner, oa, cfg, rid, images)
+        if images:  # the projector's prompt as it is: no context tokens in front of image embeddings
+            if body.context:
+                raise InvalidRequest("context cannot be combined with images", param="context")
+            return base, []
         params = base.params
         ids = runner.tokenize(rendered.text, rendered.add_special and not body.context, True)
     ids = list(body.context or []) + ids
@@ -184,7 +202,6 @@ async def _generate_request(runner: ServingRunner, cfg: ModelConfig, body: Gener
 async def generate(request: web.Request) -> web.StreamResponse:
     body = parse_body(GenerateRequest, await read_json(request))
     mid, cfg = resolve_model(request, convert.catalog_name(request.app[CTX_KEY].directory.catalog, body.model))
-    convert.refuse_images(body.images, "images")
     if body.template:
         raise InvalidRequest("template overrides are not supported; set chat_template in models.toml", param="template")
     if not body.prompt and body.suffix is None:
@@ -193,7 +210,7 @@ async def generate(request: web.Request) -> web.StreamResponse:
     t0 = time.monotonic_ns()
     async with request.app[CTX_KEY].backend.lease(mid, key_name(request), slots=1) as runner:
         load_ns = time.monotonic_ns() - t0
-        req, ids = await _generate_request(runner, cfg, body, request[REQUEST_ID])
+        req, ids = await _generate_request(request, runner, cfg, body)
         choices = OllamaChoices("generate", mid, body.stream, None, t0, load_ns, context=ids)
         return await relay(request, choices, body.stream, choices,
                            [lambda: runner.generate(req)], stream_type=NDJSONStream)
