@@ -202,6 +202,7 @@ async def test_images_reach_a_vision_model(tmp_path: Path, tiny_gguf: Path) -> N
         two = await c.chat(model="vl", messages=[{**ask, "images": [png(20, 20), png(10, 30)]}],
                            options=_opts(num_predict=2))
         assert one.eval_count == 2 and two.prompt_eval_count - one.prompt_eval_count == N_IMG
+        assert "vision" in (await c.show("vl")).capabilities and "vision" not in (await c.show("text")).capabilities
         g1 = await c.generate(model="vl", prompt="What is this?", images=[png(20, 20)], options=_opts(num_predict=2))
         assert g1.prompt_eval_count == one.prompt_eval_count  # the same template around the same image
         with pytest.raises(ollama.ResponseError) as e:

@@ -48,7 +48,7 @@ def derive(cfg: ModelConfig, facts: ModelFacts | None) -> Capabilities:
         tools=gen and any(m in template for m in _TOOL_MARKERS),
         reasoning=gen and any(m in template for m in _REASONING_MARKERS),
         embeddings=cfg.embedding,
-        vision=bool(getattr(cfg, "mmproj", None)),
+        vision=gen and cfg.mmproj is not None,
         fim=gen and bool(facts and facts.fim),
     )
 
