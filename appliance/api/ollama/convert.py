@@ -54,13 +54,18 @@ def sampling(o: Options) -> dict[str, Any]:
     return body
 
 
+def data_url(b64: str) -> str:
+    """Ollama sends bare base64; the image's own bytes say its format when it is decoded."""
+    return "data:image/png;base64," + b64
+
+
 def with_images(text: str, images: list[str] | None) -> str | list[dict[str, Any]]:
     """Ollama's base64 `images` -> OpenAI content parts (the text, then each image as a data
     URL), so they are checked and placed the way /v1/chat's images are."""
     if not images:
         return text
     return [{"type": "text", "text": text}] + [
-        {"type": "image_url", "image_url": {"url": "data:image/png;base64," + b64}} for b64 in images]
+        {"type": "image_url", "image_url": {"url": data_url(b64)}} for b64 in images]
 
 
 def openai_messages(messages: list[Message]) -> list[dict[str, Any]]:

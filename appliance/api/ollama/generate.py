@@ -166,13 +166,11 @@ async def _images(request: web.Request, oa: ChatCompletionRequest) -> list[bytes
 
 
 async def _generate_request(request: web.Request, runner: ServingRunner, cfg: ModelConfig,
-                            body: GenerateRequest) -> tuple[GenerationRequest, list[int]]:
+                            body: GenerateRequest, images: list[bytes]) -> tuple[GenerationRequest, list[int]]:
     """raw: the prompt as given; suffix: a FIM prompt; else the chat template around
     `system` + `prompt` (+ `images`). `context` (a previous answer's tokens) goes first.
     Returns the engine request and the prompt's token ids (without images' embeddings)."""
     rid = request[REQUEST_ID]
-    if body.images and (body.raw or body.suffix is not None):
-        raise InvalidRequest("images need the chat template: not with raw or suffix", param="images")
     if body.raw or body.suffix is not None:
         oa = with_model_defaults(convert.chat_body(body.model, [{"role": "user", "content": "-"}], body.options,
                                                    body.format), cfg)
@@ -187,7 +185,6 @@ async def _generate_request(request: web.Request, runner: ServingRunner, cfg: Mo
         msgs = ([{"role": "system", "content": body.system}] if body.system else []) + \
             [{"role": "user", "content": convert.with_images(body.prompt, body.images)}]
         oa = with_model_defaults(convert.chat_body(body.model, msgs, body.options, body.format, think=body.think), cfg)
-        images = await _images(request, oa)
         rendered, base = await chat_generation(runner, oa, cfg, rid, images)
         if images:  # the projector's prompt as it is: no context tokens in front of image embeddings
             if body.context:
@@ -207,10 +204,15 @@ async def generate(request: web.Request) -> web.StreamResponse:
     if not body.prompt and body.suffix is None:
         return await _load_or_unload(request, "generate", mid, body.keep_alive)
     apply_keep_alive(request, mid, body.keep_alive)
+    if body.images and (body.raw or body.suffix is not None):
+        raise InvalidRequest("images need the chat template: not with raw or suffix", param="images")
+    # read and checked before a model is leased, as on /v1/chat
+    urls = [(f"images[{k}]", convert.data_url(b64)) for k, b64 in enumerate(body.images or [])]
+    images = await load_images(urls, request.app.get(IMAGES_KEY, ImageLimits())) if urls else []
     t0 = time.monotonic_ns()
     async with request.app[CTX_KEY].backend.lease(mid, key_name(request), slots=1) as runner:
         load_ns = time.monotonic_ns() - t0
-        req, ids = await _generate_request(request, runner, cfg, body)
+        req, ids = await _generate_request(request, runner, cfg, body, images)
         choices = OllamaChoices("generate", mid, body.stream, None, t0, load_ns, context=ids)
         return await relay(request, choices, body.stream, choices,
                            [lambda: runner.generate(req)], stream_type=NDJSONStream)
