@@ -75,7 +75,7 @@ class ServerConfig(_Strict):
     tls_cert: FilePath | None = None
     tls_key: FilePath | None = None
     max_body_bytes: Size = 8 * 1024**2
-    cors_origins: list[str] = []
+    cors_origins: list[str] = ["http://localhost:*", "http://127.0.0.1:*"]  # any port: local dev servers
     metrics_public: bool = False
     fetch_image_urls: bool = False  # http(s) image_url parts (data: URLs always work)
     max_images: int = Field(8, ge=0)  # per chat request

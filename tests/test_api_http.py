@@ -99,10 +99,12 @@ async def test_every_route_refuses_without_a_key(keys, daemon) -> None:  # noqa:
         if method == "HEAD":
             continue
         st, _, body = await _req(daemon, method, path, json={"model": "alpha"} if method == "POST" else None)
-        if path in ("/health", "/ready"):
+        if path in ("/health", "/ready", "/api/version"):
             assert st == 200, path
         elif is_page_path(path):  # the console's page and files: open, no secrets
             assert st in (200, 404) and method == "GET", path
+        elif path.startswith("/api/"):  # Ollama's routes answer in Ollama's shape
+            assert st == 401 and "API key" in body["error"], (method, path, st, body)
         else:
             assert st == 401, (method, path, st, body)
             assert _err(body)["code"] == "invalid_api_key"
@@ -171,9 +173,7 @@ async def test_errors_in_our_shape(keys, daemon) -> None:  # noqa: ANN001
     st, _, body = await _req(daemon, "POST", "/v1/chat/completions", headers={**h, "Content-Type": "application/json"},
                              data=b"{not json")
     assert st == 400 and _err(body)["code"] == "invalid_json"
-    st, _, body = await _req(daemon, "POST", "/v1/chat/completions", headers={**h, "Content-Type": "text/plain"},
-                             data=b"{}")
-    assert st == 400 and _err(body)["code"] == "invalid_json"
+    # other content types: test_api_lenient.py
     st, _, body = await _req(daemon, "POST", "/v1/chat/completions", headers=h, json=[1, 2])
     assert st == 400 and _err(body)["code"] == "invalid_value"
 
@@ -248,17 +248,6 @@ async def test_invalid_completion_and_embedding_parameters(keys, daemon) -> None
     st, _, resp = await _req(daemon, "POST", "/v1/completions", headers=h,
                              json={"model": "nope", "prompt": "x", "vendor_extra": {"a": 1}})
     assert st == 404 and _err(resp)["code"] == "model_not_found"
-
-
-async def test_rate_limit_with_injected_clock(settings, clock, daemon) -> None:  # noqa: ANN001
-    token, _ = create_key(settings.keys_path, "slow", rpm=2)
-    for _ in range(2):
-        assert (await _req(daemon, "GET", "/v1/models", headers=_h(token)))[0] == 200
-    st, hdr, body = await _req(daemon, "GET", "/v1/models", headers=_h(token))
-    assert st == 429 and _err(body)["code"] == "rate_limit_exceeded" and hdr["Retry-After"] == "30"
-    assert _err(body)["type"] == "rate_limit_error"
-    clock.advance(30)
-    assert (await _req(daemon, "GET", "/v1/models", headers=_h(token)))[0] == 200
 
 
 async def test_draining_answers_503_with_connection_close(keys, daemon) -> None:  # noqa: ANN001

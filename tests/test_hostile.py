@@ -59,8 +59,11 @@ async def test_cross_site_posts_and_dns_rebinding_are_refused(daemon_settings: A
         form = {"Origin": "https://evil.example", "Content-Type": "application/x-www-form-urlencoded"}
         async with http.post("/admin/models/tiny/unload", data="x=1", headers=form) as r:
             assert r.status == 403 and (await r.json())["error"]["code"] == "cross_site_request"
-        async with http.post("/admin/models/tiny/unload", data="x=1",
-                             headers={"Content-Type": "text/plain"}) as r:  # no Origin: still a form
+        async with http.post("/admin/models/tiny/unload", data="x=1",  # a browser's, without Origin
+                             headers={"Content-Type": "text/plain", "Sec-Fetch-Site": "cross-site"}) as r:
+            assert r.status == 403
+        async with http.post("/admin/models/tiny/unload", data="x=1", headers={  # an allowed origin's form
+                "Content-Type": "text/plain", "Origin": "http://localhost:3000"}) as r:
             assert r.status == 403
         async with http.post("/admin/models/tiny/unload", headers={**JSON, "Origin": "https://evil.example"}) as r:
             assert r.status == 403

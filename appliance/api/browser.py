@@ -2,9 +2,11 @@
 
 Two attacks, two checks (issue 13 unloaded a model from `https://evil.example` in open mode):
 - Cross-site requests (CSRF): a page can POST a form or `text/plain` to localhost without
-  asking. A state-changing request must carry a JSON content type or a header a page cannot
-  set without a CORS preflight (Authorization, X-Requested-With), and an `Origin`, when the
-  browser sends one, must be this server's own or one of `server.cors_origins`.
+  asking. An `Origin`, when the browser sends one, must be this server's own or one of
+  `server.cors_origins`; a state-changing request without a JSON content type must carry a
+  header a page cannot set without a CORS preflight (Authorization, X-Requested-With) or
+  come from no browser at all (no `Origin`, which browsers send with every POST, and no
+  cross-site `Sec-Fetch-Site`): curl's `-d` works, a page's form post does not (origins.py).
 - DNS rebinding: a page's own domain re-pointed at 127.0.0.1 is "same origin" to the
   browser, so the `Host` header is the only tell. Accepted hosts: IP addresses (a rebinding
   page is always reached by a name), `localhost`, `server.host` and `server.allowed_hosts`;
@@ -15,16 +17,16 @@ from __future__ import annotations
 
 import ipaddress
 from typing import Iterable
-from urllib.parse import urlsplit
 
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
 from ..errors import CrossSiteRequest, MisdirectedRequest
 from .middleware import Handler
+from .origins import origin_allowed as cors_allowed
+from .origins import plain_body_ok, same_origin
 
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
-CUSTOM_HEADERS = ("Authorization", "X-Requested-With")
 
 
 def _hostname(host: str) -> str:
@@ -50,13 +52,11 @@ def host_allowed(host: str | None, names: frozenset[str]) -> bool:
 
 
 def origin_allowed(origin: str, host: str | None, cors_origins: Iterable[str]) -> bool:
-    allowed = set(cors_origins)
-    if "*" in allowed or origin in allowed:
+    """This server's own origin, or one `server.cors_origins` allows (exact, `*`, or any port
+    of a host: api/origins.py)."""
+    if cors_allowed(origin, cors_origins):
         return True
-    if origin == "null":
-        return False
-    netloc = urlsplit(origin).netloc.lower()
-    return bool(host) and netloc == (host or "").strip().lower()  # same origin
+    return origin != "null" and same_origin(origin, host)
 
 
 def is_json(content_type: str) -> bool:
@@ -79,9 +79,9 @@ def browser_guard(server_host: str, allowed_hosts: Iterable[str], cors_origins: 
             if origin is not None and not origin_allowed(origin, host, origins):
                 raise CrossSiteRequest(f"cross-site request from origin {origin!r} refused "
                                        "(allowed: this server and server.cors_origins)")
-            if not is_json(request.content_type) and not any(h in request.headers for h in CUSTOM_HEADERS):
-                raise CrossSiteRequest("a POST needs Content-Type: application/json (or an Authorization "
-                                       "or X-Requested-With header): form posts from web pages are refused")
+            if not is_json(request.content_type) and not plain_body_ok(request):
+                raise CrossSiteRequest("a POST from a web page needs Content-Type: application/json (or an "
+                                       "Authorization or X-Requested-With header): form posts are refused")
         return await handler(request)
 
     return browser_guard_middleware

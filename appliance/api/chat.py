@@ -15,7 +15,9 @@ from typing import Any
 
 from aiohttp import web
 
+from ..config import ModelConfig
 from ..engine.guidance import compile_async
+from ..engine.protocol import ServingRunner
 from ..engine.tools.stream import DeltaStream
 from ..engine.types import Delta, GenerationRequest, TokenLogprob, Usage
 from . import chunks
@@ -99,6 +101,36 @@ class ChatChoices:
         return chunks.chat_response(self.head, out, usage)
 
 
+async def chat_generation(runner: ServingRunner, body: ChatCompletionRequest, cfg: ModelConfig,
+                          request_id: str, images: list[bytes] | None = None,
+                          **extra: Any) -> tuple[ChatPrompt, GenerationRequest]:
+    """The prompt and engine request of one chat body (also for the Ollama and Responses
+    APIs, which arrive here as a ChatCompletionRequest with the model's defaults applied);
+    `cfg` gives the model's sampling defaults, `images` the loaded image bytes, `extra` adds
+    sampling parameters."""
+    # Jinja rendering and JSON-schema -> grammar conversion are CPU work: off the loop.
+    prompt: ChatPrompt = await asyncio.to_thread(render, runner, body)
+    # images decoded and tokenized by the projector: CPU work, off the loop too
+    vision = await asyncio.to_thread(runner.tokenize_images, prompt.text, images, prompt.add_special) \
+        if images else None
+    constraint = None
+    if prompt.grammar is not None:  # llguidance, compiled off the loop under a deadline
+        constraint = await compile_async(prompt.grammar, runner.vocab, param=prompt.grammar_param)
+    params = sampling_params(
+        body,
+        cfg,
+        max_tokens=body.token_limit,
+        stop=tuple(body.stops) + prompt.stop,
+        logprobs=body.logprobs,
+        top_logprobs=body.top_logprobs or 0,
+        constraint=constraint,
+        preserved=prompt.preserved,
+        **extra,
+    )
+    return prompt, GenerationRequest(prompt.text, params, add_special=prompt.add_special, request_id=request_id,
+                                     vision=vision)
+
+
 async def chat_completions(request: web.Request) -> web.StreamResponse:
     body = parse_body(ChatCompletionRequest, await read_json(request))
     mid, cfg = resolve_model(request, body.model)
@@ -108,25 +140,6 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     images = await load_images(urls, request.app.get(IMAGES_KEY, ImageLimits()))
     head = Head.new("chat", mid, body.include_usage)
     async with request.app[CTX_KEY].backend.lease(mid, key_name(request), slots=body.n) as runner:
-        # Jinja rendering and JSON-schema -> grammar conversion are CPU work: off the loop.
-        prompt: ChatPrompt = await asyncio.to_thread(render, runner, body)
-        # images decoded and tokenized by the projector: CPU work, off the loop too
-        vision = await asyncio.to_thread(runner.tokenize_images, prompt.text, images, prompt.add_special) \
-            if images else None
-        constraint = None
-        if prompt.grammar is not None:  # llguidance, compiled off the loop under a deadline
-            constraint = await compile_async(prompt.grammar, runner.vocab, param=prompt.grammar_param)
-        params = sampling_params(
-            body,
-            cfg,
-            max_tokens=body.token_limit,
-            stop=tuple(body.stops) + prompt.stop,
-            logprobs=body.logprobs,
-            top_logprobs=body.top_logprobs or 0,
-            constraint=constraint,
-            preserved=prompt.preserved,
-        )
-        req = GenerationRequest(prompt.text, params, add_special=prompt.add_special, request_id=request[REQUEST_ID],
-                                vision=vision)
+        prompt, req = await chat_generation(runner, body, cfg, request[REQUEST_ID], images)
         choices = ChatChoices(head, prompt, body.n, body.stream, body.logprobs)
         return await relay(request, head, body.stream, choices, [lambda: runner.generate(req)])

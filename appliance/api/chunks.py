@@ -69,19 +69,23 @@ def chat_logprobs(items: list[TokenLogprob]) -> list[dict[str, Any]]:
     ]
 
 
-def completion_logprobs(items: list[TokenLogprob], offset: int) -> dict[str, Any]:
-    """Legacy completions' column-wise logprobs; `offset` is where this text starts."""
+def completion_logprobs(items: list[TokenLogprob], offset: int, first_null: bool = False) -> dict[str, Any]:
+    """Legacy completions' column-wise logprobs; `offset` is where this text starts.
+    `first_null`: the first item is an echoed prompt's first token, which has no logprob."""
     offsets = []
     pos = offset
     for lp in items:
         offsets.append(pos)
         pos += len(lp.token)
-    return {
+    out: dict[str, Any] = {
         "tokens": [lp.token for lp in items],
         "token_logprobs": [lp.logprob for lp in items],
         "top_logprobs": [{t.token: t.logprob for t in lp.top} for lp in items],
         "text_offset": offsets,
     }
+    if first_null and items:
+        out["token_logprobs"][0] = out["top_logprobs"][0] = None
+    return out
 
 
 # --- chat ---------------------------------------------------------------------------------

@@ -7,6 +7,7 @@ absent from /v1/models, so a key cannot even tell what exists beyond its list. F
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Callable, Protocol
 
 from ..auth import ADMIN, ApiKey
@@ -18,6 +19,8 @@ class _Records(Protocol):
     """The part of the store /v1/models needs (appliance.store.Store satisfies it)."""
 
     def record(self, model_id: str) -> Any: ...
+
+    def blob_path(self, sha256: str) -> Path: ...
 
 
 class ModelDirectory:
@@ -40,6 +43,18 @@ class ModelDirectory:
             raise ModelNotFound(f"the model {name!r} does not exist", param="model")  # same as missing
         return mid, cfg
 
+    def record(self, mid: str) -> Any:
+        """The store's record of the model (blobs, sizes), or None when not pulled."""
+        return self._store.record(mid) if self._store is not None else None
+
+    def model_file(self, mid: str) -> Path | None:
+        """The model's (first) GGUF in the store, or None when it is not there."""
+        rec = self.record(mid)
+        if rec is None or not rec.blobs or self._store is None:
+            return None
+        path = self._store.blob_path(rec.blobs[0].sha256)
+        return path if path.is_file() else None
+
     def visible(self, key: ApiKey | None) -> list[tuple[str, ModelConfig]]:
         return [
             (mid, cfg)
@@ -49,7 +64,7 @@ class ModelDirectory:
 
     def card(self, mid: str, cfg: ModelConfig, key: ApiKey | None = None) -> dict[str, Any]:
         """OpenAI's model object plus what an auditor needs: the checksum and the source."""
-        rec = self._store.record(mid) if self._store is not None else None
+        rec = self.record(mid)
         shas: list[str | None] = list(rec.shas) if rec is not None and rec.shas else cfg.pinned_sha256
         sha: str | list[str | None] | None = shas[0] if len(shas) == 1 else shas
         created = self._started

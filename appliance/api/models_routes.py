@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from .capabilities import capabilities, card_extras
 from .context import CTX_KEY, api_key
 
 
@@ -15,10 +16,13 @@ async def list_models(request: web.Request) -> web.Response:
 
 
 async def get_model(request: web.Request) -> web.Response:
+    """One model's card plus its capabilities (chat, tools, reasoning, embeddings, vision, fim)
+    read from its GGUF when it is in the store."""
     d = request.app[CTX_KEY].directory
     key = api_key(request)
     mid, cfg = d.resolve(request.match_info["model"], key)
-    return web.json_response(d.card(mid, cfg, key))
+    caps, facts = await capabilities(d, mid, cfg)
+    return web.json_response({**d.card(mid, cfg, key), **card_extras(caps, facts)})
 
 
 def add_model_routes(app: web.Application) -> None:

@@ -18,12 +18,22 @@ from ..errors import InvalidJSON, InvalidRequest
 from . import budgets
 from .timeouts import read_body
 from ..validation import error_path, error_text
+from .origins import plain_body_ok
 
 IMAGE_MARKER = "<__media__>"  # libmtmd's default marker (engine/vision.MARKER, without loading llama.cpp)
 
 
 class _Body(BaseModel):
     model_config = ConfigDict(extra="ignore")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _null_is_default(cls, raw: Any) -> Any:
+        """An explicit `null` for an optional parameter means its default (other servers agree)."""
+        if isinstance(raw, dict) and None in raw.values():
+            fields = cls.model_fields
+            return {k: v for k, v in raw.items() if v is not None or k not in fields or fields[k].is_required()}
+        return raw
 
 
 # --- chat ----------------------------------------------------------------------------------
@@ -276,17 +286,10 @@ class ChatCompletionRequest(_Sampling):
 
 class CompletionRequest(_Sampling):
     prompt: str | Annotated[list[str], Field(min_length=1)] | Annotated[list[int], Field(min_length=1)] | Annotated[list[Annotated[list[int], Field(min_length=1)]], Field(min_length=1)]
-    max_tokens: Annotated[int, Field(ge=1)] | None = 16  # OpenAI's default for completions
+    max_tokens: Annotated[int, Field(ge=0)] | None = 16  # OpenAI's default; 0 with echo: score the prompt
     echo: bool = False
     logprobs: Annotated[int, Field(ge=0, le=5)] | None = None
-    suffix: str | None = None
-
-    @field_validator("suffix")
-    @classmethod
-    def _no_suffix(cls, v: str | None) -> str | None:
-        if v:
-            raise ValueError("suffix (fill-in-the-middle) is not supported")
-        return v
+    suffix: str | None = None  # fill-in-the-middle (api/infill.py)
 
     @property
     def prompts(self) -> list[str | list[int]]:
@@ -363,9 +366,10 @@ def parse_body(model: type[T], body: Any) -> T:
 
 
 async def read_json(request: web.Request) -> Any:
-    """The body as JSON, insisting on a JSON content type (400 invalid_json otherwise)."""
+    """The body as JSON; another content type only where no cross-site page could have sent
+    it (api/origins.py), else 400 invalid_json."""
     ctype = request.content_type
-    if ctype != "application/json" and not ctype.endswith("+json"):
+    if ctype != "application/json" and not ctype.endswith("+json") and not plain_body_ok(request):
         raise InvalidJSON(f"expected Content-Type: application/json, got {ctype or 'none'!r}")
     raw = await read_body(request)
     if len(raw) > OFF_LOOP_BYTES:  # megabytes of JSON: decode and check beside the loop

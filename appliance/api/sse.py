@@ -1,4 +1,6 @@
-"""Server-sent events the way OpenAI streams them: `data: {json}\\n\\n` ... `data: [DONE]`."""
+"""Server-sent events the way OpenAI streams them: `data: {json}\\n\\n` ... `data: [DONE]`,
+and the other framings the same relay streams in (subclasses change only the framing):
+llama-server's native SSE without [DONE], the Responses API's `event:` lines, Ollama's NDJSON."""
 
 from __future__ import annotations
 
@@ -43,6 +45,18 @@ class SSEStream:
         state = self.request.app.get(STATE_KEY)
         return state.streams if state is not None else set()
 
+    closing = b"data: [DONE]\n\n"  # written before the end of a stream that completed
+
+    @staticmethod
+    def encode(obj: dict[str, Any]) -> bytes:
+        return json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+
+    def frame(self, obj: dict[str, Any]) -> bytes:
+        return b"data: " + self.encode(obj) + b"\n\n"
+
+    def error_event(self, exc: ApplianceError) -> dict[str, Any]:
+        return error_payload(exc)
+
     async def send(self, obj: dict[str, Any]) -> None:
         self._check_key()
         await self._send(obj)
@@ -60,15 +74,14 @@ class SSEStream:
     async def _send(self, obj: dict[str, Any]) -> None:
         if self.ended:
             return
-        data = json.dumps(obj, ensure_ascii=False, separators=(",", ":"))
-        await write_within(self.request, self.response, b"data: " + data.encode("utf-8") + b"\n\n")
+        await write_within(self.request, self.response, self.frame(obj))
 
     async def error(self, exc: ApplianceError) -> web.StreamResponse:
         """A failure after streaming began: recorded for the request's log line (as the error
         middleware does for plain HTTP errors), one error event, then the stream ends."""
         if not self.ended:
             request_facts(self.request).error_code = exc.code
-            await self._send(error_payload(exc))
+            await self._send(self.error_event(exc))
             self._end()
             await write_within(self.request, self.response, None)
         return self.response
@@ -77,12 +90,45 @@ class SSEStream:
         if self.ended:
             return
         self._end()
-        await write_within(self.request, self.response, b"data: [DONE]\n\n")
+        if self.closing:
+            await write_within(self.request, self.response, self.closing)
         await write_within(self.request, self.response, None)
 
     def _end(self) -> None:
         self.ended = True
         self._streams().discard(self)
+
+
+class PlainSSEStream(SSEStream):
+    """llama-server's native endpoints (/infill): the same events, no [DONE]."""
+
+    closing = b""
+
+
+class EventSSEStream(PlainSSEStream):
+    """The Responses API's stream: `event: TYPE` before each event's data, no [DONE]."""
+
+    def frame(self, obj: dict[str, Any]) -> bytes:
+        return f"event: {obj.get('type', 'message')}\n".encode() + super().frame(obj)
+
+    def error_event(self, exc: ApplianceError) -> dict[str, Any]:
+        return {"type": "error", "code": exc.code, "message": exc.message, "param": exc.param}
+
+
+class NDJSONStream(SSEStream):
+    """Ollama's streams: one JSON object per line; a failure is one `{"error": "..."}` line."""
+
+    closing = b""
+
+    def __init__(self, request: web.Request) -> None:
+        super().__init__(request)
+        self.response.headers["Content-Type"] = "application/x-ndjson"
+
+    def frame(self, obj: dict[str, Any]) -> bytes:
+        return self.encode(obj) + b"\n"
+
+    def error_event(self, exc: ApplianceError) -> dict[str, Any]:
+        return {"error": exc.message}
 
 
 async def end_streams(streams: set[Any], exc: ApplianceError) -> int:

@@ -9,10 +9,10 @@ Importing this module loads no llama.cpp.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Literal, Protocol
+from typing import TYPE_CHECKING, Literal, Protocol, Sequence
 
 from .generation import Generation
-from .types import EmbeddingResult, GenerationRequest
+from .types import EmbeddingResult, GenerationRequest, TokenLogprob
 
 if TYPE_CHECKING:
     from .llamalog import BufferSizes
@@ -91,6 +91,16 @@ class ServingRunner(Protocol):
     async def embed(self, inputs: list[str | list[int]]) -> EmbeddingResult: ...
 
     def detokenize(self, tokens: list[int], special: bool = False) -> str: ...
+
+    def tokenize(self, text: str, add_special: bool = True, parse_special: bool = False) -> list[int]: ...
+
+    def piece(self, token: int) -> bytes: ...
+
+    def fim_prompt(self, prefix: str, suffix: str, middle: str = "",
+                   extra: Sequence[tuple[str, str]] = (), param: str = "suffix") -> list[int]: ...
+
+    async def prompt_logprobs(self, prompt: str | list[int], top_n: int = 0,
+                              add_special: bool = True) -> list[TokenLogprob]: ...
 
 
 class EngineRunner(DrivenRunner, ServingRunner, Protocol):

@@ -36,16 +36,18 @@ from .batch import Batch
 from .chat import ChatPrompt, render_chat
 from .cpufeatures import extra_buffers_safe
 from .embeddings import embed_batches, embedding_inputs
+from .fim import fim_prompt
 from .generation import _END, Generation, post_many
 from .output import OutputProcessor, usage
 from .guidance import StepMasks, logits_row, specials_of
 from .params import N_BATCH, context_params, model_params
+from .promptscore import score_tokens
 from .sampling import (Resident, RowLogprobs, SlotSampler, random_seed, row_logprobs,
                        use_backend_sampling)
 from .slots import Choice, Job, Slot, SlotTable
 from .step import Part, StepPlan, plan_step
 from .textout import TextStream
-from .types import EmbeddingResult, GenerationRequest
+from .types import EmbeddingResult, GenerationRequest, TokenLogprob
 from .validate import check_ids, check_params, check_length, max_new_tokens, prompt_tokens
 from .vision import Projector, VisionPrompt
 from .vocab import Vocab
@@ -205,6 +207,11 @@ class Runner:
         """The bytes one generated token adds to the output text."""
         return self.vocab.piece(token)
 
+    def fim_prompt(self, prefix: str, suffix: str, middle: str = "",
+                   extra: Sequence[tuple[str, str]] = (), param: str = "suffix") -> list[int]:
+        """Fill-in-the-middle prompt tokens (engine/fim.py); 400 when the vocabulary has no FIM tokens."""
+        return fim_prompt(self.vocab, self.model_id, prefix, suffix, middle, extra, param=param)
+
     # --- generation ------------------------------------------------------------------------------
 
     def generate(self, req: GenerationRequest) -> Generation:
@@ -340,6 +347,31 @@ class Runner:
     def _decode_prompts(self, b: Batch) -> None:
         self._decode_or_raise(b)
         self.stats.prompt_tokens_evaluated += b.n
+
+    # --- prompt logprobs -----------------------------------------------------------------------
+
+    async def prompt_logprobs(self, prompt: str | list[int], top_n: int = 0,
+                              add_special: bool = True) -> list[TokenLogprob]:
+        """Each prompt token's logprob given the ones before it (engine/promptscore.py)."""
+        self._check_open()
+        tokens = prompt_tokens(self.vocab, GenerationRequest(prompt, add_special=add_special), self.context + 1)
+
+        def run() -> list[TokenLogprob]:
+            free = [s for s in self._slots if s.job is None]
+            if not free:
+                raise EngineError("no free slot to score the prompt in")
+            s = free[-1]
+            s.cached = []
+            ll.llama_memory_seq_rm(self.mem, s.seq, -1, -1)
+            try:
+                # one logits row per sequence a decode (params.py: n_outputs_max_per_seq = 1)
+                return score_tokens(tokens, seq=s.seq, batch=self._batch, max_rows=1,
+                                    decode=self._decode_prompts, logprob=self._output.logprob,
+                                    piece=self.vocab.piece, top_n=top_n)
+            finally:
+                ll.llama_memory_seq_rm(self.mem, s.seq, -1, -1)
+
+        return await self._call(run)
 
     # --- warm-up ---------------------------------------------------------------------------
 

@@ -111,6 +111,7 @@ class ModelStatus:
     sha256: str | None
     source: str
     pinned: bool
+    unload_at: float | None = None  # Unix time its keep_alive unloads it, if idle and loaded; None: not due
 
     def to_json(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -301,6 +302,18 @@ class Scheduler:
         self._schedule()
         await fut
 
+    def _unload_at(self, m: _Model, now: float) -> float | None:
+        if m.state != "loaded" or not m.idle or m.cfg.pinned or math.isinf(m.idle_limit):
+            return None
+        return time.time() - (now - (m.last_used or m.loaded_at)) + m.idle_limit
+
+    def set_keep_alive(self, model: str, seconds: float) -> None:
+        """A request's keep_alive (Ollama's): how long `model` stays loaded once idle, until
+        it next unloads (then the catalog's applies again); math.inf: until evicted."""
+        m = self._resolve(model)
+        m.keep_alive = seconds
+        self._schedule()
+
     def update_catalog(self, catalog: Catalog) -> None:
         """models.toml was re-read: new settings apply at each model's next load;
         removed models unload once idle (their waiters fail: the id no longer exists)."""
@@ -355,6 +368,7 @@ class Scheduler:
                     sha256=m.sha256 or (cfg.sha256 if isinstance(cfg.sha256, str) else None),
                     source=cfg.source,
                     pinned=cfg.pinned,
+                    unload_at=self._unload_at(m, now),
                 )
             )
         return out
@@ -472,8 +486,8 @@ class Scheduler:
         times: list[float] = []
         for m in self._models.values():
             times.extend(w.deadline for w in m.queue)
-            if m.state == "loaded" and m.idle and not m.cfg.pinned and not math.isinf(m.cfg.keep_alive):
-                times.append((m.last_used or m.loaded_at) + m.cfg.keep_alive)
+            if m.state == "loaded" and m.idle and not m.cfg.pinned and not math.isinf(m.idle_limit):
+                times.append((m.last_used or m.loaded_at) + m.idle_limit)
             oldest = m.queue.oldest()
             if m.state == "unloaded" and oldest is not None:
                 swap = self.config.queue.swap_after
