@@ -76,10 +76,19 @@ class ServerConfig(_Strict):
     tls_cert: FilePath | None = None
     tls_key: FilePath | None = None
     max_body_bytes: Size = 8 * 1024**2
-    cors_origins: list[str] = []
+    cors_origins: list[str] = ["http://localhost:*", "http://127.0.0.1:*"]  # any port: local dev servers
     metrics_public: bool = False
+    fetch_image_urls: bool = False  # http(s) image_url parts (data: URLs always work)
+    max_images: int = Field(8, ge=0)  # per chat request
+    max_image_pixels: int = Field(16_777_216, ge=1)  # per image
     drain_timeout: Duration = 30.0
     log_format: Literal["text", "json"] = "text"
+    # Connection hygiene (docs/security.md): a client may not hold a socket or a slot for free.
+    idle_timeout: Duration = 15.0  # headers must arrive, and an idle keep-alive socket closes, within this
+    body_timeout: Duration = 30.0  # reading a request body
+    write_timeout: Duration = 30.0  # a streamed response the client stops reading is cancelled
+    max_connections: Literal["auto"] | Annotated[int, Field(ge=1)] = "auto"  # auto: below the fd limit
+    allowed_hosts: list[str] = []  # Host names accepted besides loopback and server.host
 
     @model_validator(mode="after")
     def _tls_pair(self) -> "ServerConfig":
@@ -151,6 +160,32 @@ class ApplianceConfig(_Strict):
 
 # --- models.toml ------------------------------------------------------------------------
 
+# Sampling defaults where a request leaves a setting out and the model's entry sets none:
+# OpenAI's where OpenAI defines the setting (temperature, top_p), llama-server's elsewhere.
+DEFAULT_TEMPERATURE = 1.0
+DEFAULT_TOP_P = 1.0
+DEFAULT_TOP_K = 40
+DEFAULT_MIN_P = 0.05
+DEFAULT_TYPICAL_P = 1.0
+DEFAULT_REPEAT_PENALTY = 1.0
+DEFAULT_REPEAT_LAST_N = 64  # -1: the whole context, 0: penalties off
+
+
+def check_source(v: str) -> str:
+    """A model file's location: hf://owner/repo/path.gguf or file:///abs/path.gguf."""
+    if v.startswith("hf://"):
+        parts = v[len("hf://") :].split("/")
+        if len(parts) < 3 or not all(parts):
+            raise ValueError(f"hf source must be hf://owner/repo/path.gguf, got {v!r}")
+    elif v.startswith("file://"):
+        if not v[len("file://") :].startswith("/"):
+            raise ValueError(f"file source must be an absolute path file:///abs/path.gguf, got {v!r}")
+    else:
+        raise ValueError(f"source must start with hf:// or file://, got {v!r}")
+    if not v.endswith(".gguf"):
+        raise ValueError(f"source must name a .gguf file, got {v!r}")
+    return v
+
 
 class ModelConfig(_Strict):
     source: str
@@ -165,24 +200,42 @@ class ModelConfig(_Strict):
     pinned: bool = False
     embedding: bool = False
     chat_template: str | None = None
+    reasoning: Literal["separate", "inline"] = "separate"  # thinking into reasoning_content, or kept in content
     aliases: list[str] = []
     rpc: RpcList | None = None  # None: the [cluster] list of appliance.toml; []: none
+    # Defaults applied when a request leaves them out (Ollama's Modelfile SYSTEM and PARAMETER).
+    system: str | None = None
+    max_tokens: int | None = Field(None, ge=1)
+    stop: list[str] = []
+    # A multimodal projector pulled beside the model (`appliance pull` records the repo's).
+    mmproj: str | None = None
+    mmproj_sha256: str | None = None
+
+    # per-model sampling defaults, used where a request leaves the setting out
+    temperature: Annotated[float, Field(ge=0.0, le=2.0)] = DEFAULT_TEMPERATURE
+    top_k: int = Field(DEFAULT_TOP_K, ge=0)
+    top_p: Annotated[float, Field(gt=0.0, le=1.0)] = DEFAULT_TOP_P
+    min_p: Annotated[float, Field(ge=0.0, le=1.0)] = DEFAULT_MIN_P
+    repeat_penalty: Annotated[float, Field(gt=0.0)] = DEFAULT_REPEAT_PENALTY
+    # sample inside the compute graph (llama.cpp's backend sampling): "auto" = on a GPU
+    backend_sampling: Literal["auto"] | bool = "auto"
+
+    @field_validator("mmproj")
+    @classmethod
+    def _mmproj(cls, v: str | None) -> str | None:
+        return None if v is None else check_source(v)
+
+    @field_validator("mmproj_sha256")
+    @classmethod
+    def _mmproj_sha(cls, v: str | None) -> str | None:
+        if v is not None and not SHA256_RE.match(v):
+            raise ValueError(f"not a sha256 (64 lowercase hex digits): {v!r}")
+        return v
 
     @field_validator("source")
     @classmethod
     def _source(cls, v: str) -> str:
-        if v.startswith("hf://"):
-            parts = v[len("hf://") :].split("/")
-            if len(parts) < 3 or not all(parts):
-                raise ValueError(f"hf source must be hf://owner/repo/path.gguf, got {v!r}")
-        elif v.startswith("file://"):
-            if not v[len("file://") :].startswith("/"):
-                raise ValueError(f"file source must be an absolute path file:///abs/path.gguf, got {v!r}")
-        else:
-            raise ValueError(f"source must start with hf:// or file://, got {v!r}")
-        if not v.endswith(".gguf"):
-            raise ValueError(f"source must name a .gguf file, got {v!r}")
-        return v
+        return check_source(v)
 
     @field_validator("sha256")
     @classmethod
@@ -332,6 +385,10 @@ def parse_catalog(raw: Mapping[str, Any], file: str) -> dict[str, ModelConfig]:
     for mid, body in raw.items():
         if not isinstance(body, dict):
             raise ConfigError(file, mid, "each model must be a table ([model-id])")
+        if "source" not in body and body and all(isinstance(v, dict) for v in body.values()):
+            dotted = f"{mid}.{next(iter(body))}"  # [qwen2.5-7b] is table "5-7b" inside "qwen2"
+            raise ConfigError(file, mid, f'no source; a dot in a bare table name nests tables: for the id '
+                              f'{dotted!r} quote it, ["{dotted}"]')
         try:
             models[mid] = ModelConfig.model_validate(body)
         except ValidationError as e:

@@ -23,6 +23,7 @@ from aiohttp import web
 
 from .api.admin import mount_store
 from .api.app import create_app
+from .api.listener import HardenedSite
 from .api.state import AppState, RequestRecord
 from .auth import Keyring, RateLimiter
 from .clock import Clock, SystemClock
@@ -82,21 +83,20 @@ def build_scheduler(settings: Settings, store: Any, clock: Clock) -> Scheduler:
     from .scheduler.core import Loader
     from .scheduler.loader import engine_loader
 
+    verify = settings.config.store.verify_on_load
     cluster = tuple(settings.config.cluster.rpc)
 
-    def cluster_loader(model_id: str, cfg: ModelConfig, paths: list[Path], placement: Placement) -> EngineRunner:
-        return engine_loader(model_id, cfg, paths, placement, cluster)
-
-    loader: Loader = cluster_loader
-    if settings.config.store.verify_on_load:
-        def verified_loader(model_id: str, cfg: ModelConfig, paths: list[Path], placement: Placement) -> EngineRunner:
-            """Re-hash before loading: a blob that no longer matches is deleted, never loaded."""
+    def store_loader(model_id: str, cfg: ModelConfig, paths: list[Path], placement: Placement) -> EngineRunner:
+        """The store's projector beside the shards; with verify_on_load, re-hash first: a blob
+        that no longer matches is deleted, never loaded."""
+        if verify:
             store.verify(model_id, cfg)
-            return cluster_loader(model_id, cfg, paths, placement)
+        return engine_loader(model_id, cfg, paths, placement, mmproj=store.mmproj_path(model_id, cfg), cluster=cluster)
 
-        loader = verified_loader
+    loader: Loader = store_loader
 
     return Scheduler(settings.config, settings.catalog, store_paths=store.model_paths, loader=loader,
+                     store_mmproj=store.mmproj_path,
                      hardware=detect(), clock=clock, config_path=settings.config_path)
 
 
@@ -162,10 +162,14 @@ class Daemon:
         self.check()
         # [operations] shutdown_timeout: stop() comes after service.drain has already waited
         # server.drain_timeout for in-flight requests; what is left is cancelled promptly.
+        # keepalive_timeout: aiohttp's timer runs from connection open, so it bounds both slow
+        # headers and idle keep-alive sockets (docs/security.md).
+        server = self.settings.config.server
         self._runner = web.AppRunner(self.app, handler_cancellation=True, access_log=None,
-                                     shutdown_timeout=2.0)
+                                     shutdown_timeout=2.0, keepalive_timeout=server.idle_timeout)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, self.host, self.port, ssl_context=self.ssl)
+        cap = None if server.max_connections == "auto" else server.max_connections
+        site = HardenedSite(self._runner, self.host, self.port, ssl_context=self.ssl, max_connections=cap)
         try:
             await site.start()
         except OSError as e:

@@ -174,6 +174,24 @@ class RequestTooLarge(ApplianceError):
     status, type, code = 413, "invalid_request_error", "request_too_large"
 
 
+class RequestTimeout(ApplianceError):
+    """The client did not send its request body within server.body_timeout."""
+
+    status, type, code = 408, "invalid_request_error", "request_timeout"
+
+
+class MisdirectedRequest(ApplianceError):
+    """The Host header names no name this server answers to (DNS rebinding)."""
+
+    status, type, code = 421, "invalid_request_error", "misdirected_request"
+
+
+class CrossSiteRequest(ApplianceError):
+    """A browser on another site tried to change state (CSRF)."""
+
+    status, type, code = 403, "permission_error", "cross_site_request"
+
+
 class QueueFull(ApplianceError):
     status, type, code = 429, "rate_limit_error", "queue_full"
 

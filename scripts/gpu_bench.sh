@@ -1,30 +1,44 @@
 #!/usr/bin/env bash
 # The GPU benchmark of docs/benchmarks.md, start to end, on a bare NVIDIA machine:
-#   build   llama.cpp with CUDA once (shared libraries for llama-cpp-python, plus llama-server,
-#           llama-bench), and llama-cpp-python's Python package on top of those libraries
-#   model   a Llama-3-8B-shaped Q4_K_M with random weights (scripts/make_bench_model.py)
-#   bench   `appliance bench --compare` against llama-server (-np N and -np 1) and
-#           llama-cpp-python's server, with the json_schema, overload and hot-swap scenarios
-#   profile py-spy on `appliance serve` under 4 and 16 clients (where the time goes)
+#   build    llama.cpp with CUDA once (shared libraries for llama-cpp-python, plus llama-server,
+#            llama-bench), and llama-cpp-python's Python package on top of those libraries
+#   model    a Llama-3-8B-shaped Q4_K_M with random weights (scripts/make_bench_model.py)
+#   cost     in process, no HTTP: one decode step's sampling cost, host chains vs in-graph
+#            (backend) sampling (scripts/sampling_cost.py)
+#   sampled  `appliance bench --compare` at temperature 0.8 (the only sampling field sent)
+#            against llama-server with its default sampling and with --backend-sampling
+#   greedy   the same at temperature 0
+#   mixed    16 clients, temperature 0.8, every 4th prompt ~1,370 tokens
+#   scenarios json_schema mix, overload and hot swap against the appliance alone
+#   profile  py-spy on `appliance serve` under 16 clients at temperature 0.8
 #
 #   bash scripts/gpu_bench.sh SRC_DIR VOCAB.gguf [CUDA_ARCH]
 #     SRC_DIR: an unpacked llama-cpp-python sdist; VOCAB: llama.cpp's models/ggml-vocab-llama-bpe.gguf
 #
-# PEERS (default llama-server,llama-server-np1,llama-cpp-python; empty: the appliance alone) and
-# SCEN (default schema,overload,swap) pick the peers and scenarios.
-# PHASES (default "build model bench profile") picks phases; WORK (default /tmp/gpubench) holds
-# everything, results go to $RESULTS (default $WORK/out). Each phase logs to $RESULTS/<phase>.log.
+# PHASES (default "build model cost sampled greedy mixed profile") picks phases; PEERS (default
+# llama-server,llama-server-bs) the peers; WORK (default /tmp/gpubench) holds everything, results
+# go to $RESULTS (default $WORK/out), each phase logging to $RESULTS/<phase>.log. MODEL, CONC,
+# NP, CTX, TOKENS, REPEAT, LONG override the model file and the settings. Without the build
+# phase and with no $WORK/build, the installed llama-cpp-python is used (a CPU dry run).
 set -euo pipefail
 SRC=$(realpath "$1"); VOCAB=$(realpath "$2"); ARCH=${3:-90}
 REPO=$(cd "$(dirname "$0")/.." && pwd)
-WORK=${WORK:-/tmp/gpubench}; RESULTS=${RESULTS:-$WORK/out}; PHASES=${PHASES:-build model bench profile}
+WORK=${WORK:-/tmp/gpubench}; RESULTS=${RESULTS:-$WORK/out}
+PHASES=${PHASES:-build model cost sampled greedy mixed profile}
 mkdir -p "$WORK" "$RESULTS"
-export LLAMA_CPP_LIB_PATH=$WORK/build/bin PYTHONPATH=$WORK/site:$REPO${PYTHONPATH:+:$PYTHONPATH}
-PY=${PY:-python3}
-MODEL=$WORK/bench-8b-q4km.gguf
-CONC=${CONC:-1,4,16,32}; NP=${NP:-16}; CTX=${CTX:-2048}; TOKENS=${TOKENS:-128}
 has() { [[ " $PHASES " == *" $1 "* ]]; }
 stamp() { echo "[$(date +%T)] $*"; }
+if has build || [[ -d $WORK/build/bin ]]; then
+  export LLAMA_CPP_LIB_PATH=$WORK/build/bin
+  LLAMA_SERVER=(--llama-server "$WORK/build/bin/llama-server" --llama-bench "$WORK/build/bin/llama-bench")
+else
+  LLAMA_SERVER=()
+fi
+export PYTHONPATH=$WORK/site:$REPO${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
+PY=${PY:-python3}
+MODEL=${MODEL:-$WORK/bench-8b-q4km.gguf}
+CONC=${CONC:-1,4,16,32}; NP=${NP:-16}; CTX=${CTX:-2048}; TOKENS=${TOKENS:-128}; REPEAT=${REPEAT:-2}
+LONG=${LONG:-1370}; PEERS=${PEERS-llama-server,llama-server-bs}
 
 if has build; then
   stamp build
@@ -48,17 +62,26 @@ fi
 if has model; then  # random weights must still give finite logits on this GPU (f16 paths)
   $PY "$REPO/scripts/check_logits.py" "$MODEL" 2>/dev/null | tee "$RESULTS/logits.txt" || true
 fi
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader > "$RESULTS/gpu.txt" 2>&1 || true
 
-if has bench; then
-  stamp bench
-  nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader > "$RESULTS/gpu.txt" 2>&1 || true
-  set -o pipefail
-  $PY -m appliance bench --compare "${PEERS-llama-server,llama-server-np1,llama-cpp-python}" --model-file "$MODEL" \
-    --llama-server "$WORK/build/bin/llama-server" --llama-bench "$WORK/build/bin/llama-bench" \
-    --context "$CTX" --parallel "$NP" --concurrency "$CONC" --max-tokens "$TOKENS" --repeat "${REPEAT:-2}" \
-    --scenarios "${SCEN:-schema,overload,swap}" --workdir "$WORK/run" \
-    --json-out "$RESULTS/gpu.json" --plot "$RESULTS/gpu.png" 2>&1 | tee "$RESULTS/bench.log"
+if has cost; then
+  stamp cost
+  $PY "$REPO/scripts/sampling_cost.py" "$MODEL" --streams 1,16 2>/dev/null | tee "$RESULTS/cost.txt" || true
 fi
+
+bench() {  # NAME, then extra flags for `appliance bench --compare`
+  local name=$1; shift
+  stamp "$name"
+  $PY -m appliance bench --compare "$PEERS" --model-file "$MODEL" "${LLAMA_SERVER[@]}" \
+    --context "$CTX" --parallel "$NP" --max-tokens "$TOKENS" --repeat "$REPEAT" \
+    --workdir "$WORK/run" --json-out "$RESULTS/$name.json" "$@" 2>&1 | tee "$RESULTS/$name.log" \
+    || echo "bench $name failed (the next phases run anyway)"
+}
+has sampled && bench sampled --temperature 0.8 --concurrency "$CONC"
+has greedy && bench greedy --temperature 0 --concurrency "$CONC"
+has mixed && bench mixed --temperature 0.8 --concurrency "${MIXED_CONC:-16}" --mixed-prompts "$LONG" \
+  --requests-per-client "${MIXED_PER_CLIENT:-4}"
+has scenarios && PEERS='' bench scenarios --temperature 0.8 --concurrency 16 --scenarios schema,overload,swap
 
 if has profile; then
   stamp profile
@@ -66,24 +89,14 @@ if has profile; then
   $PY -m appliance serve --config "$D/appliance.toml" --models "$D/models.toml" > "$RESULTS/profile-serve.log" 2>&1 &
   APID=$!
   trap 'kill $APID 2>/dev/null || true' EXIT
-  KEY=$(cat "$WORK/run/appliance/key" 2>/dev/null || true)
-  for _ in $(seq 240); do curl -sf http://127.0.0.1:$(grep -o 'port = [0-9]*' "$D/appliance.toml" | cut -d' ' -f3)/ready >/dev/null && break; sleep 0.5; done
-  URL=http://127.0.0.1:$(grep -o 'port = [0-9]*' "$D/appliance.toml" | cut -d' ' -f3)
-  for c in 4 16; do
-    n=$(( c == 4 ? 12 : 6 ))
-    py-spy record --pid "$APID" --rate 500 --native --threads --format raw --duration 12 \
-      -o "$RESULTS/profile-c$c.txt" > /dev/null 2>&1 &
-    SPY=$!
-    $PY -m appliance bench --url "$URL" --api-key "$KEY" --model bench --concurrency "$c" \
-      --requests-per-client "$n" --max-tokens "$TOKENS" --model-file "$MODEL" 2>&1 | tee -a "$RESULTS/profile.log"
-    wait $SPY || true
-  done
-  # one json_schema stream among 16: where the cost to the plain streams goes
-  py-spy record --pid "$APID" --rate 500 --native --threads --format raw --duration 15 \
-    -o "$RESULTS/profile-schema.txt" > /dev/null 2>&1 &
+  PORT=$(grep -o 'port = [0-9]*' "$D/appliance.toml" | cut -d' ' -f3)
+  URL=http://127.0.0.1:$PORT
+  for _ in $(seq 240); do curl -sf "$URL/ready" >/dev/null && break; sleep 0.5; done
+  py-spy record --pid "$APID" --rate 500 --native --threads --format raw --duration 12 \
+    -o "$RESULTS/profile-t08-c16.txt" > /dev/null 2>&1 &
   SPY=$!
-  $PY -m appliance bench --url "$URL" --api-key "$KEY" --model bench --concurrency 16 --requests-per-client 1 \
-    --max-tokens "$TOKENS" --model-file "$MODEL" --scenarios schema --schema-concurrency 16 2>&1 | tee -a "$RESULTS/profile.log"
+  $PY -m appliance bench --url "$URL" --api-key "$(cat "$D/key")" --model bench --concurrency 16 \
+    --requests-per-client 8 --max-tokens "$TOKENS" --temperature 0.8 --model-file "$MODEL" 2>&1 | tee "$RESULTS/profile.log"
   wait $SPY || true
   kill $APID; wait $APID || true
 fi

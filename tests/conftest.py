@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any, Iterator
 
 # llama.cpp's CPU backend runs its threads through OpenMP, whose threads spin while they
 # wait. Tests share the machine with other work (and each other): with more runnable threads
@@ -49,6 +50,20 @@ def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 @pytest.fixture(scope="session")
 def tiny_gguf(tiny_models: dict[str, Path]) -> Path:
     return tiny_models["a"]
+
+
+@pytest.fixture(scope="module")
+def vocab(tiny_gguf: Path) -> Iterator[Any]:
+    """The tiny model's vocabulary alone (no weights): what llguidance's tokenizer is built from."""
+    from appliance.engine.vocab import Vocab
+
+    llama_cpp.llama_backend_init()
+    mp = llama_cpp.llama_model_default_params()
+    mp.vocab_only = True
+    model = llama_cpp.llama_model_load_from_file(str(tiny_gguf).encode(), mp)
+    assert model
+    yield Vocab(model)
+    llama_cpp.llama_model_free(model)
 
 
 @pytest.fixture(scope="session")

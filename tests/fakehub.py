@@ -1,7 +1,10 @@
-"""A local HTTP server that answers like the Hugging Face hub's resolve endpoint.
+"""A local HTTP server that answers like the Hugging Face hub's resolve and listing endpoints.
 
 `HEAD`/`GET /{owner}/{repo}/resolve/{revision}/{path}` with the headers huggingface_hub reads
 (ETag = the LFS sha256, X-Linked-Etag/X-Linked-Size, X-Repo-Commit), honouring `Range`.
+`GET /api/models/{owner}/{repo}[/revision/{revision}][?blobs=true]`: what `HfApi.model_info`
+reads: the commit a revision resolves to (`sha`), the files (`siblings`, with size and LFS
+sha256 when `blobs=true`) and the card's license. Branches map to commits through `refs`.
 It records every request, and can corrupt a body, cut the connection after N bytes, or send N
 bytes and then hold the connection until the test releases it (to kill a client mid-download
 without sleeping).
@@ -10,13 +13,16 @@ without sleeping).
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 import threading
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
+from typing import Any
 
 _PATH = re.compile(r"^/([^/]+/[^/]+)/resolve/([^/]+)/(.+)$")
+_INFO = re.compile(r"^/api/models/([^/]+/[^/?]+)(?:/revision/([^/?]+))?(?:\?(.*))?$")
 _RANGE = re.compile(r"^bytes=(\d+)-$")
 
 
@@ -25,6 +31,7 @@ class HubFile:
     data: bytes
     commit: str = "c0ffee" + "0" * 34
     sha256: str = ""
+    lfs: bool = True  # False: a plain git file (the ETag is its git blob id, the listing has no sha256)
 
     def __post_init__(self) -> None:
         self.sha256 = self.sha256 or hashlib.sha256(self.data).hexdigest()
@@ -54,6 +61,8 @@ class FakeHub:
         self.files: dict[tuple[str, str], HubFile] = {}
         self.behaviour: dict[str, Behaviour] = {}
         self.requests: list[Seen] = []
+        self.refs: dict[tuple[str, str], str] = {}  # (repo, branch) -> commit; default: the files' commit
+        self.licenses: dict[str, str] = {}  # repo -> the model card's license
         self._lock = threading.Lock()
         hub = self
 
@@ -75,13 +84,16 @@ class FakeHub:
         # shutdown() waits up to one poll interval (0.5 s by default) on every test's exit
         self._thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
 
-    def add(self, repo: str, path: str, data: bytes, **kw: str) -> HubFile:
+    def add(self, repo: str, path: str, data: bytes, **kw: Any) -> HubFile:
         f = self.files[(repo, path)] = HubFile(data, **kw)
         return f
 
     def behave(self, path: str, **kw: object) -> Behaviour:
         b = self.behaviour[path] = Behaviour(**kw)  # type: ignore[arg-type]
         return b
+
+    def info_requests(self) -> list[Seen]:
+        return [r for r in self.requests if r.path.startswith("/api/models/")]
 
     def gets(self, path: str) -> list[Seen]:
         return [r for r in self.requests if r.method == "GET" and r.path.endswith("/" + path)]
@@ -99,6 +111,9 @@ class FakeHub:
     def _serve(self, h: BaseHTTPRequestHandler, body: bool) -> None:
         with self._lock:
             self.requests.append(Seen(h.command, h.path, dict(h.headers.items())))
+        if (info := _INFO.match(h.path)) and h.command == "GET":
+            self._model_info(h, info.group(1), info.group(2) or "main", "blobs=true" in (info.group(3) or ""))
+            return
         m = _PATH.match(h.path)
         f = self.files.get((m.group(1), m.group(3))) if m else None
         if f is None:
@@ -115,8 +130,9 @@ class FakeHub:
             start = int(rm.group(1))
         data = f.data[start:]
         h.send_response(206 if start else 200)
-        h.send_header("ETag", f'"{f.sha256}"')
-        h.send_header("X-Linked-Etag", f'"{f.sha256}"')
+        etag = f.sha256 if f.lfs else hashlib.sha1(f.data).hexdigest()
+        h.send_header("ETag", f'"{etag}"')
+        h.send_header("X-Linked-Etag", f'"{etag}"')
         h.send_header("X-Linked-Size", str(len(f.data)))
         h.send_header("X-Repo-Commit", f.commit)
         h.send_header("Accept-Ranges", "bytes")
@@ -153,3 +169,33 @@ class FakeHub:
             h.wfile.write(data)
         except (BrokenPipeError, ConnectionResetError):
             h.close_connection = True
+
+    def _model_info(self, h: BaseHTTPRequestHandler, repo: str, revision: str, blobs: bool) -> None:
+        files = {path: f for (r, path), f in self.files.items() if r == repo}
+        commits = {f.commit for f in files.values()}
+        commit = self.refs.get((repo, revision)) or (revision if revision in commits else None)
+        if commit is None and revision == "main" and commits:
+            commit = sorted(commits)[0]
+        if not files or commit is None:
+            what = "Repository" if not files else "Revision"
+            body = json.dumps({"error": f"{what} not found"}).encode()
+            h.send_response(404)
+            h.send_header("X-Error-Code", "RepoNotFound" if not files else "RevisionNotFound")
+            h.send_header("X-Error-Message", f"{what} not found")
+        else:
+            siblings = []
+            for path, f in sorted(files.items()):
+                s: dict[str, object] = {"rfilename": path}
+                if blobs:
+                    s.update(size=len(f.data), blobId=hashlib.sha1(f.data).hexdigest())
+                    if f.lfs:
+                        s["lfs"] = {"size": len(f.data), "sha256": f.sha256, "pointerSize": 134}
+                siblings.append(s)
+            card = {"license": self.licenses[repo]} if repo in self.licenses else {}
+            body = json.dumps({"id": repo, "sha": commit, "siblings": siblings, "cardData": card,
+                               "tags": ["gguf"]}).encode()
+            h.send_response(200)
+            h.send_header("Content-Type", "application/json")
+        h.send_header("Content-Length", str(len(body)))
+        h.end_headers()
+        h.wfile.write(body)

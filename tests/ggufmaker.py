@@ -48,20 +48,40 @@ class Shape:
     n_ctx_train: int = 4096
     chat_template: str | None = None
     name: str = "tiny"
+    fim: bool = False  # the vocabulary's last three tokens become FIM_TOKENS (control, keyed as FIM ids)
 
 
-def _copy_tokenizer(w: gguf.GGUFWriter, vocab: Path) -> np.ndarray:
-    """Copy the tokenizer keys; return each token's type (its length is the vocab size)."""
+# Qwen2.5-Coder's spelling; llama.cpp finds them through the tokenizer.ggml.fim_*_token_id keys.
+FIM_TOKENS = ("<|fim_prefix|>", "<|fim_suffix|>", "<|fim_middle|>")
+
+
+def _copy_tokenizer(w: gguf.GGUFWriter, vocab: Path, fim: bool = False) -> np.ndarray:
+    """Copy the tokenizer keys (with FIM tokens over the last three when `fim`); return each
+    token's type (its length is the vocab size)."""
     r = gguf.GGUFReader(vocab)
+    n = len(r.fields["tokenizer.ggml.tokens"].contents())
+    fim_ids = list(range(n - len(FIM_TOKENS), n)) if fim else []
+    types: list[int] = []
     for key, f in r.fields.items():
         if not key.startswith("tokenizer."):
             continue
         vtype = f.types[0]
+        value = f.contents()
+        if key == "tokenizer.ggml.tokens":
+            for i, text in zip(fim_ids, FIM_TOKENS):
+                value[i] = text
+        elif key == "tokenizer.ggml.token_type":
+            for i in fim_ids:
+                value[i] = int(gguf.TokenType.CONTROL)
+            types = list(value)
         if vtype == gguf.GGUFValueType.ARRAY:
-            w.add_key_value(key, f.contents(), vtype, sub_type=f.types[1])
+            w.add_key_value(key, value, vtype, sub_type=f.types[1])
         else:
-            w.add_key_value(key, f.contents(), vtype)
-    return np.asarray(r.fields["tokenizer.ggml.token_type"].contents())
+            w.add_key_value(key, value, vtype)
+    for key, i in zip((gguf.Keys.Tokenizer.FIM_PRE_ID, gguf.Keys.Tokenizer.FIM_SUF_ID, gguf.Keys.Tokenizer.FIM_MID_ID),
+                      fim_ids):
+        w.add_uint32(key, i)
+    return np.asarray(types)
 
 
 def make_gguf(path: Path, shape: Shape = Shape(), seed: int = 0) -> Path:
@@ -109,7 +129,7 @@ def _write_gguf(path: Path, shape: Shape, seed: int) -> None:
     w.add_layer_norm_rms_eps(1e-5)
     w.add_rope_dimension_count(shape.n_embd // shape.n_head)
     w.add_file_type(gguf.LlamaFileType.ALL_F32)
-    token_type = _copy_tokenizer(w, VOCAB)
+    token_type = _copy_tokenizer(w, VOCAB, shape.fim)
     n_vocab = len(token_type)
     if shape.chat_template:
         w.add_chat_template(shape.chat_template)

@@ -89,6 +89,7 @@ def make(
     real_sizes: dict[str, int] | None = None,
     footprints: Footprints | None = None,
     config_path: str | None = None,
+    mmproj: dict[str, Path] | None = None,
 ) -> Harness:
     """A scheduler over models named by `sizes` (bytes each), on fake GPUs of `gpus` bytes."""
     models = models or {}
@@ -138,6 +139,7 @@ def make(
         Catalog(cat, tmp_path / "models.toml"),
         store_paths=lambda mid, cfg: [Path(f"/models/{mid}.gguf")],
         loader=loader,
+        store_mmproj=lambda mid, cfg: (mmproj or {}).get(mid),
         hardware=hw,
         clock=clock,
         estimator=est,

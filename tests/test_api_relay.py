@@ -57,32 +57,48 @@ def test_logprob_shapes_chat_rowwise_completions_columnwise_with_offsets() -> No
 def test_tool_calls_stream_id_and_name_first_then_arguments() -> None:
     (call,) = chunks.tool_call_ids([("get", '{"a":1}')])
     assert call["id"].startswith("call_") and call["function"] == {"name": "get", "arguments": '{"a":1}'}
-    first, second = (c["choices"][0]["delta"]["tool_calls"][0] for c in chunks.tool_call_chunks(HEAD, 0, [call]))
-    assert first == {"index": 0, "id": call["id"], "type": "function", "function": {"name": "get", "arguments": ""}}
-    assert second == {"index": 0, "function": {"arguments": '{"a":1}'}}
     whole = chunks.chat_choice(0, "", [call], "tool_calls", None)
     assert whole["message"] == {"role": "assistant", "content": None, "tool_calls": [call]}
 
 
 def _tool_prompt() -> ChatPrompt:
-    def parse(text: str) -> tuple[str, list[tuple[str, str]]]:
-        content, _, call = text.partition("<call>")
-        return content, [("get", call)] if call else []
+    from appliance.engine.chatout import OutputReader
+    from appliance.engine.tools.families import GENERIC
 
-    return ChatPrompt("p", parses_tools=True, parse=parse)
+    return ChatPrompt("p", reader=OutputReader(tools=GENERIC))
 
 
-def test_chat_with_tools_holds_text_back_and_ends_with_the_calls() -> None:
+def test_chat_with_tools_streams_content_then_each_call_id_and_name_first() -> None:
     ch = ChatChoices(HEAD, _tool_prompt(), n=1, stream=True, logprobs=False)
-    assert ch.add(0, Delta(0, "ok <call>")) == []  # the call syntax must be parsed whole
-    out = ch.add(0, Delta(0, "{}", finish_reason="stop"))
+    out = ch.add(0, Delta(0, "ok <tool"))  # '<tool' may be the marker: held back
+    assert [c["choices"][0]["delta"] for c in out] == [{"role": "assistant", "content": "ok "}]
+    out = ch.add(0, Delta(0, '_call>{"name": "get", "arguments": {"a"'))
     deltas = [c["choices"][0]["delta"] for c in out]
-    assert deltas[0] == {"role": "assistant", "content": "ok "}
-    assert deltas[1]["tool_calls"][0]["function"] == {"name": "get", "arguments": ""}
-    assert deltas[2]["tool_calls"][0]["function"] == {"arguments": "{}"}
-    assert [c["choices"][0]["finish_reason"] for c in out] == [None, None, None, "tool_calls"]
+    assert deltas[0]["tool_calls"][0]["function"] == {"name": "get", "arguments": ""}
+    first_id = deltas[0]["tool_calls"][0]["id"]
+    assert deltas[1]["tool_calls"][0] == {"index": 0, "function": {"arguments": '{"a"'}}
+    out = ch.add(0, Delta(0, ': 1}}</tool_call>', finish_reason="stop"))
+    deltas = [c["choices"][0]["delta"] for c in out]
+    assert deltas[0]["tool_calls"][0] == {"index": 0, "function": {"arguments": ': 1}'}}
+    assert [c["choices"][0]["finish_reason"] for c in out] == [None, "tool_calls"]
     body = ch.response(Usage())
     assert body["choices"][0]["finish_reason"] == "tool_calls" and body["object"] == "chat.completion"
+    assert body["choices"][0]["message"]["tool_calls"][0]["function"] == {"name": "get", "arguments": '{"a": 1}'}
+    assert first_id.startswith("call_")
+
+
+def test_reasoning_streams_as_reasoning_content() -> None:
+    from appliance.engine.chatout import OutputReader
+    from appliance.engine.reasoning import Thinking
+
+    prompt = ChatPrompt("p", reader=OutputReader(thinking=Thinking("<think>", "</think>", False)))
+    ch = ChatChoices(HEAD, prompt, n=1, stream=True, logprobs=False)
+    out = ch.add(0, Delta(0, "<think>Hmm"))
+    out += ch.add(0, Delta(0, ".</think>Yes.", finish_reason="stop"))
+    assert [c["choices"][0]["delta"] for c in out] == [
+        {"role": "assistant", "reasoning_content": "Hmm"}, {"reasoning_content": "."}, {"content": "Yes."}, {}]
+    assert ch.response(Usage())["choices"][0]["message"] == {
+        "role": "assistant", "content": "Yes.", "reasoning_content": "Hmm."}
 
 
 def test_chat_without_tools_streams_role_once_and_one_finish() -> None:
@@ -187,3 +203,14 @@ async def test_non_streamed_failure_midway_is_a_500_and_usage_sums_the_generatio
     assert [json.loads(e)["choices"][0]["finish_reason"] for e in events[:-2] if json.loads(e)["choices"]] == [
         None, "length", None, "stop"]
     assert (ok.facts.prompt_tokens, ok.facts.completion_tokens, ok.facts.ttft_s, ok.facts.stream) == (5, 2, 0.5, True)
+
+
+def test_logprobs_of_held_back_tokens_come_with_the_next_chunk() -> None:
+    ch = ChatChoices(HEAD, _tool_prompt(), n=1, stream=True, logprobs=True)
+    first = ch.add(0, Delta(0, "ok", [lp("ok", -0.1)]))
+    held = ch.add(0, Delta(0, " <tool", [lp(" <tool", -0.2)]))  # ' ' streams, '<tool' is held back
+    later = ch.add(0, Delta(0, "s are fun", [lp("s are fun", -0.3)], finish_reason="stop"))
+    tokens = [t["token"] for c in first + held + later
+              for t in ((c["choices"][0]["logprobs"] or {}).get("content") or [])]
+    assert tokens == ["ok", " <tool", "s are fun"]  # every token's logprob, once, in order
+    assert "".join(c["choices"][0]["delta"].get("content", "") for c in first + held + later) == "ok <tools are fun"

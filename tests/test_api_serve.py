@@ -3,6 +3,7 @@ beyond loopback without keys (exit 2, one line saying how to create one)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -11,6 +12,7 @@ import subprocess
 import sys
 import urllib.request
 from pathlib import Path
+from typing import Iterator
 
 from appliance.auth import create_key
 from test_api_support import write_config
@@ -37,22 +39,52 @@ def test_serve_refuses_non_loopback_without_keys(tmp_path: Path) -> None:
 
 def test_serve_listens_and_stops_on_sigterm(tmp_path: Path) -> None:
     write_config(tmp_path, {"m": {"source": "file:///nonexistent/m.gguf"}})
-    p = _serve(tmp_path, "--port", "0")
-    try:
+    with _running(_serve(tmp_path, "--port", "0")) as p:
         assert p.stdout is not None
         line = p.stdout.readline()
         assert "serving on http://127.0.0.1:" in line, line
         url = line.rsplit(" ", 1)[-1].strip()
         with urllib.request.urlopen(url + "/health", timeout=10) as r:
             assert r.status == 200
+        assert p.stderr is not None
+        logged = _until(p, "catalog: ")
+        assert f"config: {tmp_path / 'appliance.toml'}; catalog: {tmp_path / 'models.toml'}; keys: {tmp_path / 'keys.toml'}; store: {tmp_path / 'store'}" in logged
+        assert "has no models" not in logged
         with urllib.request.urlopen(url + "/v1/models", timeout=10) as r:  # open: loopback, no keys
             assert [m["id"] for m in json.load(r)["data"]] == ["m"]
         p.send_signal(signal.SIGTERM)
         assert p.wait(timeout=60) == 0
+
+
+@contextlib.contextmanager
+def _running(p: subprocess.Popen[str]) -> Iterator[subprocess.Popen[str]]:
+    """`p`, killed on the way out if a failed assertion left it running."""
+    try:
+        yield p
     finally:
         if p.poll() is None:
             p.kill()
             p.wait()
+
+
+def _until(p: subprocess.Popen[str], text: str) -> str:
+    """stderr lines up to and including the first holding `text`."""
+    assert p.stderr is not None
+    seen = ""
+    for line in p.stderr:
+        seen += line
+        if text in line:
+            return seen
+    raise AssertionError(f"{text!r} never logged:\n{seen}")
+
+
+def test_serve_warns_when_the_catalog_is_empty(tmp_path: Path) -> None:
+    write_config(tmp_path, {})
+    with _running(_serve(tmp_path, "--port", "0")) as p:
+        logged = _until(p, "has no models")
+        assert f"the catalog {tmp_path / 'models.toml'} has no models" in logged and "appliance pull" in logged
+        p.send_signal(signal.SIGTERM)
+        assert p.wait(timeout=60) == 0
 
 
 def test_serve_on_a_port_in_use_is_one_line_and_exit_1(tmp_path: Path) -> None:

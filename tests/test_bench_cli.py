@@ -66,12 +66,14 @@ async def test_bench_against_a_peer_table_and_json(tmp_path: Path, tiny_models: 
     async with two_daemons(tmp_path, tiny_models) as (ours, peer, token):
         rc, out, err = await bench("--url", ours, "--api-key", token, "--peer", peer, "--concurrency", "1,2",
                                    "--max-tokens", "8", "--requests-per-client", "2", "--repeat", "3",
-                                   "--model-file", str(tiny_models["a"]), "--json-out", str(out_file))
+                                   "--model-file", str(tiny_models["a"]), "--json-out", str(out_file),
+                                   "--temperature", "0.5", "--prompt-seed", "11")
     assert rc == 0 and err == "", err
     result = json.loads(out_file.read_text())
 
     assert result["settings"] == {"endpoint": "completions", "max_tokens": 8, "prompt": None, "prompt_tokens": None,
-                                  "banned_tokens": [2]}  # the spm vocab's </s>, read by llama.cpp from the GGUF
+                                  "banned_tokens": [2],  # the spm vocab's </s>, read by llama.cpp from the GGUF
+                                  "temperature": 0.5, "long_every": 0, "long_tokens": 0, "prompt_seed": 11}
     assert result["servers"] == {"ours": {"url": ours, "model": "tiny"}, "peer": {"url": peer, "model": "other"}}
     assert "settings_pinned" not in result and result["machine"]["cpus"] >= 1
     assert [lv["concurrency"] for lv in result["levels"]] == [1, 2]
@@ -87,7 +89,7 @@ async def test_bench_against_a_peer_table_and_json(tmp_path: Path, tiny_models: 
         assert lv["ratios"] == {"peer": lv["ours"]["tokens_per_s"] / lv["peer"]["tokens_per_s"]}
 
     lines = out.splitlines()
-    assert lines[0] == ("/v1/completions, stream, temperature 0, max_tokens 8, prompt short, banned tokens 2, "
+    assert lines[0] == ("/v1/completions, stream, temperature 0.5, max_tokens 8, prompt short (seed 11), banned tokens 2, "
                         "levels 1,2, 2 requests per client, 3 run(s) per level")
     assert lines[1] == "models: ours tiny; peer other"
     assert _cells(lines[2]) == ["conc", "server", "tok/s", "vs first", "req/s", "TTFT p50 ms", "TTFT p95 ms",

@@ -60,7 +60,11 @@ def test_llama_server_np1_and_gpu_layers(tmp_path: Path) -> None:
     assert not (tmp_path / "wd").exists()  # peers write nothing
     with pytest.raises(UsageError, match=r"^--llama-server /nope: no such file$"):
         servers.spec_for("llama-server", s, tmp_path, "/nope")
-    with pytest.raises(UsageError, match="expected one of llama-server, llama-server-np1, llama-cpp-python"):
+    bs = servers.spec_for("llama-server-bs", s, tmp_path / "wd", str(binary))
+    assert bs.argv[-1] == "--backend-sampling" and _flags(bs.argv)["-np"] == "4"
+    assert "--backend-sampling" not in full.argv
+    with pytest.raises(UsageError, match="expected one of llama-server, llama-server-np1, llama-server-bs, "
+                                         "llama-cpp-python"):
         servers.spec_for("vllm", s, tmp_path, None)
 
 
@@ -240,8 +244,10 @@ def test_workload_bodies() -> None:
     body = w.body("m", 3)
     assert body == {"model": "m", "stream": True, "stream_options": {"include_usage": True}, "temperature": 0,
                     "max_tokens": 7, "logit_bias": {"2": -100, "5": -100},
-                    "prompt": "Request 3: write a short story about the number 24."}
+                    "prompt": "Request 3 of run 0: write a short story about the number 24."}
     assert w.prompt_for(3) != w.prompt_for(4)  # distinct prompts: no prefix cache shortcut on one side
+    assert Workload(seed=7).prompt_for(3) != w.prompt_for(3)  # nor from an earlier run
+    assert Workload(temperature=0.8).body("m", 1)["temperature"] == 0.8  # the only sampling field sent
     chat = Workload(endpoint="chat", prompt="hi").body("m", 1, max_tokens=2)
     assert chat["messages"] == [{"role": "user", "content": "hi"}] and chat["max_tokens"] == 2
     schema = w.body("m", 1, schema={"type": "boolean"})
@@ -249,3 +255,18 @@ def test_workload_bodies() -> None:
     assert schema["response_format"] == {"type": "json_schema",
                                          "json_schema": {"name": "answer", "schema": {"type": "boolean"}}}
     assert w.path() == "/v1/completions" and w.path(schema=True) == "/v1/chat/completions"
+
+
+def test_mixed_prompts_every_fourth_long_and_short_ttft_apart() -> None:
+    w = Workload(prompt_tokens=None, long_every=4, long_tokens=300)
+    assert [w.is_long(i) for i in range(8)] == [False, False, False, True] * 2
+    assert len(w.prompt_for(3).split()) > 280 > 20 > len(w.prompt_for(2).split())
+    reqs = [RequestResult(ttft_s=0.01 * (i + 1), tokens=1, long=False) for i in range(3)]
+    reqs.append(RequestResult(ttft_s=5.0, tokens=1, long=True))
+    level = LevelResult(4, 1.0, reqs, runs=1)
+    assert level.mixed and level.short_ttft_p95_s is not None and level.short_ttft_p95_s < 0.05
+    assert level.ttft_p95_s is not None and level.ttft_p95_s > 1.0
+    assert "short prompts' TTFT p50/p95 20/29 ms" in report.rows({"appliance": level})[0]
+    plain = LevelResult(4, 1.0, reqs[:3], runs=1)
+    assert not plain.mixed and plain.short_ttft_p95_s is None
+    assert "short" not in report.rows({"appliance": plain})[0]

@@ -8,13 +8,7 @@ from pathlib import Path
 import pytest
 
 from appliance.config import ModelConfig
-from appliance.engine.chat import (
-    CHATML_TEMPLATE,
-    GEMMA_TEMPLATE,
-    parse_tool_calls,
-    render_chat,
-    tool_format,
-)
+from appliance.engine.chat import CHATML_TEMPLATE, GEMMA_TEMPLATE, render_chat
 from appliance.engine.runner import Runner
 from appliance.errors import InvalidRequest
 from ggufmaker import Shape, make_gguf
@@ -85,22 +79,27 @@ HERMES_TEMPLATE = (
 
 def test_hermes_template_gets_tools_variable_and_hermes_parser() -> None:
     p = render_chat(HERMES_TEMPLATE, [{"role": "user", "content": "x"}], TOOLS, "auto")
-    assert tool_format(HERMES_TEMPLATE) == "hermes" and p.tool_parser == "hermes"
+    assert p.tool_parser == "hermes"
     assert p.prompt.startswith('<|im_start|>system\n<tools>{"type": "function"')
 
 
 def test_parse_hermes_llama3_and_plain() -> None:
-    content, calls = parse_tool_calls('Sure. <tool_call>\n{"name": "lookup", "arguments": {"q": "a"}}\n</tool_call>'
-                                      '<tool_call>{"name": "lookup", "arguments": {"q": "b"}}</tool_call>', "hermes")
-    assert content == "Sure." and [c.name for c in calls] == ["lookup", "lookup"]
-    assert [json.loads(c.arguments_json) for c in calls] == [{"q": "a"}, {"q": "b"}]
-    assert calls[0].id != calls[1].id and calls[0].id.startswith("call_")
-    content, calls = parse_tool_calls('<|python_tag|>{"name": "lookup", "parameters": {"q": "c"}}', "llama3")
-    assert content is None and json.loads(calls[0].arguments_json) == {"q": "c"}
-    content, calls = parse_tool_calls('{"name": "a", "parameters": {}}; {"name": "b", "parameters": {}}', "llama3")
-    assert [c.name for c in calls] == ["a", "b"]
-    assert parse_tool_calls("just text {not json", "hermes") == ("just text {not json", [])
-    assert parse_tool_calls('{"answer": 1}', "llama3") == ('{"answer": 1}', [])  # JSON, but not a call
+    from appliance.engine.tools.families import FAMILIES
+
+    fam = {s.name: s for _, s in FAMILIES}
+    hermes = render_chat(HERMES_TEMPLATE, [{"role": "user", "content": "x"}], TOOLS, "auto").reader
+    p = hermes.read('Sure. <tool_call>\n{"name": "lookup", "arguments": {"q": "a"}}\n</tool_call>'
+                    '<tool_call>{"name": "lookup", "arguments": {"q": "b"}}</tool_call>')
+    assert p.content == "Sure." and [c.name for c in p.calls] == ["lookup", "lookup"]
+    assert [json.loads(c.arguments) for c in p.calls] == [{"q": "a"}, {"q": "b"}]
+    from appliance.engine.tools.parse import parse
+
+    p = parse(fam["llama3"], '<|python_tag|>{"name": "lookup", "parameters": {"q": "c"}}')
+    assert p.content == "" and json.loads(p.calls[0].arguments) == {"q": "c"}
+    p = parse(fam["llama3"], '{"name": "a", "parameters": {}}; {"name": "b", "parameters": {}}')
+    assert [c.name for c in p.calls] == ["a", "b"]
+    assert hermes.read("just text {not json").content == "just text {not json"
+    assert parse(fam["llama3"], '{"answer": 1}').content == '{"answer": 1}'  # JSON, but not a call
 
 
 def test_gguf_template_is_used_and_catalog_template_wins(tmp_path: Path) -> None:

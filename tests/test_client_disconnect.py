@@ -35,7 +35,7 @@ async def test_client_reset_mid_stream_is_a_499(tmp_path: Path, tiny_gguf: Path,
         loop = asyncio.get_running_loop()
         s = socket.create_connection((host, int(port)))
         s.setblocking(False)
-        await loop.sock_sendall(s, b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        await loop.sock_sendall(s, b"POST /v1/completions HTTP/1.1\r\nHost: " + host.encode() + b"\r\nContent-Type: application/json\r\n"
                                    b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
         got = b""
         while b"data: " not in got:
@@ -97,7 +97,7 @@ async def test_stream_still_running_at_the_drain_timeout_gets_an_error_event_and
         body = json.dumps({"model": "m", "prompt": "hi", "max_tokens": 3000, "stream": True,
                            "logit_bias": {"2": -100}, "temperature": 0}).encode()
         reader, writer = await asyncio.open_connection(host, int(port))
-        writer.write(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        writer.write(b"POST /v1/completions HTTP/1.1\r\nHost: " + host.encode() + b"\r\nContent-Type: application/json\r\n"
                      b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
         got = b""
         while b"data: " not in got:

@@ -56,6 +56,20 @@ BAD_MODELS = [
     ('[m]\nsource = "hf://o/r/m.gguf"\ncontext = "4096"\n', "m.context", "integer"),
     ('[m]\nsource = "hf://o/r/m.gguf"\nparallel = 2.0\n', "m.parallel", "integer"),
     ('[m]\nsource = \n', "", "invalid TOML"),
+    # an unquoted dotted id nests tables: the error says how to quote it
+    ('[qwen2.5-7b]\nsource = "hf://o/r/m.gguf"\n', "qwen2", """for the id 'qwen2.5-7b' quote it, ["qwen2.5-7b"]"""),
+    ('[m]\nsource = "hf://o/r/m.gguf"\nmax_tokens = 0\n', "m.max_tokens", "greater than or equal to 1"),
+    ('[m]\nsource = "hf://o/r/m.gguf"\nstop = "x"\n', "m.stop", "list"),
+    ('[m]\nsource = "hf://o/r/m.gguf"\nmmproj = "p.gguf"\n', "m.mmproj", "hf://"),
+    # sampling defaults: ranges and types
+    ('[m]\nsource = "hf://o/r/m.gguf"\ntemperature = 3\n', "m.temperature", "2"),
+    ('[m]\nsource = "hf://o/r/m.gguf"\ntop_k = "40"\n', "m.top_k", "integer"),
+    ('[m]\nsource = "hf://o/r/m.gguf"\ntop_k = -1\n', "m.top_k", "0"),
+    ('[m]\nsource = "hf://o/r/m.gguf"\nmin_p = 1.5\n', "m.min_p", "1"),
+    ('[m]\nsource = "hf://o/r/m.gguf"\ntop_p = 0\n', "m.top_p", "0"),
+    ('[m]\nsource = "hf://o/r/m.gguf"\nrepeat_penalty = 0\n', "m.repeat_penalty", "0"),
+    ('[m]\nsource = "hf://o/r/m.gguf"\nbackend_sampling = "gpu"\n', "m.backend_sampling", ""),
+    ('[m]\nsource = "hf://o/r/m.gguf"\nreasoning = "hidden"\n', "m.reasoning", "'separate' or 'inline'"),
 ]
 
 
@@ -207,3 +221,25 @@ def test_split_source_with_shard_checksums_is_valid(tmp_path: Path) -> None:
     m = load_settings(models=p).catalog.models["m"]
     assert m.shard_sources == ["hf://o/r/m-00001-of-00002.gguf", "hf://o/r/m-00002-of-00002.gguf"]
     assert m.pinned_sha256 == [SHA, "b" * 64]
+
+
+def test_bare_appliance_prints_usage_and_commands(capsys: pytest.CaptureFixture[str]) -> None:
+    from appliance.cli import main
+
+    assert main([]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage: appliance")
+    for command in ("serve", "pull", "run", "ps", "stop", "show", "rm", "import"):
+        assert f"\n    {command} " in out, command
+
+
+def test_sampling_defaults_from_models_toml(tmp_path: Path) -> None:
+    from appliance.config import load_catalog
+
+    path = write(tmp_path / "models.toml", '[m]\nsource = "hf://o/r/m.gguf"\ntemperature = 1\ntop_k = 20\n'
+                                          'min_p = 0.1\nbackend_sampling = false\n[n]\nsource = "hf://o/r/n.gguf"\n')
+    cat = load_catalog(path)
+    m, n = cat.models["m"], cat.models["n"]
+    assert (m.temperature, m.top_k, m.min_p, m.backend_sampling) == (1.0, 20, 0.1, False)  # an integer is a float
+    assert (n.temperature, n.top_k, n.top_p, n.min_p, n.repeat_penalty, n.backend_sampling) == (
+        1.0, 40, 1.0, 0.05, 1.0, "auto")  # OpenAI's where it has one, llama-server's elsewhere

@@ -165,11 +165,14 @@ async def test_chat_streams_a_reply_and_stop_cancels_it_on_the_server(env, brows
         assert done.status == 200 and done.stream and done.completion_tokens == 12
         assert done.key_name == "alice"
 
-        # a long reply, stopped once it streams: the server sees the client leave (499)
+        # a long reply, stopped once it streams: the server sees the client leave (499). The
+        # page must stay responsive while tokens pour in (it once laid out the growing reply
+        # per token, and on a busy machine answered nothing, Stop included, until the end).
         await page.fill("#c-max-tokens", str(LONG))
         await page.fill("#c-input", "Tell me a long story")
         await page.click("#c-send")
-        await expect(page.locator("#c-stats")).to_contain_text("tok/s")
+        streaming = page.locator('.msg.streaming[data-role="assistant"] .body')
+        await expect(streaming).not_to_be_empty()  # this reply's tokens arrive
         await page.click("#c-stop")
         await expect(page.locator("#c-stats")).to_contain_text("stopped")
         stopped = await finished.get()
@@ -256,12 +259,35 @@ async def test_fits_a_phone_screen(env, browser) -> None:  # noqa: ANN001
         assert problems == []
 
 
+async def test_json_mode_lines_up_with_the_other_chat_controls(env, browser) -> None:  # noqa: ANN001
+    """The checkbox sits on the fields' left edge, its words beside it on one line (it once
+    took the column's full width: drawn centred, its label squeezed onto two lines)."""
+    settings, store, keys = env
+    async with serving(settings, store=store) as d:
+        for viewport in ({"width": 1180, "height": 700}, {"width": 390, "height": 844}):
+            page, problems = await open_console(browser, d.url, keys["user"], viewport=viewport)
+            await page.get_by_role("tab", name="Chat").click()
+            await expect(page.locator("#c-model")).to_have_value("tiny")
+            box = await page.evaluate("""() => {
+                const r = (sel) => document.querySelector(sel).getBoundingClientRect();
+                const label = document.querySelector("#c-json").parentElement;
+                return { model: r("#c-model").left, check: r("#c-json").left, checkWidth: r("#c-json").width,
+                         label: label.getBoundingClientRect().height,
+                         line: parseFloat(getComputedStyle(label).lineHeight) };
+            }""")
+            assert box["check"] == box["model"], (viewport, box)
+            assert box["checkWidth"] < 2 * box["line"], (viewport, box)
+            assert box["label"] < 2 * box["line"], (viewport, box)  # one line
+            assert problems == []
+
+
 @pytest.mark.skipif(not os.environ.get("CONSOLE_SCREENSHOTS"), reason="set CONSOLE_SCREENSHOTS=DIR to write them")
-async def test_screenshots(env, browser) -> None:  # noqa: ANN001
+async def test_screenshots(env, browser, request: pytest.FixtureRequest) -> None:  # noqa: ANN001
     """The docs' pictures (console.png, console-chat.png, console-phone.png in the folder
     named by CONSOLE_SCREENSHOTS): a model loaded after a little traffic, one missing."""
     settings, store, keys = env
-    out = Path(os.environ["CONSOLE_SCREENSHOTS"])
+    # relative to where pytest was started: the tests run in a temporary directory
+    out = request.config.invocation_params.dir / os.environ["CONSOLE_SCREENSHOTS"]
     async with serving(settings, store=store) as d:
         async with aiohttp.ClientSession() as s:
             for i in range(3):

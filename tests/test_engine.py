@@ -10,17 +10,15 @@ from __future__ import annotations
 import asyncio
 import math
 import json
-import threading
-from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Iterator
 
 import pytest
 
 from appliance.config import ModelConfig
-from appliance.engine.chat import parse_tool_calls, render_chat
+from appliance.engine.chat import render_chat
 from appliance.engine.generation import Generation
-from appliance.engine.grammar import grammar_for_response_format
+from appliance.engine.guidance import compile_async, gbnf_grammar, schema_grammar
 from appliance.engine.runner import Runner
 from appliance.engine.types import Delta, GenerationRequest, SamplingParams
 from appliance.errors import ContextLengthExceeded, EngineError, InvalidRequest
@@ -34,12 +32,11 @@ def _cfg(path: Path, **kw: object) -> ModelConfig:
 def make_runner(tiny_gguf: Path) -> Iterator:
     made: list[Runner] = []
 
-    def make(path: Path | None = None, resample_pool: Executor | None = None, arrival_wait_s: float = 0.02,
-             **kw: object) -> Runner:
+    def make(path: Path | None = None, arrival_wait_s: float = 0.02, **kw: object) -> Runner:
         kw.setdefault("context", 256)
         kw.setdefault("parallel", 4)
         r = Runner([path or tiny_gguf], _cfg(path or tiny_gguf, **kw), model_id="tiny", n_threads=1,
-                   resample_pool=resample_pool, arrival_wait_s=arrival_wait_s)
+                   arrival_wait_s=arrival_wait_s)
         made.append(r)
         return r
 
@@ -135,7 +132,8 @@ async def test_emoji_and_cjk_stream_as_whole_characters(make_runner) -> None:
     """A grammar forces multi-byte characters, some spelled by single-byte tokens."""
     r = make_runner()
     target = "😀中文🎉é"
-    params = SamplingParams(max_tokens=40, temperature=0, grammar=f'root ::= "{target}"')
+    c = await compile_async(gbnf_grammar(f'root ::= "{target}"'), r.vocab)
+    params = SamplingParams(max_tokens=40, temperature=0, constraint=c)
     _, toks, finish, deltas = await drain(r.generate(GenerationRequest("x", params)))
     assert finish == {0: "stop"}
     joined = "".join(d.text for d in deltas)
@@ -149,9 +147,9 @@ async def test_json_schema_grammar_output_parses(make_runner) -> None:
     r = make_runner()
     schema = {"type": "object", "properties": {"color": {"enum": ["red", "green"]}, "n": {"enum": [1, 2]}},
               "required": ["color", "n"], "additionalProperties": False}
-    gbnf = grammar_for_response_format({"type": "json_schema", "json_schema": {"name": "x", "schema": schema}})
+    c = await compile_async(schema_grammar(schema), r.vocab)
     constrained = r.generate(GenerationRequest("Answer in JSON:", SamplingParams(max_tokens=60, temperature=0,
-                                                                                  grammar=gbnf)))
+                                                                                  constraint=c)))
     free = r.generate(GenerationRequest("Something else", SamplingParams(max_tokens=30, temperature=0,
                                                                          ignore_eos=True)))
     texts, _, finish, _ = await drain(constrained)
@@ -160,71 +158,6 @@ async def test_json_schema_grammar_output_parses(make_runner) -> None:
     obj = json.loads(texts[0])
     assert obj["color"] in ("red", "green") and obj["n"] in (1, 2) and set(obj) == {"color", "n"}
     assert ffinish == {0: "length"} and len(ftoks[0]) == 30
-
-
-class GatedPool(ThreadPoolExecutor):
-    """Grammar resamples run only once the test opens the gate."""
-
-    def __init__(self) -> None:
-        super().__init__(max_workers=1)
-        self.gate = threading.Event()
-        self.reached = threading.Event()  # set when a resample has been handed over
-        self.submitted = 0
-
-    def submit(self, fn, /, *args, **kwargs) -> Future:  # type: ignore[no-untyped-def, override]
-        self.submitted += 1
-        self.reached.set()
-
-        def gated():  # type: ignore[no-untyped-def]
-            self.gate.wait(120)  # a failsafe only: the test opens it
-            return fn(*args, **kwargs)
-
-        return super().submit(gated)
-
-
-async def test_grammar_resample_does_not_hold_up_the_other_streams(make_runner) -> None:
-    """A schema stream whose pick the grammar refused waits for its resample off the decode
-    thread: a plain stream beside it runs to its end meanwhile."""
-    pool = GatedPool()
-    r = make_runner(resample_pool=pool)
-    gbnf = grammar_for_response_format({"type": "json_object"})
-    constrained = r.generate(GenerationRequest("JSON:", SamplingParams(max_tokens=40, temperature=0, grammar=gbnf)))
-    free = r.generate(GenerationRequest("Something else", SamplingParams(max_tokens=30, temperature=0,
-                                                                         ignore_eos=True)))
-    try:
-        _, ftoks, ffinish, _ = await asyncio.wait_for(drain(free), 120)
-        assert ffinish == {0: "length"} and len(ftoks[0]) == 30
-        assert pool.submitted >= 1  # the random model's first pick is no JSON: refused, resampled
-        assert r.stats.tokens_generated == 30 and r.busy_slots == 1  # the schema stream waits at the gate
-    finally:
-        pool.gate.set()
-    texts, _, finish, _ = await drain(constrained)
-    assert finish[0] in ("stop", "length") and texts[0].lstrip().startswith("{")
-    if finish[0] == "stop":
-        json.loads(texts[0])
-    assert r.busy_slots == 0
-    pool.shutdown()
-
-
-async def test_cancelling_during_a_resample_frees_after_it(make_runner) -> None:
-    pool = GatedPool()
-    r = make_runner(resample_pool=pool, parallel=1)
-    gbnf = grammar_for_response_format({"type": "json_object"})
-    g = r.generate(GenerationRequest("JSON:", SamplingParams(max_tokens=40, temperature=0, grammar=gbnf)))
-    assert await asyncio.to_thread(pool.reached.wait, 120)
-    await g.aclose()  # while its first resample waits at the gate
-    pool.gate.set()
-    after = r.generate(GenerationRequest("b", SamplingParams(max_tokens=3, temperature=0, ignore_eos=True)))
-    _, toks, finish, _ = await drain(after)
-    assert finish == {0: "length"} and len(toks[0]) == 3 and r.busy_slots == 0
-    pool.shutdown()
-
-
-async def test_invalid_grammar_is_a_request_error(make_runner) -> None:
-    r = make_runner()
-    with pytest.raises(InvalidRequest):
-        r.generate(GenerationRequest("x", SamplingParams(grammar="root ::= (")))
-    assert r.queued == 0
 
 
 async def test_cancellation_frees_the_slot(make_runner) -> None:
@@ -366,14 +299,15 @@ async def test_tool_call_round_trip_with_forced_function(make_runner) -> None:
     chat = r.render_chat([{"role": "user", "content": "Weather in Paris?"}], tools,
                          {"type": "function", "function": {"name": "get_weather"}})
     assert "get_weather" in chat.prompt and chat.grammar
+    c = await compile_async(chat.grammar, r.vocab, param="tools")
     g = r.generate(GenerationRequest(chat.prompt, SamplingParams(max_tokens=80, temperature=0,
-                                                                 grammar=chat.grammar), add_special=chat.add_special))
+                                                                 constraint=c), add_special=chat.add_special))
     texts, _, finish, _ = await drain(g)
-    assert finish == {0: "stop"}
-    content, calls = parse_tool_calls(texts[0], chat.tool_parser)
-    assert content is None and len(calls) == 1
-    assert calls[0].name == "get_weather"
-    assert json.loads(calls[0].arguments_json)["city"] in ("Paris", "Rome")
+    assert finish == {0: "stop"}, texts
+    p = chat.reader.read(texts[0])
+    assert p.content == "" and len(p.calls) == 1
+    assert p.calls[0].name == "get_weather"
+    assert json.loads(p.calls[0].arguments)["city"] in ("Paris", "Rome")
 
 
 async def test_lazy_tool_grammar_leaves_plain_text_alone(make_runner) -> None:
@@ -381,11 +315,12 @@ async def test_lazy_tool_grammar_leaves_plain_text_alone(make_runner) -> None:
     tools = [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}]
     chat = render_chat(None, [{"role": "user", "content": "hi"}], tools, "auto", bos=r.bos_text)
     assert chat.grammar_triggers == ("<tool_call>",)
-    params = SamplingParams(max_tokens=10, temperature=0, ignore_eos=True, grammar=chat.grammar,
-                            grammar_triggers=chat.grammar_triggers)
+    c = await compile_async(chat.grammar, r.vocab, param="tools")
+    params = SamplingParams(max_tokens=10, temperature=0, ignore_eos=True, constraint=c)
     texts, toks, finish, _ = await drain(r.generate(GenerationRequest(chat.prompt, params)))
     assert finish == {0: "length"} and len(toks[0]) == 10
-    assert parse_tool_calls(texts[0], chat.tool_parser) == (texts[0], [])
+    p = chat.reader.read(texts[0])
+    assert (p.content, p.calls) == (texts[0], [])
 
 
 async def test_embeddings_are_normalized_deterministic_and_batched(tiny_gguf: Path) -> None:
@@ -466,7 +401,8 @@ def test_numpy_greedy_matches_llama_cpp_greedy_with_logit_bias() -> None:
                     row[next(iter(bias))] = 100.0
                 if k % 4 == 2:  # ties: the lowest id wins
                     row[[50, 60]] = 200.0
-                arr = smp._candidates(row)
+                data = (ll.llama_token_data * n)(*[ll.llama_token_data(i, float(x), 0.0) for i, x in enumerate(row)])
+                arr = ll.llama_token_data_array(data=data, size=n, selected=-1, sorted=False)
                 ll.llama_sampler_apply(smp.chain, ctypes.byref(arr))
                 assert smp.greedy(row) == arr.data[arr.selected].id, (bias, k)
         finally:

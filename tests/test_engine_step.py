@@ -57,11 +57,13 @@ def test_a_long_prompt_is_chunked_to_the_budget_and_asks_no_output_until_its_las
     assert plan.n_tokens == 4
 
 
-def test_prompts_beyond_the_budget_wait_for_a_later_step() -> None:
+def test_short_prompts_go_first_and_the_oldest_keeps_a_share_of_the_budget() -> None:
     plan = plan_step([S(0, unread=[1] * 6, submitted=0.0), S(1, unread=[2] * 3, submitted=1.0)], budget=6)
-    assert [p.seq for p in plan.parts] == [0]
-    plan = plan_step([S(0, unread=[1] * 4, submitted=0.0), S(1, unread=[2] * 3, submitted=1.0)], budget=6)
-    assert [(p.seq, len(p.tokens), p.output) for p in plan.parts] == [(0, 4, True), (1, 2, False)]
+    assert [(p.seq, len(p.tokens), p.output) for p in plan.parts] == [(1, 3, True), (0, 3, False)]
+    plan = plan_step([S(0, unread=[1] * 40, submitted=0.0), S(1, unread=[2] * 30, submitted=1.0)], budget=8)
+    assert [(p.seq, len(p.tokens), p.output) for p in plan.parts] == [(1, 6, False), (0, 2, False)]
+    plan = plan_step([S(0, unread=[1] * 3, submitted=0.0), S(1, unread=[2] * 30, submitted=1.0)], budget=2)
+    assert [(p.seq, len(p.tokens)) for p in plan.parts] == [(0, 2)]  # the oldest and shortest first
 
 
 def test_generated_tokens_are_never_cut_by_the_budget() -> None:
@@ -98,3 +100,31 @@ def test_only_keeps_some_slots_work_and_renumbers_rows() -> None:
     assert alone.parts == (Part(1, (1, 2, 3), pos0=0, row=2, output=True, prompt=True),)
     both = plan.only([2, 0])
     assert rows(both) == [0, 1] and [p.seq for p in both.parts] == [0, 2]
+
+
+@dataclass(frozen=True)
+class VS(S):
+    """A slot whose unread prompt may start with an image (negative pseudo-ids)."""
+
+    image_len: int = 0
+
+
+def test_an_image_is_planned_apart_and_never_stalls_generating_or_reading_slots() -> None:
+    gen = VS(0, n_cached=3, next_token=7)
+    img = VS(1, unread=[-5, -6, -7, 40, 41], image_len=3, submitted=1.0)
+    txt = VS(2, unread=[30, 31], submitted=2.0)
+    plan = plan_step([gen, img, txt], budget=512)
+    assert plan.parts == (
+        Part(0, (7,), pos0=3, row=0, output=True, prompt=False),
+        Part(2, (30, 31), pos0=0, row=2, output=True, prompt=True),
+    )
+    assert plan.images == (Part(1, (-5, -6, -7), pos0=0, row=-1, output=False, prompt=True, image=True),)
+
+
+def test_a_prompt_chunk_stops_before_its_next_image_and_one_image_goes_per_step() -> None:
+    a = VS(0, unread=[1, 2, -3, -4, 5], image_len=2, submitted=1.0)
+    b = VS(1, unread=[-8, -9, 6], image_len=2, submitted=2.0)
+    c = VS(2, unread=[-10, 7], image_len=1, submitted=0.5)
+    plan = plan_step([a, b, c], budget=512)
+    assert [(p.seq, p.tokens, p.output) for p in plan.parts] == [(0, (1, 2), False)]
+    assert [p.seq for p in plan.images] == [2]  # the oldest image

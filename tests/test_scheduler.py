@@ -193,6 +193,30 @@ async def test_queue_full_without_history_uses_a_default_retry_after(tmp_path: P
     await waiting
 
 
+async def test_a_flooding_key_cannot_lock_others_out_of_the_queue(tmp_path: Path) -> None:
+    """Issue 13, finding 4: key A fills max_waiting; key B still gets in (A's newest waiter
+    makes room and gets 429), and A, once at its share, is refused while B is not."""
+    h = make(tmp_path, {"a": 5 * GB}, models={"a": {"parallel": 1}}, queue={"max_waiting": 4})
+    hold = Holder(h, "a", key="A")
+    await hold.admitted.wait()
+    flood = [asyncio.create_task(use(h, "a", key="A")) for _ in range(4)]
+    await settle()
+    with pytest.raises(QueueFull):
+        await use(h, "a", key="A")  # full, and A holds it all
+    b1 = asyncio.create_task(use(h, "a", key="B"))
+    await settle()
+    assert isinstance(flood[-1].exception(), QueueFull)  # A's newest made room
+    b2 = asyncio.create_task(use(h, "a", key="B"))
+    await settle()
+    assert isinstance(flood[-2].exception(), QueueFull)  # A down to its share (2 of 4)
+    with pytest.raises(QueueFull):
+        await use(h, "a", key="B")  # B at its share too: now B is the one refused
+    with pytest.raises(QueueFull):
+        await use(h, "a", key="A")
+    await hold.done()
+    await asyncio.gather(b1, b2, *flood[:2])
+
+
 async def test_waiting_past_max_wait_is_503_queue_timeout(tmp_path: Path) -> None:
     h = make(tmp_path, {"a": 5 * GB}, models={"a": {"parallel": 1}}, queue={"max_wait": "30s", "swap_after": "1s"})
     hold = Holder(h, "a")

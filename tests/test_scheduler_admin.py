@@ -97,7 +97,9 @@ async def test_real_server_pulls_from_file_source_and_shows_bundle_signer(
     assert rec is not None
     store.write_record(dataclasses.replace(rec, bundle_signer="ed25519:0123abcd"))
     sha_a = hashlib.sha256(tiny_models["a"].read_bytes()).hexdigest()
-    async with serving(settings, store=store) as d, aiohttp.ClientSession(d.url) as http:
+    # open mode: a POST without a JSON body says it is no form post from a web page
+    async with serving(settings, store=store) as d, \
+            aiohttp.ClientSession(d.url, headers={"X-Requested-With": "test"}) as http:
         async with http.get("/admin/models") as r:
             rows = {m["id"]: m for m in (await r.json())["data"]}
         assert rows["b"]["bundle_signer"] == "ed25519:0123abcd" and rows["a"]["bundle_signer"] is None

@@ -163,7 +163,7 @@ def _raw_stream(url: str, body: dict) -> socket.socket:
     s = socket.create_connection((host, int(port)), timeout=SAFETY_S)
     data = json.dumps(body).encode()
     s.sendall(
-        b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"POST /v1/completions HTTP/1.1\r\nHost: " + host.encode() + b"\r\nContent-Type: application/json\r\n"
         b"Connection: close\r\nContent-Length: " + str(len(data)).encode() + b"\r\n\r\n" + data
     )
     return s

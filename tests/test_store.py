@@ -90,22 +90,30 @@ class _nothing:
         return None
 
 
-def test_rm_keeps_blob_shared_with_another_entry(tmp_path: Path, tiny_gguf: Path) -> None:
+def test_rm_keeps_blob_shared_with_another_entry(tmp_path: Path, tiny_gguf: Path,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
     sha = hashlib.sha256(tiny_gguf.read_bytes()).hexdigest()
     models = tmp_path / "models.toml"
     models.write_text(
-        f'[a]\nsource = "file://{tiny_gguf}"\nsha256 = "{sha}"\n'
+        f'# mine\n[a]\nsource = "file://{tiny_gguf}"\nsha256 = "{sha}"\n'
         f'[b]\nsource = "file://{tiny_gguf}"\nsha256 = "{sha}"\naliases = ["bee"]\n'
+        f'[c]\nsource = "file://{tiny_gguf}"\nsha256 = "{sha}"\n'
     )
     env_store = tmp_path / "store"
     os.environ["APPLIANCE_STORE"] = str(env_store)
     try:
         assert main(["pull"]) == 0
         blob = env_store / "blobs" / f"sha256-{sha}"
+        capsys.readouterr()
         assert main(["rm", "a"]) == 0
         assert blob.exists() and not (env_store / "manifests" / "a.json").exists()
+        out = capsys.readouterr().out
+        assert f"a: kept sha256-{sha[:12]}…, also used by b, c" in out and "removed its entry" in out
+        assert "[a]" not in models.read_text() and models.read_text().startswith("# mine\n")
+        assert main(["rm", "--keep-entry", "c"]) == 0
+        assert "[c]" in models.read_text() and "--keep-entry" in capsys.readouterr().out
         assert main(["rm", "bee"]) == 0  # alias resolves
-        assert not blob.exists()
+        assert not blob.exists() and "[b]" not in models.read_text()
     finally:
         del os.environ["APPLIANCE_STORE"]
 

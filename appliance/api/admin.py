@@ -17,6 +17,7 @@ from aiohttp import web
 from ..config import Catalog
 from ..errors import ModelNotFound, NotFound
 from .backend import AdminBackend
+from .state import API_KEY
 
 if TYPE_CHECKING:
     from ..scheduler.core import ModelStatus
@@ -62,6 +63,20 @@ def _sched(request: web.Request) -> AdminBackend:
     return request.app[SCHEDULER_KEY]
 
 
+def _mine(request: web.Request, status: ModelStatus) -> bool:
+    """An admin key limited to models sees and acts on those only (open mode: everything)."""
+    key = request.get(API_KEY)
+    return key is None or key.may_use(status.id)
+
+
+def _status(request: web.Request) -> ModelStatus:
+    """The named model's row, or the same 404 as a missing model when it is not this key's."""
+    status = _sched(request).status(request.match_info["id"])
+    if not _mine(request, status):
+        raise ModelNotFound(f"the model {request.match_info['id']!r} does not exist", param="model")
+    return status
+
+
 def _row(request: web.Request, status: ModelStatus) -> dict[str, Any]:
     """A scheduler status row plus the store's bundle signer (a key fingerprint, or null)."""
     row = status.to_json()
@@ -71,17 +86,18 @@ def _row(request: web.Request, status: ModelStatus) -> dict[str, Any]:
 
 
 async def list_models(request: web.Request) -> web.Response:
-    rows = [_row(request, s) for s in _sched(request).snapshot()]
+    rows = [_row(request, s) for s in _sched(request).snapshot() if _mine(request, s)]
     return web.json_response({"object": "list", "data": rows})
 
 
 async def get_model(request: web.Request) -> web.Response:
-    return web.json_response(_row(request, _sched(request).status(request.match_info["id"])))
+    return web.json_response(_row(request, _status(request)))
 
 
 async def load_model(request: web.Request) -> web.Response:
     """Returns once the model is loaded (or with the reason it cannot be)."""
     sched = _sched(request)
+    _status(request)
     await sched.load(request.match_info["id"])
     return web.json_response(_row(request, sched.status(request.match_info["id"])))
 
@@ -89,6 +105,7 @@ async def load_model(request: web.Request) -> web.Response:
 async def unload_model(request: web.Request) -> web.Response:
     """Returns once the model is unloaded; its running requests finish first."""
     sched = _sched(request)
+    _status(request)
     await sched.unload(request.match_info["id"])
     return web.json_response(_row(request, sched.status(request.match_info["id"])))
 
@@ -98,7 +115,7 @@ async def pull_model(request: web.Request) -> web.Response:
     if pull is None:
         raise NotFound("pulling through the API is not available; use `appliance pull`")
     # 404 model_not_found for an unknown id, before any download; an alias pulls its model
-    mid = _sched(request).status(request.match_info["id"]).id
+    mid = _status(request).id
     result = await pull(mid)
     return web.json_response({"id": mid, "pulled": True, "result": result if _jsonable(result) else None})
 

@@ -69,19 +69,23 @@ def chat_logprobs(items: list[TokenLogprob]) -> list[dict[str, Any]]:
     ]
 
 
-def completion_logprobs(items: list[TokenLogprob], offset: int) -> dict[str, Any]:
-    """Legacy completions' column-wise logprobs; `offset` is where this text starts."""
+def completion_logprobs(items: list[TokenLogprob], offset: int, first_null: bool = False) -> dict[str, Any]:
+    """Legacy completions' column-wise logprobs; `offset` is where this text starts.
+    `first_null`: the first item is an echoed prompt's first token, which has no logprob."""
     offsets = []
     pos = offset
     for lp in items:
         offsets.append(pos)
         pos += len(lp.token)
-    return {
+    out: dict[str, Any] = {
         "tokens": [lp.token for lp in items],
         "token_logprobs": [lp.logprob for lp in items],
         "top_logprobs": [{t.token: t.logprob for t in lp.top} for lp in items],
         "text_offset": offsets,
     }
+    if first_null and items:
+        out["token_logprobs"][0] = out["top_logprobs"][0] = None
+    return out
 
 
 # --- chat ---------------------------------------------------------------------------------
@@ -101,21 +105,6 @@ def tool_call_ids(calls: list[tuple[str, str]]) -> list[dict[str, Any]]:
         {"id": "call_" + secrets.token_hex(12), "type": "function", "function": {"name": name, "arguments": args}}
         for name, args in calls
     ]
-
-
-def tool_call_chunks(head: Head, index: int, calls: list[dict[str, Any]]) -> list[Chunk]:
-    """Each call streamed as two deltas with an integer index: id and name first (empty
-    arguments), then the arguments, the way OpenAI streams them."""
-    out = []
-    for k, call in enumerate(calls):
-        out.append(chat_delta(head, index, {"tool_calls": [{
-            "index": k, "id": call["id"], "type": "function",
-            "function": {"name": call["function"]["name"], "arguments": ""},
-        }]}))
-        out.append(chat_delta(head, index, {"tool_calls": [{
-            "index": k, "function": {"arguments": call["function"]["arguments"]},
-        }]}))
-    return out
 
 
 def chat_choice(index: int, content: str, calls: list[dict[str, Any]], finish: str,

@@ -8,25 +8,37 @@ from typing import Any
 from aiohttp import web
 
 from ..engine.protocol import ServingRunner
-from ..engine.types import Delta, GenerationRequest, TokenLogprob, Usage
+from ..engine.types import Delta, GenerationRequest, SamplingParams, TokenLogprob, Usage
+from ..errors import InvalidRequest
 from . import chunks
 from .chunks import Chunk, Head
 from .context import CTX_KEY, key_name, resolve_model
+from .model_defaults import with_model_defaults
 from .relay import relay
 from .sampling import sampling_params
 from .schemas import CompletionRequest, parse_body, read_json
-from .state import REQUEST_ID
+from .state import REQUEST_ID, request_facts
 
 
 def _echo_text(runner: ServingRunner, prompt: str | list[int]) -> str:
     return prompt if isinstance(prompt, str) else runner.detokenize(prompt)
 
 
+def _fim(runner: ServingRunner, prompt: str | list[int], suffix: str, params: SamplingParams,
+         rid: str) -> GenerationRequest:
+    """`suffix`: the prompt is the code before the cursor, the suffix the code after it."""
+    if not isinstance(prompt, str):
+        raise InvalidRequest("suffix needs text prompts, not token arrays", param="prompt")
+    return GenerationRequest(runner.fim_prompt(prompt, suffix), params, add_special=False, request_id=rid)
+
+
 class CompletionChoices:
     """The choices of one completions response, across all its prompts."""
 
-    def __init__(self, head: Head, echoes: list[str], n: int, stream: bool, logprobs: bool) -> None:
+    def __init__(self, head: Head, echoes: list[str], n: int, stream: bool, logprobs: bool,
+                 echo_logprobs: list[list[TokenLogprob]] | None = None) -> None:
         self.head, self.echoes, self.n, self.stream, self.want_lp = head, echoes, n, stream, logprobs
+        self.echo_lps = echo_logprobs or [[] for _ in echoes]  # each echoed prompt's token logprobs
         count = n * len(echoes)
         self.texts = [""] * count
         self.logprobs: list[list[TokenLogprob]] = [[] for _ in range(count)]
@@ -35,19 +47,20 @@ class CompletionChoices:
 
     def add(self, generation: int, d: Delta) -> list[Chunk]:
         i = generation * self.n + d.index
-        text = d.text
+        text, lps, first = d.text, d.logprobs, False
         if not self.started[i]:
             text = self.echoes[generation] + text
+            lps, first = self.echo_lps[generation] + lps, bool(self.echo_lps[generation])
             self.started[i] = True
         out = []
         if self.stream:
-            lp = chunks.completion_logprobs(d.logprobs, len(self.texts[i])) if self.want_lp else None
+            lp = chunks.completion_logprobs(lps, len(self.texts[i]), first) if self.want_lp else None
             if text or lp:
                 out.append(chunks.completion_chunk(self.head, i, text, None, lp))
             if d.finish_reason:
                 out.append(chunks.completion_chunk(self.head, i, "", d.finish_reason))
         self.texts[i] += text
-        self.logprobs[i].extend(d.logprobs)
+        self.logprobs[i].extend(lps)
         if d.finish_reason:
             self.finishes[i] = d.finish_reason
         return out
@@ -55,21 +68,41 @@ class CompletionChoices:
     def response(self, usage: Usage) -> dict[str, Any]:
         choices = [
             {"index": i, "text": text, "finish_reason": self.finishes[i],
-             "logprobs": chunks.completion_logprobs(self.logprobs[i], 0) if self.want_lp else None}
+             "logprobs": chunks.completion_logprobs(self.logprobs[i], 0, bool(self.echo_lps[i // self.n]))
+             if self.want_lp else None}
             for i, text in enumerate(self.texts)
         ]
         return chunks.completion_response(self.head, choices, usage)
 
+    def prompt_only(self, prompt_tokens: int) -> dict[str, Any]:
+        """max_tokens 0: each choice is its echoed prompt (and that prompt's logprobs), nothing generated."""
+        for g in range(len(self.echoes)):
+            for k in range(self.n):
+                self.add(g, Delta(k, "", [], "length"))
+        return self.response(Usage(prompt_tokens=prompt_tokens))
+
 
 async def completions(request: web.Request) -> web.StreamResponse:
     body = parse_body(CompletionRequest, await read_json(request))
-    mid, _ = resolve_model(request, body.model)
+    mid, cfg = resolve_model(request, body.model)
+    body = with_model_defaults(body, cfg)
     head = Head.new("completion", mid, body.include_usage)
     want_lp = body.logprobs is not None
-    params = sampling_params(body, logprobs=want_lp, top_logprobs=body.logprobs or 0)
+    params = sampling_params(body, cfg, logprobs=want_lp, top_logprobs=body.logprobs or 0)
     rid = request[REQUEST_ID]
     async with request.app[CTX_KEY].backend.lease(mid, key_name(request), slots=body.n) as runner:
         echoes = [_echo_text(runner, p) if body.echo else "" for p in body.prompts]  # refused before streaming
-        choices = CompletionChoices(head, echoes, body.n, body.stream, want_lp)
-        starts = [lambda p=p: runner.generate(GenerationRequest(p, params, request_id=rid)) for p in body.prompts]
+        echo_lps = [await runner.prompt_logprobs(p, body.logprobs or 0) for p in body.prompts] \
+            if body.echo and want_lp else None
+        choices = CompletionChoices(head, echoes, body.n, body.stream, want_lp, echo_lps)
+        if body.max_tokens == 0:  # scoring: the prompt's logprobs, nothing generated
+            if body.stream:
+                raise InvalidRequest("max_tokens 0 returns the prompt only; it cannot stream", param="stream")
+            n_prompt = sum(len(x) for x in echo_lps) if echo_lps else sum(
+                len(p) if isinstance(p, list) else len(runner.tokenize(p, True, True)) for p in body.prompts)
+            request_facts(request).prompt_tokens = n_prompt
+            return web.json_response(choices.prompt_only(n_prompt))
+        reqs = [_fim(runner, p, body.suffix, params, rid) if body.suffix else GenerationRequest(p, params, request_id=rid)
+                for p in body.prompts]
+        starts = [lambda r=r: runner.generate(r) for r in reqs]
         return await relay(request, head, body.stream, choices, starts)

@@ -1,22 +1,26 @@
 """Which models a request may name: catalog ids and aliases, filtered by the key's list.
 
-A model outside the key's list is 403 when named and absent from /v1/models, so a key
-cannot even enumerate what it may not use.
+A model outside the key's list gets the same 404 as a model that does not exist and is
+absent from /v1/models, so a key cannot even tell what exists beyond its list. File paths
+(`source`) are shown to admin keys (and in open mode) only.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Callable, Protocol
 
-from ..auth import ApiKey
+from ..auth import ADMIN, ApiKey
 from ..config import Catalog, ModelConfig
-from ..errors import ModelNotAllowed, ModelNotFound
+from ..errors import ModelNotFound
 
 
 class _Records(Protocol):
     """The part of the store /v1/models needs (appliance.store.Store satisfies it)."""
 
     def record(self, model_id: str) -> Any: ...
+
+    def blob_path(self, sha256: str) -> Path: ...
 
 
 class ModelDirectory:
@@ -36,8 +40,20 @@ class ModelDirectory:
             raise ModelNotFound(f"the model {name!r} does not exist", param="model")
         mid, cfg = found
         if key is not None and not key.may_use(mid, name, *cfg.aliases):
-            raise ModelNotAllowed(f"key {key.name!r} may not use the model {name!r}", param="model")
+            raise ModelNotFound(f"the model {name!r} does not exist", param="model")  # same as missing
         return mid, cfg
+
+    def record(self, mid: str) -> Any:
+        """The store's record of the model (blobs, sizes), or None when not pulled."""
+        return self._store.record(mid) if self._store is not None else None
+
+    def model_file(self, mid: str) -> Path | None:
+        """The model's (first) GGUF in the store, or None when it is not there."""
+        rec = self.record(mid)
+        if rec is None or not rec.blobs or self._store is None:
+            return None
+        path = self._store.blob_path(rec.blobs[0].sha256)
+        return path if path.is_file() else None
 
     def visible(self, key: ApiKey | None) -> list[tuple[str, ModelConfig]]:
         return [
@@ -46,9 +62,9 @@ class ModelDirectory:
             if key is None or key.may_use(mid, *cfg.aliases)
         ]
 
-    def card(self, mid: str, cfg: ModelConfig) -> dict[str, Any]:
+    def card(self, mid: str, cfg: ModelConfig, key: ApiKey | None = None) -> dict[str, Any]:
         """OpenAI's model object plus what an auditor needs: the checksum and the source."""
-        rec = self._store.record(mid) if self._store is not None else None
+        rec = self.record(mid)
         shas: list[str | None] = list(rec.shas) if rec is not None and rec.shas else cfg.pinned_sha256
         sha: str | list[str | None] | None = shas[0] if len(shas) == 1 else shas
         created = self._started
@@ -60,7 +76,7 @@ class ModelDirectory:
             "created": created,
             "owned_by": "appliance",
             "sha256": sha,
-            "source": cfg.source,
+            "source": cfg.source if key is None or key.has_scope(ADMIN) else None,
             "aliases": list(cfg.aliases),
             "context_length": cfg.context,
             "parallel": cfg.parallel,

@@ -10,6 +10,7 @@ from typing import Any
 from aiohttp import web
 
 from ..errors import InvalidRequest
+from ..engine.types import EmbeddingResult
 from .context import CTX_KEY, key_name, resolve_model
 from .schemas import EmbeddingRequest, parse_body, read_json
 from .state import request_facts
@@ -23,14 +24,21 @@ def encode_base64(vector: list[float]) -> str:
     return base64.b64encode(a.tobytes()).decode("ascii")
 
 
-async def embeddings(request: web.Request) -> web.Response:
-    body = parse_body(EmbeddingRequest, await read_json(request))
-    mid, cfg = resolve_model(request, body.model)
+async def embed_inputs(request: web.Request, model: str, inputs: list[str | list[int]]) -> tuple[str, EmbeddingResult]:
+    """Admit the request for `model` (an embedding model) and embed `inputs` (also for
+    Ollama's /api/embed and /api/embeddings)."""
+    mid, cfg = resolve_model(request, model)
     if not cfg.embedding:
         raise InvalidRequest(f"the model {mid!r} does not serve embeddings (embedding = false in models.toml)", param="model")
-    inputs = body.inputs
     async with request.app[CTX_KEY].backend.lease(mid, key_name(request), slots=1) as runner:
         result = await runner.embed(inputs)
+    request_facts(request).prompt_tokens = result.prompt_tokens
+    return mid, result
+
+
+async def embeddings(request: web.Request) -> web.Response:
+    body = parse_body(EmbeddingRequest, await read_json(request))
+    mid, result = await embed_inputs(request, body.model, body.inputs)
     if body.dimensions is not None and body.dimensions != len(result.vectors[0]):
         raise InvalidRequest(
             f"the model {mid!r} makes {len(result.vectors[0])}-dimensional embeddings; dimensions cannot change that",
@@ -44,7 +52,6 @@ async def embeddings(request: web.Request) -> web.Response:
         }
         for i, v in enumerate(result.vectors)
     ]
-    request_facts(request).prompt_tokens = result.prompt_tokens
     return web.json_response(
         {
             "object": "list",

@@ -42,7 +42,8 @@ def retry_after(exc: ApplianceError) -> float | None:
     return _DEFAULT_RETRY_AFTER.get(exc.status)
 
 
-def error_response(exc: ApplianceError) -> web.Response:
+def error_response(exc: ApplianceError, plain: bool = False) -> web.Response:
+    """`plain`: Ollama's shape, `{"error": "message"}` (its clients read a string there)."""
     headers: dict[str, str] = {}
     ra = retry_after(exc)
     if ra is not None and exc.status in (429, 503):
@@ -51,7 +52,7 @@ def error_response(exc: ApplianceError) -> web.Response:
         headers["x-should-retry"] = "false"
     resp = web.Response(
         status=exc.status,
-        text=json.dumps(error_payload(exc)),
+        text=json.dumps({"error": exc.message} if plain else error_payload(exc)),
         content_type="application/json",
         headers=headers,
     )

@@ -15,9 +15,10 @@ from typing import Awaitable, Callable
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
-from ..auth import ADMIN, INFERENCE, Keyring, RateLimiter
+from ..auth import ADMIN, INFERENCE, Keyring
 from ..errors import ApplianceError, Draining, InsufficientScope, NotReady, RequestTooLarge
 from .errors import MAX_BODY_KEY, error_response, from_http_exception
+from .origins import origin_allowed
 from .state import API_KEY, REQUEST_ID, STATE_KEY, RequestRecord, request_facts, request_id_var
 
 log = logging.getLogger("appliance.api")
@@ -25,9 +26,18 @@ access_log = logging.getLogger("appliance.access")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
-OPEN_PATHS = frozenset({"/health", "/ready"})
+OPEN_PATHS = frozenset({"/health", "/ready", "/api/version"})  # Ollama clients probe the version keyless
 _CLIENT_ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 REQUEST_ID_HEADER = "x-request-id"
+
+
+def log_safe(text: str, limit: int = 512) -> str:
+    """A client-supplied string for a text log line: control characters (CR, LF, ESC, ...)
+    and other unprintables as \\x/\\u escapes, cut at `limit` characters."""
+    if text.isprintable() and len(text) <= limit:
+        return text
+    out = "".join(c if c.isprintable() else ascii(c)[1:-1] for c in text[:limit])
+    return out + ("..." if len(text) > limit else "")
 
 
 def new_request_id() -> str:
@@ -57,10 +67,10 @@ async def request_context(request: web.Request, handler: Handler) -> web.StreamR
     finally:
         state.in_flight -= 1
         latency = time.perf_counter() - start
-        access_log.info(
+        access_log.info(  # client-controlled fields escaped: no forged lines, no terminal escapes
             "%s %s %d %.3fs key=%s model=%s tokens=%d+%d",
-            request.method, request.path, status, latency, facts.key_name or "-",
-            facts.model or "-", facts.prompt_tokens, facts.completion_tokens,
+            log_safe(request.method), log_safe(request.path), status, latency, log_safe(facts.key_name or "-"),
+            log_safe(facts.model or "-"), facts.prompt_tokens, facts.completion_tokens,
         )
         record = RequestRecord(
             request_id=rid, method=request.method, path=request.path, status=status, latency_s=latency,
@@ -107,7 +117,7 @@ async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     request_facts(request).error_code = err.code
     if err.status >= 500 and not logged:  # the engine's own failures too: the log must say what went wrong
         log.warning("%s: %s", err.code, err.message)
-    return error_response(err)
+    return error_response(err, plain=request.path.startswith("/api/"))  # Ollama's routes
 
 
 @dataclass(frozen=True)
@@ -119,13 +129,14 @@ class Cors:
 
 
 def cors(origins: list[str]) -> Cors:
-    """Answer preflights for allowed origins and mark their responses (small on purpose:
-    the whole API is header-authenticated, so no cookies and no credentials mode)."""
+    """Answer preflights on every route for allowed origins (api/origins.py: exact, `*`, or
+    any port of a host) and mark their responses. Small on purpose: the whole API is
+    header-authenticated, so no cookies and never `Access-Control-Allow-Credentials`."""
     allow_any = "*" in origins
-    allowed = frozenset(origins)
+    patterns = tuple(origins)
 
     def origin_ok(origin: str | None) -> bool:
-        return bool(origin) and (allow_any or origin in allowed)
+        return origin_allowed(origin, patterns)
 
     @web.middleware
     async def cors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -198,8 +209,9 @@ def required_scope(path: str, metrics_public: bool) -> str | None:
     return INFERENCE
 
 
-def auth(keyring: Keyring, limiter: RateLimiter, *, open_without_keys: bool, metrics_public: bool) -> Middleware:
-    """Bearer-token auth, scope check and per-key rate limit.
+def auth(keyring: Keyring, *, open_without_keys: bool, metrics_public: bool) -> Middleware:
+    """Bearer-token auth and scope check (a key's rate limit is spent where an inference
+    request is admitted: api/context.py's resolve_model).
 
     `open_without_keys`: with no keys at all, let everything through (the solo developer on
     loopback); the daemon refuses to listen beyond loopback without keys."""
@@ -216,7 +228,6 @@ def auth(keyring: Keyring, limiter: RateLimiter, *, open_without_keys: bool, met
         request_facts(request).key_name = key.name
         if not key.has_scope(scope):
             raise InsufficientScope(f"key {key.name!r} lacks the {scope!r} scope needed for {request.path}")
-        limiter.take(key.name, key.rpm)
         request[API_KEY] = key
         return await handler(request)
 

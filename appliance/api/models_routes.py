@@ -4,19 +4,25 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from .capabilities import capabilities, card_extras
 from .context import CTX_KEY, api_key
 
 
 async def list_models(request: web.Request) -> web.Response:
     d = request.app[CTX_KEY].directory
-    data = [d.card(mid, cfg) for mid, cfg in d.visible(api_key(request))]
+    key = api_key(request)
+    data = [d.card(mid, cfg, key) for mid, cfg in d.visible(key)]
     return web.json_response({"object": "list", "data": data})
 
 
 async def get_model(request: web.Request) -> web.Response:
+    """One model's card plus its capabilities (chat, tools, reasoning, embeddings, vision, fim)
+    read from its GGUF when it is in the store."""
     d = request.app[CTX_KEY].directory
-    mid, cfg = d.resolve(request.match_info["model"], api_key(request))
-    return web.json_response(d.card(mid, cfg))
+    key = api_key(request)
+    mid, cfg = d.resolve(request.match_info["model"], key)
+    caps, facts = await capabilities(d, mid, cfg)
+    return web.json_response({**d.card(mid, cfg, key), **card_extras(caps, facts)})
 
 
 def add_model_routes(app: web.Application) -> None:

@@ -19,9 +19,18 @@ from aiohttp import web
 from ..engine.generation import Generation
 from ..engine.types import Delta, Usage
 from ..errors import ApplianceError, EngineError
-from .chunks import Chunk, Head
+from .chunks import Chunk
 from .sse import SSEStream
 from .state import request_facts
+
+
+class StreamHead(Protocol):
+    """What ends a stream: chunks.Head for OpenAI's shapes; other APIs' Choices are their own head."""
+
+    @property
+    def include_usage(self) -> bool: ...
+
+    def usage_chunk(self, usage: Usage) -> Chunk: ...
 
 
 class Choices(Protocol):
@@ -54,10 +63,12 @@ def add_usage(total: Usage, u: Usage) -> None:
     total.cached_tokens += u.cached_tokens
 
 
-async def relay(request: web.Request, head: Head, stream: bool, choices: Choices,
-                generations: Sequence[Callable[[], Generation]]) -> web.StreamResponse:
+async def relay(request: web.Request, head: StreamHead, stream: bool, choices: Choices,
+                generations: Sequence[Callable[[], Generation]],
+                stream_type: Callable[[web.Request], SSEStream] = SSEStream) -> web.StreamResponse:
     """Run `generations` (each starts one engine Generation) one after another into one
-    response: an SSE stream when `stream`, else `choices.response(...)` as JSON."""
+    response: a stream when `stream` (OpenAI's SSE unless `stream_type` frames it otherwise:
+    Ollama's NDJSON, llama-server's SSE without [DONE]), else `choices.response(...)` as JSON."""
     facts = request_facts(request)
     facts.stream = stream
     total = Usage()
@@ -68,7 +79,7 @@ async def relay(request: web.Request, head: Head, stream: bool, choices: Choices
             try:
                 d = await next_delta(gen)  # before any header: early failures are real HTTP errors
                 if stream and sse is None:
-                    sse = SSEStream(request)
+                    sse = stream_type(request)
                     await sse.open()
                 while d is not None:
                     for chunk in choices.add(k, d):
@@ -80,6 +91,8 @@ async def relay(request: web.Request, head: Head, stream: bool, choices: Choices
                     raise
                 return await sse.error(e)
         finally:
+            if not gen.finished:  # cut short (client gone, error): count what it cost so far
+                facts.add_usage(gen.delivered)
             await gen.aclose()
         facts.add_usage(gen.usage)
         add_usage(total, gen.usage)

@@ -6,6 +6,7 @@ Unknown fields are ignored (clients send vendor extras); every violation becomes
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Annotated, Any, Literal, TypeVar
 
@@ -14,11 +15,25 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from pydantic_core import ErrorDetails
 
 from ..errors import InvalidJSON, InvalidRequest
+from . import budgets
+from .timeouts import read_body
 from ..validation import error_path, error_text
+from .origins import plain_body_ok
+
+IMAGE_MARKER = "<__media__>"  # libmtmd's default marker (engine/vision.MARKER, without loading llama.cpp)
 
 
 class _Body(BaseModel):
     model_config = ConfigDict(extra="ignore")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _null_is_default(cls, raw: Any) -> Any:
+        """An explicit `null` for an optional parameter means its default (other servers agree)."""
+        if isinstance(raw, dict) and None in raw.values():
+            fields = cls.model_fields
+            return {k: v for k, v in raw.items() if v is not None or k not in fields or fields[k].is_required()}
+        return raw
 
 
 # --- chat ----------------------------------------------------------------------------------
@@ -29,9 +44,36 @@ class TextPart(_Body):
     text: str
 
 
+class ImageURL(_Body):
+    url: str
+    detail: Literal["auto", "low", "high"] | None = None
+
+
+class ImagePart(_Body):
+    """An image (api/images.py reads it); in the rendered prompt it is libmtmd's marker."""
+
+    type: Literal["image_url"]
+    image_url: ImageURL
+
+
+ContentPart = Annotated[TextPart | ImagePart, Field(discriminator="type")]
+
+
 class FunctionCall(_Body):
     name: str
     arguments: str = ""
+
+    @field_validator("arguments")
+    @classmethod
+    def _json_arguments(cls, v: str) -> str:
+        """Templates parse the arguments back: they must be JSON, nested within the budget."""
+        if v.strip():
+            try:
+                obj = json.loads(v)
+            except (ValueError, RecursionError):
+                raise ValueError("tool call arguments must be a JSON string") from None
+            budgets.check_json(obj, "arguments")
+        return v
 
 
 class ToolCall(_Body):
@@ -42,10 +84,11 @@ class ToolCall(_Body):
 
 class ChatMessage(_Body):
     role: Literal["system", "developer", "user", "assistant", "tool"]
-    content: str | list[TextPart] | None = None
+    content: str | list[ContentPart] | None = None
     name: str | None = None
     tool_calls: list[ToolCall] | None = None
     tool_call_id: str | None = None
+    reasoning_content: str | None = None  # an earlier turn's thinking, for templates that show it
 
     @model_validator(mode="after")
     def _content_required(self) -> "ChatMessage":
@@ -61,7 +104,14 @@ class ChatMessage(_Body):
             return ""
         if isinstance(self.content, str):
             return self.content
-        return "".join(p.text for p in self.content)
+        return "".join(p.text if isinstance(p, TextPart) else IMAGE_MARKER for p in self.content)
+
+    def image_urls(self, i: int) -> list[tuple[str, str]]:
+        """(param, url) of each image part; `i`: this message's index."""
+        if not isinstance(self.content, list):
+            return []
+        return [(f"messages[{i}].content[{j}].image_url.url", p.image_url.url)
+                for j, p in enumerate(self.content) if isinstance(p, ImagePart)]
 
     def as_dict(self) -> dict[str, Any]:
         """Plain dict for the chat template, content flattened to a string."""
@@ -72,6 +122,8 @@ class ChatMessage(_Body):
             d["tool_calls"] = [tc.model_dump() for tc in self.tool_calls]
         if self.tool_call_id:
             d["tool_call_id"] = self.tool_call_id
+        if self.reasoning_content is not None:
+            d["reasoning_content"] = self.reasoning_content
         return d
 
 
@@ -136,6 +188,26 @@ class _Sampling(_Body):
     presence_penalty: Penalty | None = None
     frequency_penalty: Penalty | None = None
     logit_bias: dict[str, Annotated[float, Field(ge=-100.0, le=100.0)]] | None = None
+    # llama.cpp servers' sampling extensions (null: the model's default, docs/api.md)
+    top_k: Annotated[int, Field(ge=0)] | None = None
+    min_p: Annotated[float, Field(ge=0.0, le=1.0)] | None = None
+    typical_p: Annotated[float, Field(gt=0.0, le=1.0)] | None = None
+    repeat_penalty: Annotated[float, Field(gt=0.0, le=10.0)] | None = None
+    repeat_last_n: Annotated[int, Field(ge=-1)] | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _budgets(cls, raw: Any) -> Any:
+        """Counts first, before validating a hundred thousand items one by one."""
+        if isinstance(raw, dict):
+            budgets.check_stop(raw.get("stop"))
+            budgets.at_most(raw.get("logit_bias"), budgets.MAX_LOGIT_BIAS, "logit_bias", "logit_bias entries")
+            budgets.at_most(raw.get("messages"), budgets.MAX_MESSAGES, "messages", "messages")
+            budgets.at_most(raw.get("tools"), budgets.MAX_TOOLS, "tools", "tools")
+            prompt = raw.get("prompt")
+            if isinstance(prompt, list) and prompt and not isinstance(prompt[0], int):
+                budgets.at_most(prompt, budgets.MAX_PROMPTS, "prompt", "prompts")
+        return raw
 
     @field_validator("stop")
     @classmethod
@@ -167,6 +239,10 @@ class _Sampling(_Body):
         return {int(k): v for k, v in (self.logit_bias or {}).items()}
 
 
+# What the renderer itself passes to a chat template; clients' chat_template_kwargs may not replace it.
+_TEMPLATE_VARIABLES = frozenset({"messages", "tools", "tool_choice", "add_generation_prompt", "bos_token", "eos_token"})
+
+
 class ChatCompletionRequest(_Sampling):
     messages: Annotated[list[ChatMessage], Field(min_length=1)]
     max_completion_tokens: Annotated[int, Field(ge=1)] | None = None
@@ -176,6 +252,17 @@ class ChatCompletionRequest(_Sampling):
     tools: list[Tool] | None = None
     tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
     parallel_tool_calls: bool | None = None
+    chat_template_kwargs: dict[str, Any] | None = None  # extra template variables (enable_thinking ...)
+    reasoning_effort: Literal["low", "medium", "high"] | None = None  # gpt-oss
+    # thinking into reasoning_content ("separate") or left in content ("inline"); llama-server's
+    # names too: "deepseek"/"auto" = separate, "none" = inline. Default: the model's `reasoning`.
+    reasoning_format: Literal["separate", "inline", "deepseek", "auto", "none"] | None = None
+
+    @property
+    def reasoning_mode(self) -> Literal["separate", "inline"] | None:
+        if self.reasoning_format is None:
+            return None
+        return "inline" if self.reasoning_format in ("inline", "none") else "separate"
 
     @model_validator(mode="after")
     def _consistent(self) -> "ChatCompletionRequest":
@@ -187,6 +274,9 @@ class ChatCompletionRequest(_Sampling):
                 raise _ParamError("tool_choice", f"tool_choice names {self.tool_choice.function.name!r}, which is not in tools")
         elif self.tool_choice == "required" and not self.tools:
             raise _ParamError("tool_choice", "tool_choice 'required' needs tools")
+        taken = sorted(set(self.chat_template_kwargs or {}) & _TEMPLATE_VARIABLES)
+        if taken:
+            raise _ParamError("chat_template_kwargs", f"chat_template_kwargs may not set {', '.join(taken)}")
         return self
 
     @property
@@ -196,17 +286,10 @@ class ChatCompletionRequest(_Sampling):
 
 class CompletionRequest(_Sampling):
     prompt: str | Annotated[list[str], Field(min_length=1)] | Annotated[list[int], Field(min_length=1)] | Annotated[list[Annotated[list[int], Field(min_length=1)]], Field(min_length=1)]
-    max_tokens: Annotated[int, Field(ge=1)] | None = 16  # OpenAI's default for completions
+    max_tokens: Annotated[int, Field(ge=0)] | None = 16  # OpenAI's default; 0 with echo: score the prompt
     echo: bool = False
     logprobs: Annotated[int, Field(ge=0, le=5)] | None = None
-    suffix: str | None = None
-
-    @field_validator("suffix")
-    @classmethod
-    def _no_suffix(cls, v: str | None) -> str | None:
-        if v:
-            raise ValueError("suffix (fill-in-the-middle) is not supported")
-        return v
+    suffix: str | None = None  # fill-in-the-middle (api/infill.py)
 
     @property
     def prompts(self) -> list[str | list[int]]:
@@ -223,6 +306,15 @@ class EmbeddingRequest(_Body):
     input: str | Annotated[list[str], Field(min_length=1)] | Annotated[list[int], Field(min_length=1)] | Annotated[list[Annotated[list[int], Field(min_length=1)]], Field(min_length=1)]
     encoding_format: Literal["float", "base64"] = "float"
     dimensions: Annotated[int, Field(ge=1)] | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _budgets(cls, raw: Any) -> Any:
+        if isinstance(raw, dict):
+            i = raw.get("input")
+            if isinstance(i, list) and i and not isinstance(i[0], int):
+                budgets.at_most(i, budgets.MAX_EMBEDDING_INPUTS, "input", "inputs")
+        return raw
 
     @property
     def inputs(self) -> list[str | list[int]]:
@@ -274,12 +366,27 @@ def parse_body(model: type[T], body: Any) -> T:
 
 
 async def read_json(request: web.Request) -> Any:
-    """The body as JSON, insisting on a JSON content type (400 invalid_json otherwise)."""
+    """The body as JSON; another content type only where no cross-site page could have sent
+    it (api/origins.py), else 400 invalid_json."""
     ctype = request.content_type
-    if ctype != "application/json" and not ctype.endswith("+json"):
+    if ctype != "application/json" and not ctype.endswith("+json") and not plain_body_ok(request):
         raise InvalidJSON(f"expected Content-Type: application/json, got {ctype or 'none'!r}")
-    raw = await request.read()
+    raw = await read_body(request)
+    if len(raw) > OFF_LOOP_BYTES:  # megabytes of JSON: decode and check beside the loop
+        return await asyncio.to_thread(decode_json, raw)
+    return decode_json(raw)
+
+
+OFF_LOOP_BYTES = 64 * 1024
+
+
+def decode_json(raw: bytes) -> Any:
+    """Decode and check a body: 400 for bad JSON, nesting over budget, lone surrogates."""
     try:
-        return json.loads(raw)
+        body = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as e:
         raise InvalidJSON(f"the request body is not valid JSON: {e}") from None
+    except RecursionError:
+        raise InvalidJSON(f"the request body is nested deeper than {budgets.MAX_JSON_DEPTH} levels") from None
+    budgets.check_json(body)
+    return body

@@ -1,23 +1,32 @@
-"""Server-sent events the way OpenAI streams them: `data: {json}\\n\\n` ... `data: [DONE]`."""
+"""Server-sent events the way OpenAI streams them: `data: {json}\\n\\n` ... `data: [DONE]`,
+and the other framings the same relay streams in (subclasses change only the framing):
+llama-server's native SSE without [DONE], the Responses API's `event:` lines, Ollama's NDJSON."""
 
 from __future__ import annotations
 
 import json
+import time
 from typing import Any
 
 from aiohttp import web
 
-from ..errors import ApplianceError
+from ..errors import ApplianceError, InvalidAPIKey
+from .context import KEYRING_KEY, api_key
 from .errors import error_payload
 from .state import STATE_KEY, request_facts
+from .timeouts import write_within
 
 
 class SSEStream:
     """One streamed response. Open it only once the first token is in hand, so a request
     that fails early still gets a real HTTP status instead of a 200 stream."""
 
+    KEY_CHECK_S = 1.0  # how often a stream re-checks its key: revocation ends it within this
+
     def __init__(self, request: web.Request) -> None:
         self.request = request
+        self._key = api_key(request)
+        self._key_checked = time.monotonic()
         self.ended = False  # error() or done() sent the end: later sends are dropped
         self.response = web.StreamResponse(
             status=200,
@@ -36,32 +45,90 @@ class SSEStream:
         state = self.request.app.get(STATE_KEY)
         return state.streams if state is not None else set()
 
+    closing = b"data: [DONE]\n\n"  # written before the end of a stream that completed
+
+    @staticmethod
+    def encode(obj: dict[str, Any]) -> bytes:
+        return json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+
+    def frame(self, obj: dict[str, Any]) -> bytes:
+        return b"data: " + self.encode(obj) + b"\n\n"
+
+    def error_event(self, exc: ApplianceError) -> dict[str, Any]:
+        return error_payload(exc)
+
     async def send(self, obj: dict[str, Any]) -> None:
+        self._check_key()
+        await self._send(obj)
+
+    def _check_key(self) -> None:
+        """A revoked key's stream ends (the relay turns this into an error event)."""
+        now = time.monotonic()
+        if self._key is None or self.ended or now - self._key_checked < self.KEY_CHECK_S:
+            return
+        self._key_checked = now
+        keyring = self.request.app.get(KEYRING_KEY)
+        if keyring is not None and not keyring.active(self._key):
+            raise InvalidAPIKey(f"the API key {self._key.name!r} was revoked")
+
+    async def _send(self, obj: dict[str, Any]) -> None:
         if self.ended:
             return
-        data = json.dumps(obj, ensure_ascii=False, separators=(",", ":"))
-        await self.response.write(b"data: " + data.encode("utf-8") + b"\n\n")
+        await write_within(self.request, self.response, self.frame(obj))
 
     async def error(self, exc: ApplianceError) -> web.StreamResponse:
         """A failure after streaming began: recorded for the request's log line (as the error
         middleware does for plain HTTP errors), one error event, then the stream ends."""
         if not self.ended:
             request_facts(self.request).error_code = exc.code
-            await self.send(error_payload(exc))
+            await self._send(self.error_event(exc))
             self._end()
-            await self.response.write_eof()
+            await write_within(self.request, self.response, None)
         return self.response
 
     async def done(self) -> None:
         if self.ended:
             return
         self._end()
-        await self.response.write(b"data: [DONE]\n\n")
-        await self.response.write_eof()
+        if self.closing:
+            await write_within(self.request, self.response, self.closing)
+        await write_within(self.request, self.response, None)
 
     def _end(self) -> None:
         self.ended = True
         self._streams().discard(self)
+
+
+class PlainSSEStream(SSEStream):
+    """llama-server's native endpoints (/infill): the same events, no [DONE]."""
+
+    closing = b""
+
+
+class EventSSEStream(PlainSSEStream):
+    """The Responses API's stream: `event: TYPE` before each event's data, no [DONE]."""
+
+    def frame(self, obj: dict[str, Any]) -> bytes:
+        return f"event: {obj.get('type', 'message')}\n".encode() + super().frame(obj)
+
+    def error_event(self, exc: ApplianceError) -> dict[str, Any]:
+        return {"type": "error", "code": exc.code, "message": exc.message, "param": exc.param}
+
+
+class NDJSONStream(SSEStream):
+    """Ollama's streams: one JSON object per line; a failure is one `{"error": "..."}` line."""
+
+    closing = b""
+
+    def __init__(self, request: web.Request) -> None:
+        super().__init__(request)
+        self.response.headers["Content-Type"] = "application/x-ndjson"
+
+    def frame(self, obj: dict[str, Any]) -> bytes:
+        return self.encode(obj) + b"\n"
+
+    def error_event(self, exc: ApplianceError) -> dict[str, Any]:
+        return {"error": exc.message}
 
 
 async def end_streams(streams: set[Any], exc: ApplianceError) -> int:

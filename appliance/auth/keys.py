@@ -172,6 +172,11 @@ class Keyring:
         self.refresh()
         return not self._keys and self._error is None
 
+    def active(self, key: ApiKey) -> bool:
+        """Whether `key` is still in the file unchanged (not revoked); one stat when unchanged."""
+        self.refresh()
+        return self._error is None and self._keys.get(key.name) == key
+
     def authenticate(self, token: str | None) -> ApiKey:
         """The key whose hash matches `token`; InvalidAPIKey otherwise."""
         self.refresh()

@@ -67,16 +67,24 @@ class Workload:
     prompt: str | None = None  # None: a short distinct prompt per request
     prompt_tokens: int | None = None  # approximate prompt length (one word ≈ one token)
     banned: tuple[int, ...] = ()  # token ids given a logit_bias of -100
+    temperature: float = 0.0  # the only sampling field sent, as OpenAI clients send it
+    long_every: int = 0  # mixed prompts: every long_every-th request's prompt is long
+    long_tokens: int = 0  # its approximate length
+    seed: int = 0  # in every prompt: a fresh one per run leaves no server a cached prefix
+
+    def is_long(self, i: int) -> bool:
+        return self.long_every > 0 and i % self.long_every == self.long_every - 1
 
     def prompt_for(self, i: int) -> str:
-        """Request i's prompt. A distinct head per request, so prefix caches cannot skip
-        reading a prompt on one server and not the other (unless --prompt fixes the text)."""
+        """Request i's prompt. A distinct head per request and run, so prefix caches cannot
+        skip reading a prompt on one server and not the other (unless --prompt fixes the text)."""
         if self.prompt is not None:
             return self.prompt
-        head = f"Request {i}: write a short story about the number {i * 7 + 3}."
-        if self.prompt_tokens is None:
+        head = f"Request {i} of run {self.seed}: write a short story about the number {i * 7 + 3}."
+        size = self.long_tokens if self.is_long(i) else self.prompt_tokens
+        if size is None:
             return head
-        return head + " the" * max(0, self.prompt_tokens - 16)
+        return head + " the" * max(0, size - 20)
 
     def body(self, model: str, i: int, max_tokens: int | None = None,
              schema: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -86,7 +94,7 @@ class Workload:
             "model": model,
             "stream": True,
             "stream_options": {"include_usage": True},
-            "temperature": 0,
+            "temperature": self.temperature,
             "max_tokens": max_tokens or self.max_tokens,
         }
         if self.banned and schema is None:
@@ -105,7 +113,9 @@ class Workload:
 
     def settings(self) -> dict[str, Any]:
         return {"endpoint": self.endpoint, "max_tokens": self.max_tokens, "prompt": self.prompt,
-                "prompt_tokens": self.prompt_tokens, "banned_tokens": list(self.banned)}
+                "prompt_tokens": self.prompt_tokens, "banned_tokens": list(self.banned),
+                "temperature": self.temperature, "long_every": self.long_every,
+                "long_tokens": self.long_tokens, "prompt_seed": self.seed}
 
 
 @dataclass
@@ -118,6 +128,7 @@ class RequestResult:
     error: str | None = None
     retry_after_s: float | None = None  # a 429's or 503's Retry-After
     schema: bool = False  # a json_schema request (the mixed scenario)
+    long: bool = False  # a long prompt of the mixed-prompt workload
     finish_reason: str | None = None  # "stop", "length" (max_tokens), ...; None when none was streamed
     chunk_times: list[float] = field(default_factory=list)  # seconds since the request was sent
     text: str = ""  # kept for json_schema requests only (checked to parse)
@@ -146,7 +157,7 @@ class RequestResult:
     def to_dict(self) -> dict[str, Any]:
         return {"ttft_s": self.ttft_s, "latency_s": self.latency_s, "tokens": self.tokens,
                 "usage_reported": self.usage_reported, "status": self.status, "error": self.error,
-                "finish_reason": self.finish_reason, "schema": self.schema}
+                "finish_reason": self.finish_reason, "schema": self.schema, "long": self.long}
 
 
 def percentile(values: Sequence[float], q: float) -> float | None:
@@ -201,8 +212,8 @@ class LevelResult:
     def server_errors(self) -> int:
         return sum(1 for r in self.requests if r.status is not None and r.status >= 500)
 
-    def _ttfts(self) -> list[float]:
-        return [r.ttft_s for r in self.ok if r.ttft_s is not None]
+    def _ttfts(self, short_only: bool = False) -> list[float]:
+        return [r.ttft_s for r in self.ok if r.ttft_s is not None and not (short_only and r.long)]
 
     def _gaps(self) -> list[float]:
         return [g for r in self.ok for g in r.gaps]
@@ -214,6 +225,19 @@ class LevelResult:
     @property
     def ttft_p95_s(self) -> float | None:
         return percentile(self._ttfts(), 0.95)
+
+    @property
+    def short_ttft_p50_s(self) -> float | None:
+        """With mixed prompts: the short prompts' TTFT (do they wait behind the long ones?)."""
+        return percentile(self._ttfts(short_only=True), 0.50) if self.mixed else None
+
+    @property
+    def short_ttft_p95_s(self) -> float | None:
+        return percentile(self._ttfts(short_only=True), 0.95) if self.mixed else None
+
+    @property
+    def mixed(self) -> bool:
+        return any(r.long for r in self.requests)
 
     @property
     def itl_p50_s(self) -> float | None:
@@ -248,6 +272,7 @@ class LevelResult:
             "wall_s": self.wall_s, "tokens": self.tokens, "tokens_per_s": self.tokens_per_s,
             "requests_per_s": self.requests_per_s,
             "ttft_p50_s": self.ttft_p50_s, "ttft_p95_s": self.ttft_p95_s,
+            "short_ttft_p50_s": self.short_ttft_p50_s, "short_ttft_p95_s": self.short_ttft_p95_s,
             "itl_p50_s": self.itl_p50_s, "itl_p95_s": self.itl_p95_s,
             "latency_p50_s": self.latency_p50_s, "latency_p95_s": self.latency_p95_s,
             "decode_tokens_per_s_mean": self.decode_tokens_per_s_mean,
@@ -296,7 +321,7 @@ async def run_request(
     max_tokens: int | None = None, schema: dict[str, Any] | None = None,
 ) -> RequestResult:
     """One streaming request; failures are returned in `error`, never raised."""
-    res = RequestResult(schema=schema is not None)
+    res = RequestResult(schema=schema is not None, long=schema is None and workload.is_long(i))
     chunks = 0
     t0 = time.perf_counter()
     try:

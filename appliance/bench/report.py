@@ -28,7 +28,10 @@ def rows(level: dict[str, LevelResult]) -> list[str]:
         ratio = "-" if name == names[0] or r.tokens_per_s <= 0 else f"{first.tokens_per_s / r.tokens_per_s:.2f}"
         cells = [str(r.concurrency), name, f"{r.tokens_per_s:.1f}", ratio, f"{r.requests_per_s:.2f}",
                  _ms(r.ttft_p50_s), _ms(r.ttft_p95_s), _ms(r.itl_p50_s, 1), _ms(r.itl_p95_s, 1), str(r.errors)]
-        out.append(" | ".join(c.rjust(w) if i != 1 else c.ljust(w) for i, (c, (_, w)) in enumerate(zip(cells, COLUMNS))))
+        line = " | ".join(c.rjust(w) if i != 1 else c.ljust(w) for i, (c, (_, w)) in enumerate(zip(cells, COLUMNS)))
+        if r.mixed:
+            line += f" | short prompts' TTFT p50/p95 {_ms(r.short_ttft_p50_s)}/{_ms(r.short_ttft_p95_s)} ms"
+        out.append(line)
     return out
 
 

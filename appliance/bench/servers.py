@@ -10,6 +10,7 @@ Kinds:
                     from a file:// source into its own store under the work directory
   llama-server      llama.cpp's server, `-np parallel`, `-c context × parallel`, per-slot KV
   llama-server-np1  the same with one slot (`-c context`): what a naive deployment gets
+  llama-server-bs   llama-server with `--backend-sampling` (its in-graph sampling): its fastest
   llama-cpp-python  `python -m llama_cpp.server` (its `server` extra): one request at a time
 """
 
@@ -32,7 +33,8 @@ import tomlkit
 from ..errors import BenchError, UsageError
 from .load import Target
 
-KINDS = ("appliance", "llama-server", "llama-server-np1", "llama-cpp-python")
+KINDS = ("appliance", "llama-server", "llama-server-np1", "llama-server-bs", "llama-cpp-python")
+LLAMA_SERVERS = ("llama-server", "llama-server-np1", "llama-server-bs")
 MODEL_ID = "bench"
 GGML_TYPES = {"f16": 1, "q8_0": 8, "q4_0": 2}  # llama-cpp-python's server takes ggml type numbers
 
@@ -151,7 +153,7 @@ def spec_for(kind: str, s: Settings, workdir: Path, llama_server: str | None) ->
         key_file.chmod(0o600)
         argv = [sys.executable, "-m", "appliance", "serve", "--config", str(cfg), "--models", str(models)]
         return Spec(kind, argv, port, "/ready", api_key=token)
-    if kind in ("llama-server", "llama-server-np1"):
+    if kind in LLAMA_SERVERS:
         if llama_server is not None and not Path(llama_server).is_file():
             raise UsageError(f"--llama-server {llama_server}: no such file")
         binary = llama_server or shutil.which("llama-server")
@@ -159,7 +161,10 @@ def spec_for(kind: str, s: Settings, workdir: Path, llama_server: str | None) ->
             raise UsageError(f"--compare {kind}: llama-server not found (give --llama-server PATH; "
                              "docs/benchmarks.md shows how to build it from the llama-cpp-python sdist)")
         parallel = 1 if kind == "llama-server-np1" else s.parallel
-        return Spec(kind, llama_server_argv(binary, s, port, parallel), port, "/health")
+        argv = llama_server_argv(binary, s, port, parallel)
+        if kind == "llama-server-bs":
+            argv.append("--backend-sampling")
+        return Spec(kind, argv, port, "/health")
     if kind == "llama-cpp-python":
         try:
             import fastapi  # noqa: F401  (the `server` extra's first requirement)

@@ -56,8 +56,13 @@ def plan_export(store: Store, catalog: Catalog, names: list[str]) -> ExportPlan:
         for p in state.paths:
             # Blobs are content-addressed: the name is the checksum the bytes must still have.
             shards.append((p.stat().st_size, p.name.removeprefix(BLOB_PREFIX)))
+        files = list(state.paths)
+        mmproj = store.mmproj_path(model_id, cfg)
+        if mmproj is not None:  # the projector travels with its model
+            files.append(mmproj)
+            shards.append((mmproj.stat().st_size, mmproj.name.removeprefix(BLOB_PREFIX)))
         entries.append((model_id, tables[model_id], shards))
-        paths.extend(state.paths)
+        paths.extend(files)
     data = build_manifest(entries, __version__)
     return ExportPlan(data, parse_manifest(data), paths)
 

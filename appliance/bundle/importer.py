@@ -17,7 +17,7 @@ import contextlib
 import fcntl
 import os
 import tempfile
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import BinaryIO, Callable, Iterator
 
@@ -192,13 +192,16 @@ def _note(manifest: Manifest, reader: BundleReader) -> str:
 def _install_record(store: Store, model: BundleModel, signer: str | None) -> bool:
     """Write the model's record unless an equivalent one is already there (idempotence)."""
     cfg = model.config
-    blobs = [BlobRef(bf.sha256, bf.size, src) for bf, src in zip(model.files, cfg.shard_sources)]
+    blobs = [BlobRef(bf.sha256, bf.size, src) for bf, src in zip(model.shards, cfg.shard_sources)]
+    mm = model.mmproj
+    mmproj = BlobRef(mm.sha256, mm.size, cfg.mmproj) if mm and cfg.mmproj else None
     old = store.record(model.id)
     if (
         old is not None
         and old.source == cfg.source
         and old.revision == cfg.revision
         and list(old.blobs) == blobs
+        and old.mmproj == mmproj
         and old.verified_at is not None
         and (signer is None or old.bundle_signer == signer)
     ):
@@ -210,6 +213,7 @@ def _install_record(store: Store, model: BundleModel, signer: str | None) -> boo
         blobs=blobs,
         verified_at=store.clock(),
         bundle_signer=signer,
+        extra={"mmproj": asdict(mmproj)} if mmproj else {},
     )
     if old is not None and signer is None and (old.source, old.revision, old.blobs) == (cfg.source, cfg.revision, blobs):
         rec = replace(rec, bundle_signer=old.bundle_signer)  # same model re-verified: its signer stands

@@ -60,7 +60,16 @@ class BundleModel:
     id: str
     catalog: dict[str, Any]  # the models.toml table, key for key
     config: ModelConfig
-    files: tuple[BundleFile, ...]
+    files: tuple[BundleFile, ...]  # the source's shards in order, then the projector (mmproj) if bundled
+
+    @property
+    def shards(self) -> tuple[BundleFile, ...]:
+        return self.files[: len(self.config.shard_sources)]
+
+    @property
+    def mmproj(self) -> BundleFile | None:
+        extra = self.files[len(self.config.shard_sources):]
+        return extra[0] if extra else None
 
 
 @dataclass(frozen=True)
@@ -112,7 +121,8 @@ def build_manifest(
     appliance_version: str,
     created: datetime | None = None,
 ) -> bytes:
-    """Manifest bytes for (model id, catalog table, [(size, sha256) per shard]) entries.
+    """Manifest bytes for (model id, catalog table, [(size, sha256) per shard, then the
+    projector's when the entry has an `mmproj` and it is bundled]) entries.
 
     The result is parsed back before it is returned, so an export can never write a
     manifest that its own import would refuse.
@@ -127,7 +137,7 @@ def build_manifest(
     }
     for model_id, table, shards in entries:
         cfg = _model_config(model_id, table)
-        sources = cfg.shard_sources
+        sources = cfg.shard_sources + ([cfg.mmproj] if cfg.mmproj and len(shards) == len(cfg.shard_sources) + 1 else [])
         if len(shards) != len(sources):
             raise BundleError(f"model {model_id!r} has {len(shards)} file(s) in the store, its source names {len(sources)}")
         models.append(
@@ -185,14 +195,16 @@ def parse_manifest(data: bytes) -> Manifest:
     for m in doc.models:
         cfg = configs[m.id]
         expected = [file_name(m.id, s) for s in cfg.shard_sources]
+        names = [f.name for f in m.files]
+        if cfg.mmproj and len(names) == len(expected) + 1:  # the projector, bundled beside
+            expected.append(file_name(m.id, cfg.mmproj))
         for name in expected:
             check_member_name(name)
-        names = [f.name for f in m.files]
         if names != expected:
             raise BundleError(
                 f"{MANIFEST_NAME}: model {m.id!r} must list files {expected} (its source's shards, in order), got {names}"
             )
-        for f, pinned in zip(m.files, cfg.pinned_sha256):
+        for f, pinned in zip(m.files, [*cfg.pinned_sha256, cfg.mmproj_sha256]):
             if not SHA256_RE.match(f.sha256):
                 raise BundleError(f"{MANIFEST_NAME}: {f.name}: sha256 is not 64 lowercase hex digits")
             if pinned is not None and pinned != f.sha256:

@@ -13,7 +13,7 @@ from typing import Sequence
 from ..errors import ApplianceError
 
 # Command-group modules, imported when the parser is built (after `preload_llama`).
-GROUPS = ["serve", "models", "bundle", "keys", "doctor", "bench", "worker"]
+GROUPS = ["serve", "models", "run", "live", "show", "bundle", "keys", "doctor", "bench", "worker"]
 
 
 def preload_llama(argv: Sequence[str]) -> None:
@@ -22,9 +22,9 @@ def preload_llama(argv: Sequence[str]) -> None:
     On an H200 host (CUDA build, numpy 2.5 with its bundled OpenBLAS) the first model load
     segfaulted inside llama_model_load_from_file whenever numpy had been imported first; with
     llama.cpp loaded first it ran. The command modules import numpy (gguf), so this runs
-    before they are imported, and only for `serve`, which loads models.
+    before they are imported, and only for `serve` and `run`, which load models.
     """
-    if "serve" in argv or "worker" in argv:
+    if "serve" in argv or "worker" in argv or (argv and argv[0] == "run"):
         import llama_cpp  # noqa: F401
 
 
@@ -61,6 +61,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     preload_llama(argv)
     parser = build_parser()
+    if not argv:  # a newcomer's first try: what there is to do, not "arguments are required"
+        parser.print_help()
+        return 0
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)

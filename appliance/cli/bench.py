@@ -12,6 +12,7 @@ import asyncio
 import json
 import os
 import platform
+import secrets
 import shutil
 import signal
 import tempfile
@@ -41,7 +42,8 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     where.add_argument("--peer-model", metavar="ID", help="model id at --peer (default: the only one it lists)")
     where.add_argument("--compare", metavar="KIND,...",
                        help="start the appliance and these peers on --model-file: llama-server, "
-                            "llama-server-np1, llama-cpp-python (comma-separated; may be empty: '')")
+                            "llama-server-np1, llama-server-bs (--backend-sampling), llama-cpp-python "
+                            "(comma-separated; may be empty: '')")
     pinned = p.add_argument_group("settings every started server is pinned to (--compare)")
     pinned.add_argument("--context", type=int, default=2048, help="tokens per slot (default: 2048)")
     pinned.add_argument("--parallel", type=int, default=16, help="slots (default: 16)")
@@ -62,6 +64,15 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     g.add_argument("--prompt", metavar="TEXT", help="the same prompt for every request")
     g.add_argument("--prompt-tokens", type=int, metavar="N",
                    help="prompts of about N tokens (default: a short distinct prompt per request)")
+    load.add_argument("--temperature", type=float, default=0.0, metavar="T",
+                      help="the requests' temperature, their only sampling field, as OpenAI clients send "
+                           "it (default: 0, greedy)")
+    load.add_argument("--mixed-prompts", type=int, metavar="N",
+                      help="every 4th request's prompt is about N tokens long (do short prompts wait behind "
+                           "long ones?); adds the short prompts' TTFT to the table")
+    load.add_argument("--prompt-seed", type=int, metavar="S",
+                      help="written into every prompt (default: a fresh random one per invocation, so no "
+                           "server finds a prompt of an earlier run in its cache)")
     load.add_argument("--ban-tokens", default="", metavar="ID,ID,...",
                       help="token ids given a logit_bias of -100 on every server")
     load.add_argument("--model-file", metavar="PATH.gguf",
@@ -122,11 +133,17 @@ def _workload(args: argparse.Namespace) -> Any:
 
     if args.prompt is not None and not args.prompt:
         raise UsageError("--prompt must not be empty")
+    if not 0 <= args.temperature <= 2:
+        raise UsageError("--temperature must be in [0, 2]")
+    if args.mixed_prompts is not None and args.prompt is not None:
+        raise UsageError("--mixed-prompts and --prompt exclude each other")
     banned = set(_int_list("--ban-tokens", args.ban_tokens, 0))
     if args.model_file:
         banned.update(eog_token_ids(args.model_file))
+    seed = args.prompt_seed if args.prompt_seed is not None else secrets.randbelow(10**6)
     return Workload(endpoint=args.endpoint, max_tokens=args.max_tokens, prompt=args.prompt,
-                    prompt_tokens=args.prompt_tokens, banned=tuple(sorted(banned)))
+                    prompt_tokens=args.prompt_tokens, banned=tuple(sorted(banned)), temperature=args.temperature,
+                    long_every=4 if args.mixed_prompts else 0, long_tokens=args.mixed_prompts or 0, seed=seed)
 
 
 def _settings(args: argparse.Namespace) -> Any:
@@ -181,7 +198,7 @@ def bench(args: argparse.Namespace) -> int:
     levels = _int_list("--concurrency", args.concurrency, 1)
     if not levels:
         raise UsageError("--concurrency: give at least one level")
-    _positive(args, "requests_per_client", "repeat", "max_tokens", "prompt_tokens", "context", "parallel",
+    _positive(args, "requests_per_client", "repeat", "max_tokens", "prompt_tokens", "mixed_prompts", "context", "parallel",
               "threads", "max_waiting", "schema_concurrency", "overload_clients", "swap_trials")
     scenarios = _names("--scenarios", args.scenarios, SCENARIOS)
     if args.compare is None and not args.url:
@@ -192,7 +209,8 @@ def bench(args: argparse.Namespace) -> int:
         _url("--url", args.url)
     if args.peer:
         _url("--peer", args.peer)
-    kinds = _names("--compare", args.compare, ("llama-server", "llama-server-np1", "llama-cpp-python"))
+    kinds = _names("--compare", args.compare, ("llama-server", "llama-server-np1", "llama-server-bs",
+                                                "llama-cpp-python"))
     settings = _settings(args) if args.compare is not None else None
     if args.llama_bench and settings is None:
         raise UsageError("--llama-bench needs --compare and --model-file")
@@ -339,7 +357,10 @@ def _machine() -> dict[str, Any]:
 def _preamble(w: Any, levels: list[int], args: argparse.Namespace) -> str:
     banned = ",".join(map(str, w.banned)) if w.banned else "none"
     prompt = "fixed" if w.prompt is not None else (f"~{w.prompt_tokens} tokens" if w.prompt_tokens else "short")
-    return (f"/v1/{'chat/completions' if w.endpoint == 'chat' else 'completions'}, stream, temperature 0, "
+    if w.long_every:
+        prompt += f", every {w.long_every}th ~{w.long_tokens} tokens"
+    prompt += f" (seed {w.seed})"
+    return (f"/v1/{'chat/completions' if w.endpoint == 'chat' else 'completions'}, stream, temperature {w.temperature:g}, "
             f"max_tokens {w.max_tokens}, prompt {prompt}, banned tokens {banned}, levels "
             f"{','.join(map(str, levels))}, {args.requests_per_client} requests per client, {args.repeat} run(s) per level")
 

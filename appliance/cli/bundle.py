@@ -6,12 +6,11 @@ import argparse
 import contextlib
 import sys
 from pathlib import Path
-from typing import BinaryIO, Callable, Iterator
-
-from tqdm import tqdm
+from typing import Any, BinaryIO, Callable, Iterator
 
 from ..config import load_settings
 from ..errors import UsageError
+from ..progress import byte_progress
 from ..store.core import Store
 
 
@@ -52,12 +51,11 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
 
 
 def _progress_factory() -> tuple[Callable[[int], Callable[[int], None]], Callable[[], None]]:
-    """A byte progress bar on stderr, only when stderr is a terminal."""
-    bars: list[tqdm] = []
+    """Byte progress on stderr: a bar on a terminal, periodic lines on a pipe."""
+    bars: list[Any] = []
 
     def make(total: int) -> Callable[[int], None]:
-        bar = tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, file=sys.stderr,
-                   disable=not sys.stderr.isatty(), leave=False)
+        bar = byte_progress(total, "bundle")
         bars.append(bar)
         return bar.update
 

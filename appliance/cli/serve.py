@@ -9,7 +9,7 @@ import signal
 import sys
 
 from ..api.state import RequestIdFilter
-from ..config import load_settings
+from ..config import Settings, load_settings
 
 
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
@@ -39,8 +39,20 @@ async def _serve(daemon: object) -> int:
     def listening() -> None:
         # One line on stdout that scripts (and tests) can wait for.
         print(f"appliance: serving on {daemon.url}", flush=True)
+        log_sources(daemon.settings)
 
     return await run_service(daemon, listening)
+
+
+def log_sources(settings: Settings) -> None:
+    """Which files this daemon runs from: the first question when it serves the wrong thing."""
+    log = logging.getLogger("appliance.service")
+    cat = settings.catalog
+    log.info("config: %s; catalog: %s%s; keys: %s; store: %s", settings.config_path or "none found (defaults)",
+             cat.path, "" if cat.exists else " (not found)", settings.keys_path, settings.config.store.path)
+    if not cat.models:
+        log.warning("the catalog %s has no models: requests will get model_not_found; add one with "
+                    "`appliance pull owner/repo` or `appliance import FILE.gguf --name ID`", cat.path)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -48,13 +48,17 @@ def embed_batches(
     max_seqs: int,
     n_embd: int,
     decode: Callable[[Batch], None],
+    stop: Callable[[], bool] = lambda: False,
 ) -> list[list[float]]:
     """Decode the inputs `max_seqs` at a time (as many as fit the batch) and return one
-    normalized vector per input. `decode` raises EngineError on failure."""
+    normalized vector per input. `decode` raises EngineError on failure; `stop()` is asked
+    before each batch (the client went away: the model is not held for the rest)."""
     mem = ll.llama_get_memory(ctx)
     out: list[list[float]] = []
     i = 0
     while i < len(token_lists):
+        if stop():
+            raise EngineError("embedding cancelled: the client went away")
         b = batch
         b.clear()
         seqs = 0

@@ -27,7 +27,8 @@ class Generation:
     def __init__(self, loop: asyncio.AbstractEventLoop, n: int, cancel: Callable[[], None], request_id: str = "") -> None:
         self.request_id = request_id
         self.n = n
-        self.usage = Usage()
+        self.usage = Usage()  # the runner's final figures; until then, what was delivered:
+        self.delivered = Usage()  # prompt tokens (set when queued) and tokens handed out so far
         self._loop = loop
         self._queue: asyncio.Queue[object] = asyncio.Queue()
         self._cancel = cancel
@@ -65,6 +66,7 @@ class Generation:
             self._consumed = True
             raise item
         assert isinstance(item, Delta)
+        self.delivered.completion_tokens += len(item.token_ids)
         return item
 
     def __aiter__(self) -> AsyncIterator[Delta]:

@@ -82,7 +82,7 @@ def _callback(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
 
 
 def install() -> None:
-    """Route llama.cpp's (and ggml's) log into `logging`; idempotent.
+    """Route llama.cpp's (and ggml's, and libmtmd's) log into `logging`; idempotent.
 
     The ctypes callback object is module-global so it is never garbage collected while
     C still holds its pointer.
@@ -91,6 +91,12 @@ def install() -> None:
     with _install_lock:
         if not _installed:
             llama_cpp.llama_log_set(_callback, ctypes.c_void_p(0))
+            # libmtmd (images) logs through its own hooks, at INFO per request (prompt text
+            # included): the same route, so it is DEBUG here and never on stderr
+            from llama_cpp import mtmd_cpp
+
+            mtmd_cpp.mtmd_log_set(_callback, ctypes.c_void_p(0))
+            mtmd_cpp.mtmd_helper_log_set(_callback, ctypes.c_void_p(0))
             _installed = True
 
 

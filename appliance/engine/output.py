@@ -42,7 +42,7 @@ class OutputProcessor:
             text = ch.text.flush()
             finish = "stop"
         else:
-            piece = self.vocab.piece(tok)
+            piece = self.vocab.special_piece(tok) if tok in job.preserved else self.vocab.piece(tok)
             if p.logprobs:
                 logprobs.append(self.logprob(row, tok, piece, p.top_logprobs))
             text = ch.text.feed(piece)

@@ -75,6 +75,8 @@ def context_params(cfg: ModelConfig, *, threads: int, n_batch: int = N_BATCH,
         cp.n_outputs_max_per_seq = 0
         cp.embeddings = True
         cp.pooling_type = ll.LLAMA_POOLING_TYPE_UNSPECIFIED if declares_pooling else ll.LLAMA_POOLING_TYPE_MEAN
+    else:
+        cp.n_outputs_max_per_seq = 1  # one row per sequence a step: the bound of in-graph sampling
     return cast("ll.llama_context_params", cp)
 
 

@@ -9,13 +9,15 @@ Importing this module loads no llama.cpp.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Literal, Protocol, Sequence
 
 from .generation import Generation
-from .types import EmbeddingResult, GenerationRequest
+from .types import EmbeddingResult, GenerationRequest, TokenLogprob
 
 if TYPE_CHECKING:
     from .llamalog import BufferSizes
+    from .vision import VisionPrompt
+    from .vocab import Vocab
 
 
 class DrivenRunner(Protocol):
@@ -71,11 +73,39 @@ class ServingRunner(Protocol):
     @property
     def arch(self) -> str: ...
 
+    @property
+    def vocab(self) -> Vocab: ...  # read-only tokenizer side: llguidance builds its tokenizer from it
+
+    @property
+    def tool_use_template(self) -> str | None:
+        """The GGUF's tool_use template variant, if any (used when tools are offered)."""
+        ...
+
+    @property
+    def reasoning(self) -> Literal["separate", "inline"]:
+        """The catalog's `reasoning`: thinking into reasoning_content, or kept in the content."""
+        ...
+
     def generate(self, req: GenerationRequest) -> Generation: ...
+
+    def tokenize_images(self, text: str, images: list[bytes], add_special: bool) -> VisionPrompt:
+        """A prompt with images, tokenized by the model's projector (CPU work: call it off
+        the event loop and pass the result as GenerationRequest.vision)."""
+        ...
 
     async def embed(self, inputs: list[str | list[int]]) -> EmbeddingResult: ...
 
     def detokenize(self, tokens: list[int], special: bool = False) -> str: ...
+
+    def tokenize(self, text: str, add_special: bool = True, parse_special: bool = False) -> list[int]: ...
+
+    def piece(self, token: int) -> bytes: ...
+
+    def fim_prompt(self, prefix: str, suffix: str, middle: str = "",
+                   extra: Sequence[tuple[str, str]] = (), param: str = "suffix") -> list[int]: ...
+
+    async def prompt_logprobs(self, prompt: str | list[int], top_n: int = 0,
+                              add_special: bool = True) -> list[TokenLogprob]: ...
 
 
 class EngineRunner(DrivenRunner, ServingRunner, Protocol):

@@ -23,10 +23,9 @@ import os
 import threading
 import time
 from collections import deque
-from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence, TypeVar
+from typing import Any, Callable, Literal, Sequence, TypeVar
 
 import llama_cpp as ll
 
@@ -37,15 +36,20 @@ from .batch import Batch
 from .chat import ChatPrompt, render_chat
 from .cpufeatures import extra_buffers_safe
 from .embeddings import embed_batches, embedding_inputs
+from .fim import fim_prompt
 from .generation import _END, Generation, post_many
 from .output import OutputProcessor, usage
+from .guidance import StepMasks, logits_row, specials_of
 from .params import N_BATCH, context_params, model_params
-from .sampling import RowLogprobs, SlotSampler, make_grammar, random_seed, row_logprobs
+from .promptscore import score_tokens
+from .sampling import (Resident, RowLogprobs, SlotSampler, random_seed, row_logprobs,
+                       use_backend_sampling)
 from .slots import Choice, Job, Slot, SlotTable
-from .step import StepPlan, plan_step
+from .step import Part, StepPlan, plan_step
 from .textout import TextStream
-from .types import EmbeddingResult, GenerationRequest
-from .validate import check_ids, check_params, max_new_tokens, prompt_tokens
+from .types import EmbeddingResult, GenerationRequest, TokenLogprob
+from .validate import check_ids, check_params, check_length, max_new_tokens, prompt_tokens
+from .vision import Projector, VisionPrompt
 from .vocab import Vocab
 
 log = logging.getLogger(__name__)
@@ -90,8 +94,8 @@ class Runner:
         n_threads: int | None = None,
         n_batch: int = DEFAULT_N_BATCH,
         extra_buffers: bool | None = None,
-        resample_pool: Executor | None = None,
         arrival_wait_s: float = ARRIVAL_WAIT_S,
+        mmproj: Path | None = None,
         workers: Sequence[str] = (),
     ) -> None:
         llamalog.install()
@@ -128,6 +132,7 @@ class Runner:
                 self.model = None
                 raise EngineError(f"llama.cpp could not create a context for {paths[0]} "
                                   f"(n_ctx={cp.n_ctx}, n_seq_max={cp.n_seq_max})")
+            self.projector = self._load_projector(mmproj, use_gpu=n_gpu_layers != 0, threads=threads)
         self.load_log = llamalog.join_lines(chunks)
         self.buffers = llamalog.parse_buffer_sizes(self.load_log)
         self.n_batch = int(cp.n_batch)
@@ -137,6 +142,8 @@ class Runner:
         # the decode thread's handle: valid until close() frees it, after the thread stopped
         self._ctx: ll.llama_context_p = self.ctx
         self.mem = ll.llama_get_memory(self.ctx)
+        self.backend_sampling = not self.embedding and use_backend_sampling(cfg.backend_sampling, n_gpu_layers)
+        self._resident: dict[int, Resident] = {}  # seq -> chain a finished request left in the graph
         self._batch = Batch(self.n_batch)
         self._table = SlotTable(self.parallel, self._trim)
         self._slots = self._table.slots
@@ -144,8 +151,7 @@ class Runner:
         self._output = OutputProcessor(self.vocab, self._row_logprobs)
         self._tasks: deque[_Task] = deque()
         self._outbox: list[Job] = []  # jobs with items to deliver at the end of this step
-        self._resampler = resample_pool  # grammar resamples (made on first use unless given)
-        self._own_resampler = resample_pool is None
+        self._masks: StepMasks | None = None  # llguidance masks (made on first constrained step)
         self._arrival_wait_s = arrival_wait_s
         self._cond = threading.Condition()
         self._abandoned = False  # a worker was lost mid-call: the decode thread never returns
@@ -187,6 +193,15 @@ class Runner:
         return self.cfg.chat_template or self.vocab.chat_template
 
     @property
+    def reasoning(self) -> Literal["separate", "inline"]:
+        return self.cfg.reasoning
+
+    @property
+    def tool_use_template(self) -> str | None:
+        """The GGUF's tool_use variant, unless the catalog overrides the template."""
+        return None if self.cfg.chat_template else self.vocab.tool_use_template
+
+    @property
     def bos_text(self) -> str:
         return self.vocab.token_text(self.vocab.bos)
 
@@ -206,6 +221,11 @@ class Runner:
     def piece(self, token: int) -> bytes:
         """The bytes one generated token adds to the output text."""
         return self.vocab.piece(token)
+
+    def fim_prompt(self, prefix: str, suffix: str, middle: str = "",
+                   extra: Sequence[tuple[str, str]] = (), param: str = "suffix") -> list[int]:
+        """Fill-in-the-middle prompt tokens (engine/fim.py); 400 when the vocabulary has no FIM tokens."""
+        return fim_prompt(self.vocab, self.model_id, prefix, suffix, middle, extra, param=param)
 
     # --- generation ------------------------------------------------------------------------------
 
@@ -240,20 +260,46 @@ class Runner:
             self._cond.notify()
         return [j.gen for j in jobs]
 
+    def _load_projector(self, mmproj: Path | None, *, use_gpu: bool, threads: int) -> Projector | None:
+        if mmproj is None or self.model is None:
+            return None
+        try:
+            return Projector(mmproj, self.model, use_gpu=use_gpu, n_threads=threads)
+        except BaseException:
+            ll.llama_free(self.ctx)
+            ll.llama_model_free(self.model)
+            self.ctx = self.model = None
+            raise
+
+    def tokenize_images(self, text: str, images: list[bytes], add_special: bool) -> VisionPrompt:
+        if self.projector is None:
+            raise InvalidRequest(f"model {self.model_id!r} does not take images (it has no mmproj projector)",
+                                 param="messages")
+        return self.projector.tokenize(text, images, add_special=add_special)
+
     def _prepare(self, req: GenerationRequest) -> Job:
         if self.embedding:
             raise InvalidRequest(f"model {self.model_id!r} is an embedding model", param="model")
         p = req.params
         check_params(p, parallel=self.parallel, n_vocab=self.vocab.n_vocab)
-        prompt = prompt_tokens(self.vocab, req, self.context)
+        vision = req.vision
+        if vision is None and req.images and isinstance(req.prompt, str):
+            vision = self.tokenize_images(req.prompt, list(req.images), req.add_special)
+        elif vision is None and req.images:
+            raise InvalidRequest("images need a text prompt with one image marker each", param="prompt")
+        if vision is not None:
+            prompt = check_length(vision.tokens, self.context)
+            if prompt[-1] < 0:
+                raise InvalidRequest("the prompt must not end with an image", param="messages")
+        else:
+            prompt = prompt_tokens(self.vocab, req, self.context)
         max_tokens = max_new_tokens(p, len(prompt), self.context)
         base_seed = p.seed if p.seed is not None else random_seed()
         samplers: list[SlotSampler] = []
         try:
             for i in range(p.n):
-                grammar = make_grammar(self.vocab.vocab, p.grammar, p.grammar_triggers) if p.grammar else None
                 samplers.append(SlotSampler(self.vocab.vocab, self.vocab.n_vocab, p, base_seed + i,
-                                            self.vocab.eog_ids, grammar))
+                                            self.vocab.eog_ids, n_ctx=self.context))
         except BaseException:
             for smp in samplers:
                 smp.free()
@@ -261,8 +307,10 @@ class Runner:
         loop = asyncio.get_running_loop()
         job: Job
         gen = Generation(loop, p.n, lambda: self._cancel(job), req.request_id)
+        gen.delivered.prompt_tokens = len(prompt)
         job = Job(gen=gen, prompt=prompt, params=p, max_tokens=max_tokens, samplers=samplers,
-                  t_submit=time.monotonic())
+                  t_submit=time.monotonic(), preserved=self.vocab.special_ids(p.preserved), vision=vision,
+                  matchers=p.constraint.fork(p.n) if p.constraint is not None else [])  # type: ignore[attr-defined]
         return job
 
     def render_chat(
@@ -270,10 +318,16 @@ class Runner:
         messages: list[dict[str, Any]],
         tools: list[dict[str, Any]] | None = None,
         tool_choice: str | dict[str, Any] | None = None,
+        **options: Any,
     ) -> ChatPrompt:
-        """Render messages with this model's template (catalog's, GGUF's, or the default)."""
+        """Render messages with this model's template (catalog's, GGUF's, or the default);
+        `options`: render_chat's keywords (template_kwargs, parallel_tool_calls, reasoning)."""
+        options.setdefault("reasoning", self.reasoning)
+        if tools:
+            options.setdefault("specials", specials_of(self.vocab))
         return render_chat(self.chat_template, messages, tools, tool_choice,
-                           bos=self.bos_text, eos=self.eos_text, arch=self.arch)
+                           bos=self.bos_text, eos=self.eos_text, arch=self.arch,
+                           tool_use_template=self.tool_use_template, **options)
 
     def _check_open(self) -> None:
         if self._closed:
@@ -297,14 +351,44 @@ class Runner:
         if not self.embedding:
             raise InvalidRequest(f"model {self.model_id!r} is not an embedding model", param="model")
         token_lists = embedding_inputs(self.vocab, inputs, self.context)
-        vectors = await self._call(lambda: embed_batches(
-            self._ctx, self._batch, token_lists, max_seqs=self.parallel, n_embd=self.n_embd,
-            decode=self._decode_prompts))
+        gone = threading.Event()
+        try:
+            vectors = await self._call(lambda: embed_batches(
+                self._ctx, self._batch, token_lists, max_seqs=self.parallel, n_embd=self.n_embd,
+                decode=self._decode_prompts, stop=gone.is_set))
+        except asyncio.CancelledError:
+            gone.set()  # the runner's thread stops at the next batch
+            raise
         return EmbeddingResult(vectors=vectors, prompt_tokens=sum(map(len, token_lists)))
 
     def _decode_prompts(self, b: Batch) -> None:
         self._decode_or_raise(b)
         self.stats.prompt_tokens_evaluated += b.n
+
+    # --- prompt logprobs -----------------------------------------------------------------------
+
+    async def prompt_logprobs(self, prompt: str | list[int], top_n: int = 0,
+                              add_special: bool = True) -> list[TokenLogprob]:
+        """Each prompt token's logprob given the ones before it (engine/promptscore.py)."""
+        self._check_open()
+        tokens = prompt_tokens(self.vocab, GenerationRequest(prompt, add_special=add_special), self.context + 1)
+
+        def run() -> list[TokenLogprob]:
+            free = [s for s in self._slots if s.job is None]
+            if not free:
+                raise EngineError("no free slot to score the prompt in")
+            s = free[-1]
+            s.cached = []
+            ll.llama_memory_seq_rm(self.mem, s.seq, -1, -1)
+            try:
+                # one logits row per sequence a decode (params.py: n_outputs_max_per_seq = 1)
+                return score_tokens(tokens, seq=s.seq, batch=self._batch, max_rows=1,
+                                    decode=self._decode_prompts, logprob=self._output.logprob,
+                                    piece=self.vocab.piece, top_n=top_n)
+            finally:
+                ll.llama_memory_seq_rm(self.mem, s.seq, -1, -1)
+
+        return await self._call(run)
 
     # --- warm-up ---------------------------------------------------------------------------
 
@@ -415,21 +499,40 @@ class Runner:
             self._let_arrivals_queue(loop)
         with self._cond:
             self._admit()
-        self._collect_resamples()
         plan = plan_step(self._slots, self.n_batch)
         if not plan:
             self._flush()  # cancelled jobs' ends
             return
         self.in_call_since = time.monotonic()
-        ret = ll.llama_decode(self._ctx, self._fill(plan).struct())
-        if ret == 0:
-            self._after(plan)
-        else:
-            self._decode_failed(plan, ret)
+        for img in plan.images:
+            self._read_image(img)
+        if plan.parts:
+            batch = self._fill(plan)
+            self._start_masks(plan)  # constrained streams' masks, computed while the batch decodes
+            ret = ll.llama_decode(self._ctx, batch.struct())
+            if self._masks is not None:
+                self._masks.wait()
+            if ret == 0:
+                self._after(plan)
+            else:
+                self._decode_failed(plan, ret)
         self.in_call_since = None
         self.stats.steps += 1
         self.last_progress = time.monotonic()
         self._flush()
+
+    def _start_masks(self, plan: StepPlan) -> None:
+        items = []
+        for p in plan.parts:
+            job = self._slots[p.seq].job
+            if not p.output or job is None:
+                continue
+            slots = job.slots if p.prompt else [self._slots[p.seq]]  # a prompt's row serves all its choices
+            items += [(s.choice.matcher, s.seq) for s in slots if s.choice is not None and s.choice.matcher is not None]
+        if items:
+            if self._masks is None:
+                self._masks = StepMasks(self.parallel, self.vocab.n_vocab)
+            self._masks.start(items)
 
     def _let_arrivals_queue(self, loop: asyncio.AbstractEventLoop) -> None:
         """Idle, woken by a request: let the event loop finish what it is running before the
@@ -455,7 +558,13 @@ class Runner:
         """Waiting requests into free slots (slots.SlotTable.admit); each slot gets its choice."""
         for job in self._table.admit():
             for i, s in enumerate(job.slots):
-                s.choice = Choice(i, job.samplers[i], TextStream(job.params.stop))
+                s.choice = Choice(i, job.samplers[i], TextStream(job.params.stop),
+                                  matcher=job.matchers[i] if job.matchers else None)
+                resident = self._resident.pop(s.seq, None)
+                if self.backend_sampling and job.params.n == 1 and not job.matchers:  # n > 1: from the first token on (_emit)
+                    job.samplers[i].attach(self._ctx, s.seq, resident)
+                elif resident is not None:
+                    resident.free()
             self.stats.requests += 1
             self.stats.cached_tokens += job.cached
 
@@ -524,6 +633,24 @@ class Runner:
                 s.choice.pending = None
                 self._sample(s, p.row)
 
+    def _read_image(self, p: Part) -> None:
+        """Encode one image of a prompt and evaluate it into the slot (its own decode: the
+        batch holds token ids, an image is embeddings)."""
+        s = self._slots[p.seq]
+        job = s.job
+        span = job.vision.image_at(p.pos0) if job and job.vision else None
+        if job is None or job.done or span is None or self.projector is None:
+            return
+        try:
+            self.projector.decode(self._ctx, span, p.pos0, p.seq, self.n_batch)
+        except EngineError as e:
+            ll.llama_memory_seq_rm(self.mem, p.seq, len(s.cached), -1)
+            self._fail_job(job, e)
+            return
+        s.cached.extend(p.tokens)
+        self.stats.prompt_tokens_evaluated += len(p.tokens)
+        job.evaluated += len(p.tokens)
+
     def _prompt_read(self, first: Slot, idx: int) -> None:
         job = first.job
         assert job is not None
@@ -541,61 +668,19 @@ class Runner:
     def _sample(self, s: Slot, idx: int) -> None:
         job, ch = s.job, s.choice
         assert job is not None and ch is not None
-        try:
-            if job.params.logprobs:  # logprobs read the context's row after the pick: stay here
-                tok = ch.sampler.sample(self._ctx, idx)
-            else:
-                first = ch.sampler.first_pass(self._ctx, idx)
-                if first is None:  # refused by the grammar: resample while the others decode
-                    ch.deferred = ch.sampler.start_resample(self._resample_pool())
-                    ch.deferred.add_done_callback(self._wake)
-                    return
-                tok = first
-        except EngineError as e:
-            self._fail_job(job, e)
-            return
-        self._emit(s, tok, idx)
-
-    def _resample_pool(self) -> Executor:
-        if self._resampler is None:
-            self._resampler = ThreadPoolExecutor(max_workers=2, thread_name_prefix=f"grammar-{self.model_id}")
-        return self._resampler
-
-    def _collect_resamples(self) -> None:
-        """Emit the tokens of finished grammar resamples, so those slots rejoin this step's batch.
-        When nothing else could be decoded meanwhile, wait for one (or for new work)."""
-        waiting = [s for s in self._slots if s.choice is not None and s.choice.deferred is not None]
-        if not waiting:
-            return
-        if not any(s.reading or (s.choice is not None and s.choice.pending is not None) for s in self._slots):
-            with self._cond:
-                while not (self._closed or self._pending or self._tasks or self._any_cancelled()
-                           or any(s.choice is None or s.choice.deferred is None or s.choice.deferred.done()
-                                  for s in waiting)):
-                    self._cond.wait()
-        for s in waiting:
-            ch, job = s.choice, s.job
-            if ch is None or job is None or ch.deferred is None or not ch.deferred.done():
-                continue  # still running, or its job failed meanwhile (n > 1)
-            fut, ch.deferred = ch.deferred, None
-            try:
-                tok = fut.result()
-            except EngineError as e:
-                self._fail_job(job, e)
-                continue
-            self._emit(s, tok, -1)
-
-    def _any_cancelled(self) -> bool:
-        return any(s.job is not None and s.job.cancelled for s in self._slots)
-
-    def _wake(self, _: object = None) -> None:
-        with self._cond:
-            self._cond.notify_all()
+        if ch.matcher is not None and self._masks is not None and idx >= 0:
+            if not self._masks.apply(s.seq, logits_row(self._ctx, idx, self.vocab.n_vocab)):
+                self._fail_job(job, EngineError("the grammar allows no token here"))
+                return
+        self._emit(s, ch.sampler.sample(self._ctx, idx), idx)
 
     def _emit(self, s: Slot, tok: int, idx: int) -> None:
         """Deliver a picked token (output.OutputProcessor); `idx` is its row for logprobs (or -1)."""
         job, ch = s.job, s.choice
         assert job is not None and ch is not None
+        if ch.matcher is not None and not self.vocab.is_eog(tok) and not ch.matcher.consume_token(tok):
+            self._fail_job(job, EngineError(f"the grammar refused a token: {ch.matcher.get_error()}"))
+            return
         delta = self._output.token(job, ch, tok, idx, time.monotonic())
         self.stats.tokens_generated += 1
         job.out.append(delta)
@@ -603,6 +688,8 @@ class Runner:
             self._release(s)
         else:
             ch.pending = tok
+            if self.backend_sampling and ch.matcher is None:  # a grammar's mask needs the row on the host
+                ch.sampler.attach(self._ctx, s.seq)  # the next tokens are drawn in the graph
 
     def _row_logprobs(self, idx: int, tok: int, top_n: int) -> RowLogprobs:
         return row_logprobs(self._ctx, idx, self.vocab.n_vocab, tok, top_n)
@@ -614,6 +701,9 @@ class Runner:
         ch = s.choice
         ended = self._table.release(s)
         if ch is not None:
+            parked = ch.sampler.park() if self.backend_sampling else None
+            if parked is not None:  # stays in the graph for the slot's next request
+                self._resident[s.seq] = parked
             ch.sampler.free()
         if ended is not None:
             self._end_job(ended)
@@ -707,12 +797,17 @@ class Runner:
             self._tasks.clear()
         for t in tasks:  # let waiters (warmup, embed) see the error instead of hanging
             t.fail(EngineError("the model was unloaded"))
-        if self._resampler is not None and self._own_resampler:
-            self._resampler.shutdown(wait=True)  # samplers are freed above, after their resample
         if self._abandoned:
             log.error("runner %s: abandoned after losing an RPC worker; its memory stays allocated "
                       "until the daemon restarts", self.model_id)
             return
+        if self._masks is not None:
+            self._masks.close()
+        for r in self._resident.values():  # out of the graph before the context goes
+            r.free()
+        self._resident.clear()
+        if self.projector is not None:
+            self.projector.close()
         if self.ctx:
             ll.llama_free(self.ctx)
             self.ctx = None

@@ -15,9 +15,8 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -27,6 +26,7 @@ from .types import SamplingParams
 
 if TYPE_CHECKING:
     from .sampling import SlotSampler
+    from .vision import VisionPrompt
 
 
 @dataclass(eq=False)
@@ -38,7 +38,7 @@ class Choice:
     text: TextStream
     generated: int = 0
     pending: int | None = None  # sampled, not yet decoded
-    deferred: Future[int] | None = None  # a grammar resample running off the decode thread
+    matcher: Any = None  # llguidance matcher of a constrained choice (engine/guidance.py)
 
 
 @dataclass(eq=False)
@@ -62,6 +62,9 @@ class Job:
     t_last: float | None = None
     out: list[object] = field(default_factory=list)  # items for the consumer, sent once per step
     queued: bool = False  # in the runner's outbox for this step's delivery
+    matchers: list[Any] = field(default_factory=list)  # one per choice when constrained
+    preserved: frozenset[int] = frozenset()  # special tokens whose text goes out (params.preserved)
+    vision: VisionPrompt | None = None  # the prompt's images (their pseudo-ids are in `prompt`)
 
 
 @dataclass(eq=False)
@@ -97,6 +100,11 @@ class Slot:
     @property
     def submitted(self) -> float:
         return self.job.t_submit if self.job is not None else 0.0
+
+    @property
+    def image_len(self) -> int:
+        span = self.job.vision.image_at(len(self.cached)) if self.job and self.job.vision else None
+        return span.length if span else 0
 
 
 def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
@@ -144,6 +152,8 @@ class SlotTable:
             lcps = {s.seq: common_prefix(s.cached, job.prompt) for s in free}
             first = max(free, key=lambda s: (lcps[s.seq], -s.last_used))
             keep = min(lcps[first.seq], len(job.prompt) - 1)  # always evaluate >= 1 token
+            if job.vision:
+                keep = job.vision.boundary(keep)  # never into the middle of an image
             if keep < len(first.cached):
                 if not self._trim(first.seq, keep):
                     self._trim(first.seq, -1)  # a partial removal was refused: drop it all

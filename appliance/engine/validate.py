@@ -32,6 +32,10 @@ def check_params(p: SamplingParams, *, parallel: int, n_vocab: int) -> None:
         raise InvalidRequest("top_k must be >= 0", param="top_k")
     if not (0 <= p.min_p <= 1):
         raise InvalidRequest("min_p must be in [0, 1]", param="min_p")
+    if not (0 < p.typical_p <= 1):
+        raise InvalidRequest("typical_p must be in (0, 1]", param="typical_p")
+    if p.repeat_last_n < -1:
+        raise InvalidRequest("repeat_last_n must be >= -1", param="repeat_last_n")
     if not (p.repeat_penalty > 0 and math.isfinite(p.repeat_penalty)):
         raise InvalidRequest("repeat_penalty must be > 0", param="repeat_penalty")
     for name, value in (("presence_penalty", p.presence_penalty), ("frequency_penalty", p.frequency_penalty)):
@@ -61,6 +65,11 @@ def prompt_tokens(vocab: Vocab, req: GenerationRequest, context: int) -> list[in
     else:
         prompt = [int(t) for t in req.prompt]
         check_ids(prompt, vocab.n_vocab, "prompt")
+    return check_length(prompt, context)
+
+
+def check_length(prompt: list[int], context: int) -> list[int]:
+    """`prompt`, refused when empty or when it leaves no room to generate within `context`."""
     if not prompt:
         raise InvalidRequest("the prompt is empty", param="prompt")
     if len(prompt) >= context:

@@ -96,6 +96,12 @@ class Vocab:
         raw = ll.llama_model_chat_template(self.model, None)
         return raw.decode("utf-8", errors="replace") if raw else None
 
+    @property
+    def tool_use_template(self) -> str | None:
+        """The GGUF's `tokenizer.chat_template.tool_use` variant (Hermes, Command R), if any."""
+        raw = ll.llama_model_chat_template(self.model, b"tool_use")
+        return raw.decode("utf-8", errors="replace") if raw else None
+
     def token_text(self, tok: int) -> str:
         """The vocabulary's text of a token (e.g. '<s>'), for templates' bos_token/eos_token."""
         if tok < 0 or tok >= self.n_vocab:
@@ -126,6 +132,19 @@ class Vocab:
             p = self._piece(tok, special=False)
             self._pieces[tok] = p
         return p
+
+    def special_ids(self, texts: tuple[str, ...]) -> frozenset[int]:
+        """The tokens of these texts that are single special tokens (whose text `piece` hides)."""
+        out = set()
+        for t in texts:
+            toks = self.tokenize(t, add_special=False, parse_special=True)
+            if len(toks) == 1 and self._piece(toks[0], special=False) != t.encode():
+                out.add(toks[0])
+        return frozenset(out)
+
+    def special_piece(self, tok: int) -> bytes:
+        """A special token's own text (for markers a parser must see, e.g. `[TOOL_CALLS]`)."""
+        return self._piece(tok, special=True)
 
     def _piece(self, tok: int, special: bool) -> bytes:
         buf = ctypes.create_string_buffer(64)

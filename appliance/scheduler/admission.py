@@ -3,6 +3,10 @@
 Fairness rule: the next request admitted comes from the key with waiters that was served
 least recently (a key never served comes first). So once key B has a request waiting, B is
 admitted before any further request from a key A that has been flooding.
+
+Room is shared too: a full queue (`queue.max_waiting`) still takes a request from a key that
+holds less than its share (max_waiting / keys waiting); the newest waiter of the key holding
+the most makes room (it gets 429 queue_full). So one key can't lock the others out.
 """
 
 from __future__ import annotations
@@ -77,6 +81,20 @@ class FairQueue:
         for w in gone:
             self.remove(w)
         return gone
+
+    def make_room(self, key: str, limit: int) -> Waiter | None:
+        """The queue holds `limit`: the waiter to turn away so `key` gets its share, or None
+        when `key` already holds its share (then the newcomer is the one refused)."""
+        keys = len(self._by_key) + (key not in self._by_key)
+        share = limit // keys
+        if len(self._by_key.get(key, ())) >= share:
+            return None
+        biggest = max(self._by_key.values(), key=len, default=None)
+        if biggest is None or len(biggest) <= share:
+            return None
+        victim = biggest[-1]
+        self.remove(victim)
+        return victim
 
     def take_all(self) -> list[Waiter]:
         everyone = list(self)

@@ -45,7 +45,7 @@ from ..hardware.devices import Device, DeviceKind, Hardware
 from ..units import format_size
 from .admission import Waiter
 from .decide import Decision, UnloadReason, decide
-from .estimate import Estimate, Estimator, GGUFEstimator
+from .estimate import Estimate, Estimator, GGUFEstimator, projector_need
 from .footprints import Footprints, footprint_key
 from .lifecycle import ModelEntry, RunnerLike
 from .memory import Memory, Resident, check_budget
@@ -90,6 +90,7 @@ class NoEvents:
 
 Loader = Callable[[str, ModelConfig, list[Path], Placement], RunnerLike]
 StorePaths = Callable[[str, ModelConfig], "list[Path] | None"]
+StoreMmproj = Callable[[str, ModelConfig], "Path | None"]  # a model's image projector, if pulled
 
 
 @dataclass
@@ -110,6 +111,7 @@ class ModelStatus:
     sha256: str | None
     source: str
     pinned: bool
+    unload_at: float | None = None  # Unix time its keep_alive unloads it, if idle and loaded; None: not due
     workers: list[str] = field(default_factory=list)  # RPC `host:port`s its layers are split over
 
     def to_json(self) -> dict[str, Any]:
@@ -132,6 +134,7 @@ class Scheduler:
         *,
         store_paths: StorePaths,
         loader: Loader,
+        store_mmproj: StoreMmproj | None = None,
         hardware: Hardware,
         clock: Clock | None = None,
         estimator: Estimator | None = None,
@@ -149,6 +152,7 @@ class Scheduler:
         self._config_file = str(config_path) if config_path is not None else "appliance.toml"
         self.catalog = catalog
         self._store_paths = store_paths
+        self._store_mmproj = store_mmproj
         self._loader = loader
         self._hw = hardware
         self.clock: Clock = clock or SystemClock()
@@ -246,6 +250,12 @@ class Scheduler:
             return m, m.runner
         if len(m.queue) >= self.config.queue.max_waiting:
             ra = self._retry_after(m)
+            victim = m.queue.make_room(key, self.config.queue.max_waiting)  # fair shares of the room
+            if victim is not None:
+                self._fail(victim, QueueFull(
+                    f"model {m.id!r}: this key holds more than its share of queue.max_waiting; retry later",
+                    retry_after=ra))
+        if len(m.queue) >= self.config.queue.max_waiting:
             raise QueueFull(
                 f"model {m.id!r} has {len(m.queue)} requests waiting (queue.max_waiting); retry later",
                 retry_after=ra,
@@ -294,6 +304,18 @@ class Scheduler:
         m.state_waiters.append(fut)
         self._schedule()
         await fut
+
+    def _unload_at(self, m: _Model, now: float) -> float | None:
+        if m.state != "loaded" or not m.idle or m.cfg.pinned or math.isinf(m.idle_limit):
+            return None
+        return time.time() - (now - (m.last_used or m.loaded_at)) + m.idle_limit
+
+    def set_keep_alive(self, model: str, seconds: float) -> None:
+        """A request's keep_alive (Ollama's): how long `model` stays loaded once idle, until
+        it next unloads (then the catalog's applies again); math.inf: until evicted."""
+        m = self._resolve(model)
+        m.keep_alive = seconds
+        self._schedule()
 
     def update_catalog(self, catalog: Catalog) -> None:
         """models.toml was re-read: new settings apply at each model's next load;
@@ -349,6 +371,7 @@ class Scheduler:
                     sha256=m.sha256 or (cfg.sha256 if isinstance(cfg.sha256, str) else None),
                     source=cfg.source,
                     pinned=cfg.pinned,
+                    unload_at=self._unload_at(m, now),
                     workers=list(self.config.cluster.rpc if cfg.rpc is None else cfg.rpc),
                 )
             )
@@ -467,8 +490,8 @@ class Scheduler:
         times: list[float] = []
         for m in self._models.values():
             times.extend(w.deadline for w in m.queue)
-            if m.state == "loaded" and m.idle and not m.cfg.pinned and not math.isinf(m.cfg.keep_alive):
-                times.append((m.last_used or m.loaded_at) + m.cfg.keep_alive)
+            if m.state == "loaded" and m.idle and not m.cfg.pinned and not math.isinf(m.idle_limit):
+                times.append((m.last_used or m.loaded_at) + m.idle_limit)
             oldest = m.queue.oldest()
             if m.state == "unloaded" and oldest is not None:
                 swap = self.config.queue.swap_after
@@ -515,9 +538,12 @@ class Scheduler:
 
     def _need_fn(self, m: _Model, paths: list[Path], layer_count: int) -> Callable[[DeviceKind, int], Estimate]:
         sha = self._sha256(m, paths)
+        proj = self._store_mmproj(m.id, m.cfg) if self._store_mmproj and m.cfg.mmproj else None
 
         def need(kind: DeviceKind, k: int) -> Estimate:
             e = self._estimator.estimate(paths, m.cfg, gpu_layers=k, device=kind)
+            if proj is not None and (kind == "cpu" or k > 0):  # encoded where the model runs
+                e = e.plus(projector_need(proj))
             full = kind == "cpu" or k >= layer_count
             key = footprint_key(sha, m.cfg, device=kind, gpu_layers=layer_count if full else k, split=m.cfg.gpu == "split")
             measured = self._footprints.get(key)

@@ -90,7 +90,7 @@ def unload_due(m: ModelEntry, now: float) -> bool:
         return True
     if m.cfg.pinned:
         return False
-    ka = m.cfg.keep_alive
+    ka = m.idle_limit
     return not math.isinf(ka) and now >= (m.last_used or m.loaded_at) + ka
 
 

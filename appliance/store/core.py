@@ -41,6 +41,14 @@ def _no_daemon() -> set[str] | None:
 
 
 @dataclass(frozen=True)
+class Removed:
+    """What `remove` deleted, and the blobs it kept because other entries use them."""
+
+    paths: list[Path]
+    shared: dict[str, list[str]]  # sha256 -> the other model ids using it
+
+
+@dataclass(frozen=True)
 class ModelState:
     state: State
     paths: list[Path] | None  # blob paths in shard order when present
@@ -140,11 +148,11 @@ class Store:
 
     def new_record(
         self, model_id: str, cfg: ModelConfig, blobs: list[BlobRef], *, commit: str | None = None,
-        verified: bool = True,
+        verified: bool = True, extra: dict[str, object] | None = None,
     ) -> ModelRecord:
         rec = ModelRecord(
             model=model_id, source=cfg.source, revision=cfg.revision, blobs=blobs, commit=commit,
-            verified_at=self.clock() if verified else None,
+            verified_at=self.clock() if verified else None, extra=extra or {},
         )
         self.write_record(rec)
         return rec
@@ -188,18 +196,26 @@ class Store:
         """Blob paths in shard order if every blob is present (what the daemon loads)."""
         return self.state(model_id, cfg).paths
 
+    def mmproj_path(self, model_id: str, cfg: ModelConfig) -> Path | None:
+        """The model's multimodal projector blob, when the catalog names one and it was pulled."""
+        rec = self.record(model_id)
+        mm = rec.mmproj if cfg.mmproj and rec else None
+        return self.blob_path(mm.sha256) if mm and self.has_blob(mm.sha256) else None
+
     # --- verify and remove ---------------------------------------------------------------
 
     def verify(self, model_id: str, cfg: ModelConfig, progress: Callable[[int], None] | None = None) -> ModelState:
-        """Re-hash every blob. A mismatching blob is deleted (nothing unverified stays) and
-        ChecksumMismatch raised; a match refreshes the record's verified_at."""
+        """Re-hash every blob (the multimodal projector too). A mismatching blob is deleted
+        (nothing unverified stays) and ChecksumMismatch raised; a match refreshes verified_at."""
         st = self.state(model_id, cfg)
         exp = self._expected(model_id, cfg)
         if st.paths is None or exp is None:
             return st
         shas, _, rec = exp
+        mm = rec.mmproj if rec else None
+        projector = [mm.sha256] if mm and self.has_blob(mm.sha256) else []
         with self.lock(model_id):
-            for sha, path in zip(shas, st.paths):
+            for sha, path in zip(shas + projector, st.paths + [self.blob_path(p) for p in projector]):
                 got = _blobs.hash_file(path, progress)
                 if got != sha:
                     self._delete_blob(path)
@@ -220,7 +236,7 @@ class Store:
             os.chmod(path, stat.S_IRUSR | stat.S_IWUSR)
             path.unlink()
 
-    def remove(self, model_id: str, catalog: Catalog) -> list[Path]:
+    def remove(self, model_id: str, catalog: Catalog) -> "Removed":
         """Delete the model's record and the blobs no other catalog entry uses.
 
         Refuses while the daemon reports the model loaded (no daemon reachable: allowed)."""
@@ -230,22 +246,24 @@ class Store:
         cfg = catalog.models[model_id]
         with self.lock(model_id, wait=False):
             mine = set(self._blob_shas(model_id, cfg))
-            others: set[str] = set()
+            users: dict[str, list[str]] = {}
             for other in catalog.models:  # "uses" = pulled (has a record), not merely pinned
                 rec = self.record(other) if other != model_id else None
-                others |= set(rec.shas) if rec else set()
+                for sha in rec.all_shas if rec else set():
+                    users.setdefault(sha, []).append(other)
             removed = []
-            for sha in sorted(mine - others):
+            for sha in sorted(mine - set(users)):
                 path = self.blob_path(sha)
                 if path.exists():
                     self._delete_blob(path)
                     removed.append(path)
             delete_record(self.manifests, model_id)
-        return removed
+        shared = {sha: users[sha] for sha in sorted(mine & set(users)) if self.has_blob(sha)}
+        return Removed(removed, shared)
 
     def _blob_shas(self, model_id: str, cfg: ModelConfig) -> list[str]:
         rec = self.record(model_id)
-        shas = list(rec.shas) if rec else []
+        shas = sorted(rec.all_shas) if rec else []
         return shas + [p for p in cfg.pinned_sha256 if p]
 
     def partial_path(self, key: str) -> Path:

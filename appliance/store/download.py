@@ -14,19 +14,18 @@ import os
 import re
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 from urllib.parse import urlparse
-
-from tqdm import tqdm
 
 from ..config import ModelConfig
 from ..errors import ChecksumMismatch, DownloadError, DownloadInterrupted, NotGGUF, OfflineError, StoreError
+from ..progress import byte_progress
 from .blobs import CHUNK
 from .ggufmeta import check_gguf
 from .core import Store
-from .records import BlobRef
+from .records import BlobRef, ModelRecord
 
 SHA_RE = re.compile(r"^[0-9a-f]{64}$")
 RETRIES = 5  # a dropped connection is resumed (Range) this many times within one pull
@@ -48,6 +47,7 @@ class PullResult:
     up_to_date: bool = False
     unpinned: list[str] = field(default_factory=list)  # checksums taken from the hub, to pin
     via: list[str] = field(default_factory=list)  # per shard: store / provider name / file / hub
+    mmproj_sha256: str | None = None  # the projector's verified checksum, when the entry has one
 
 
 def hub_offline() -> bool:
@@ -83,13 +83,11 @@ class _Report:
         return None
 
 
-def _bar(total: int | None, desc: str, initial: int = 0, enabled: bool | ProgressFn = True) -> tqdm | _Report:
+def _bar(total: int | None, desc: str, initial: int = 0, enabled: bool | ProgressFn = True) -> Any:
+    """A bar on a terminal, periodic lines on a pipe (progress.py), or reports to a function."""
     if callable(enabled):
         return _Report(enabled, total, desc, initial)
-    return tqdm(
-        total=total, initial=initial, desc=desc, unit="B", unit_scale=True, unit_divisor=1024,
-        file=sys.stderr, disable=None if enabled else True, leave=False,
-    )
+    return byte_progress(total, desc, initial, enabled)
 
 
 def pull_model(
@@ -107,7 +105,7 @@ def pull_model(
     waiting = lambda: echo(f"{model_id}: waiting for another pull of this model to finish")  # noqa: E731
     with store.lock(model_id, wait=wait, on_wait=waiting):
         st = store.state(model_id, cfg)
-        if st.state == "verified" and st.record and st.record.revision == cfg.revision:
+        if st.state == "verified" and st.record and st.record.revision == cfg.revision and _has_mmproj(store, cfg, st.record):
             result.up_to_date = True
             result.shas = st.record.shas
             return result
@@ -121,8 +119,23 @@ def pull_model(
             result.via.append(via)
             if pin is None:
                 result.unpinned.append(sha)
-        store.new_record(model_id, cfg, refs, commit=commit)
+        extra: dict[str, object] = {}
+        if cfg.mmproj:  # the projector of a multimodal model: verified like a shard, kept beside
+            sha, size, via, _ = _fetch_shard(store, cfg.mmproj, cfg.revision, cfg.mmproj_sha256, progress, result)
+            extra["mmproj"] = asdict(BlobRef(sha, size, cfg.mmproj))
+            result.via.append(via)
+            result.mmproj_sha256 = sha
+        store.new_record(model_id, cfg, refs, commit=commit, extra=extra)
     return result
+
+
+def _has_mmproj(store: Store, cfg: ModelConfig, record: ModelRecord) -> bool:
+    """The entry names no projector, or the record holds the one it names."""
+    if not cfg.mmproj:
+        return True
+    got = record.mmproj
+    return (got is not None and got.source == cfg.mmproj and store.has_blob(got.sha256)
+            and cfg.mmproj_sha256 in (None, got.sha256))
 
 
 def _fetch_shard(

@@ -43,6 +43,20 @@ class ModelRecord:
     def size(self) -> int:
         return sum(b.size for b in self.blobs)
 
+    @property
+    def mmproj(self) -> BlobRef | None:
+        """The multimodal projector pulled beside the model (kept in `extra`: older readers skip it)."""
+        mm = self.extra.get("mmproj")
+        try:
+            return BlobRef(**mm) if isinstance(mm, dict) else None
+        except TypeError:
+            return None
+
+    @property
+    def all_shas(self) -> set[str]:
+        """Every blob the record holds: shards and projector."""
+        return set(self.shas) | ({self.mmproj.sha256} if self.mmproj else set())
+
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=True) + "\n"
 

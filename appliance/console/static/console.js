@@ -377,6 +377,19 @@ function chatRequest() {
   return req;
 }
 
+// Runs `paint` at most once per animation frame however often `request` is called; `flush`
+// paints now. A reply streams a token per SSE event, often many per network read, and the
+// reader's loop runs them all in microtasks: painting (and laying out the growing reply)
+// for each one kept the page's main thread busy for the whole reply on a slow machine, so
+// even the Stop button went unanswered until the model had finished.
+function framePainter(paint) {
+  let frame = 0;
+  return {
+    request() { if (!frame) frame = requestAnimationFrame(() => { frame = 0; paint(); }); },
+    flush() { if (frame) cancelAnimationFrame(frame); frame = 0; paint(); },
+  };
+}
+
 function renderToolCalls(box, calls) {
   box.replaceChildren(...calls.filter(Boolean).map((c) =>
     h("div", { class: "tool-call", "data-testid": "tool-call" },
@@ -416,18 +429,27 @@ async function sendChat(ev) {
   let chunks = 0;
   let usage = null;
   let content = "";
+  let thinking = "";
   let finish = null;
+  let note = "";
   const calls = [];
-  const showStats = (final) => {
+  const showStats = () => {
     const now = performance.now();
     const n = usage ? usage.completion_tokens : chunks;
     const parts = [];
     if (tFirst !== null) parts.push("TTFT " + secs((tFirst - t0) / 1000));
     if (tFirst !== null && now > tFirst && n > 1) parts.push(((n - 1) / ((now - tFirst) / 1000)).toFixed(1) + " tok/s");
     parts.push(n + " tokens");
-    if (final) parts.push(final);
+    if (note) parts.push(note);
     stats.textContent = parts.join(" · ");
   };
+  const painter = framePainter(() => {
+    out.body.textContent = content;
+    reasoning.textContent = thinking;
+    if (calls.length) renderToolCalls(toolBox, calls);
+    out.el.scrollIntoView({ block: "end" });
+    showStats();
+  });
   try {
     const r = await fetch("/v1/chat/completions", { method: "POST", headers: headers(true),
       body: JSON.stringify(req), signal: ctl.signal });
@@ -447,34 +469,34 @@ async function sendChat(ev) {
           if (tFirst === null) tFirst = performance.now();
           chunks++;
         }
-        if (d.content) { content += d.content; out.body.textContent = content; }
-        if (d.reasoning_content) reasoning.textContent += d.reasoning_content;
+        if (d.content) content += d.content;
+        if (d.reasoning_content) thinking += d.reasoning_content;
         for (const tc of d.tool_calls || []) {
           const c = calls[tc.index] || (calls[tc.index] = { id: tc.id, type: "function", function: { name: "", arguments: "" } });
           if (tc.id) c.id = tc.id;
           if (tc.function && tc.function.name) c.function.name += tc.function.name;
           if (tc.function && tc.function.arguments) c.function.arguments += tc.function.arguments;
-          renderToolCalls(toolBox, calls);
         }
         if (ch.finish_reason) finish = ch.finish_reason;
       }
-      out.el.scrollIntoView({ block: "end" });
-      showStats();
+      painter.request();
     });
-    let note = finish ? "finished: " + finish : "";
+    note = finish ? "finished: " + finish : "";
     if (req.response_format && content) {
       try { JSON.parse(content); note += " · valid JSON"; } catch (e) { note += " · not valid JSON"; }
     }
-    showStats(note);
+    painter.flush();
     const msg = { role: "assistant", content };
     if (calls.length) msg.tool_calls = calls.filter(Boolean);
     state.chat.messages.push(msg);
   } catch (e) {
     if (ctl.signal.aborted) {
-      showStats("stopped");
+      note = "stopped";
+      painter.flush();
       state.chat.messages.push({ role: "assistant", content });
     } else {
       state.chat.messages.pop(); // the user's turn failed: let them edit and resend
+      painter.flush();
       out.el.classList.add("failed");
       out.body.textContent = content || "(no reply)";
       stats.textContent = "";
