@@ -18,7 +18,8 @@ if ! command -v chromium >/dev/null 2>&1 && ! command -v chromium-browser >/dev/
 fi
 python3 -m venv .venv
 .venv/bin/python -m pip install --quiet --upgrade pip
-.venv/bin/python -m pip install --quiet -e '.[dev,demo,bench]'
+# -DGGML_RPC=ON from the first build (a fresh machine compiles once).
+CMAKE_ARGS="${CMAKE_ARGS:-} -DGGML_RPC=ON" .venv/bin/python -m pip install --quiet -e '.[dev,demo,bench]'
 # llama.cpp's RPC backend (appliance worker, `rpc` in models.toml; tests/test_rpc.py) needs
 # -DGGML_RPC=ON. pip's wheel cache ignores CMAKE_ARGS, so rebuild (no cache) only when the
 # installed build lacks it: a machine that already has the right build stays quick.
