@@ -57,3 +57,15 @@ async def serving(settings: Settings, **kw: Any) -> AsyncIterator[Daemon]:
         yield d
     finally:
         await d.stop()
+
+
+@contextlib.asynccontextmanager
+async def openai_client(env: tuple[Settings, Any, str]) -> AsyncIterator[Any]:
+    """A daemon serving `env` (settings, store, token) and a strict openai client on it."""
+    import openai
+
+    settings, store, token = env
+    async with serving(settings, store=store) as d:
+        async with openai.AsyncOpenAI(base_url=d.url + "/v1", api_key=token, _strict_response_validation=True,
+                                      max_retries=0) as c:
+            yield c

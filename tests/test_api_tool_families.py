@@ -17,7 +17,7 @@ import pytest
 
 from appliance.auth import create_key
 from ggufmaker import Shape, cached_gguf
-from test_api_support import pull_all, serving, write_config
+from test_api_support import openai_client, pull_all, serving, write_config
 
 TEMPLATES = Path(__file__).parent / "data" / "templates"
 FAMILY_TEMPLATES = {  # family -> a real template that speaks it
@@ -63,13 +63,7 @@ def env(tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN201
     return settings, store, token
 
 
-@contextlib.asynccontextmanager
-async def client(env) -> AsyncIterator[openai.AsyncOpenAI]:  # noqa: ANN001
-    settings, store, token = env
-    async with serving(settings, store=store) as d:
-        async with openai.AsyncOpenAI(base_url=d.url + "/v1", api_key=token, _strict_response_validation=True,
-                                      max_retries=0) as c:
-            yield c
+client = openai_client  # a daemon serving the env, and a strict openai client on it
 
 
 def _valid(name: str, arguments: str) -> dict[str, Any]:

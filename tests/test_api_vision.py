@@ -15,7 +15,7 @@ from aiohttp import web
 from appliance.api.schemas import IMAGE_MARKER
 from appliance.auth import create_key
 from appliance.engine.vision import MARKER
-from test_api_support import pull_all, serving, write_config
+from test_api_support import openai_client, pull_all, serving, write_config
 from tests.mmprojmaker import ProjShape, make_mmproj
 from tests.test_vision import png
 
@@ -38,13 +38,7 @@ def env_for(tmp_path: Path, tiny: Path, **server: Any):  # noqa: ANN201
     return settings, store, token
 
 
-@contextlib.asynccontextmanager
-async def client(env) -> AsyncIterator[openai.AsyncOpenAI]:  # noqa: ANN001
-    settings, store, token = env
-    async with serving(settings, store=store) as d:
-        async with openai.AsyncOpenAI(base_url=d.url + "/v1", api_key=token, _strict_response_validation=True,
-                                      max_retries=0) as c:
-            yield c
+client = openai_client  # a daemon serving the env, and a strict openai client on it
 
 
 async def chat(c: openai.AsyncOpenAI, content: list[dict[str, Any]], model: str = "vl") -> Any:
