@@ -49,6 +49,9 @@ class Shape:
     chat_template: str | None = None
     name: str = "tiny"
     fim: bool = False  # the vocabulary's last three tokens become FIM_TOKENS (control, keyed as FIM ids)
+    arch: str = "llama"  # or "qwen2vl": the decoder rotates with M-RoPE over `rope_sections`
+    rope_sections: tuple[int, ...] = (2, 3, 3, 0)  # (temporal, height, width, -): qwen2vl only, sums to head_dim/2
+    qk_scale: float = 0.02  # of the random q/k weights; larger makes attention sharp, so positions matter
 
 
 # Qwen2.5-Coder's spelling; llama.cpp finds them through the tokenizer.ggml.fim_*_token_id keys.
@@ -118,8 +121,10 @@ def cached_gguf(shape: Shape, seed: int = 0) -> Path:
 
 def _write_gguf(path: Path, shape: Shape, seed: int) -> None:
     rng = np.random.default_rng(seed)
-    w = gguf.GGUFWriter(str(path), "llama")
+    w = gguf.GGUFWriter(str(path), shape.arch)
     w.add_name(shape.name)
+    if shape.arch == "qwen2vl":
+        w.add_rope_dimension_sections(list(shape.rope_sections))
     w.add_context_length(shape.n_ctx_train)
     w.add_embedding_length(shape.n_embd)
     w.add_block_count(shape.n_layer)
@@ -149,8 +154,8 @@ def _write_gguf(path: Path, shape: Shape, seed: int) -> None:
     w.add_tensor("output.weight", head)
     for i in range(shape.n_layer):
         t(f"blk.{i}.attn_norm.weight", e)
-        t(f"blk.{i}.attn_q.weight", e, e)
-        t(f"blk.{i}.attn_k.weight", kv, e)
+        t(f"blk.{i}.attn_q.weight", e, e, scale=shape.qk_scale)
+        t(f"blk.{i}.attn_k.weight", kv, e, scale=shape.qk_scale)
         t(f"blk.{i}.attn_v.weight", kv, e)
         t(f"blk.{i}.attn_output.weight", e, e)
         t(f"blk.{i}.ffn_norm.weight", e)

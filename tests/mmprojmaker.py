@@ -35,6 +35,7 @@ class ProjShape:
     image_size: int = 32
     patch_size: int = 8
     proj_hidden: int = 64
+    kind: str = "mlp"  # or "qwen2vl_merger" (Qwen2-VL): dynamic resolution, 2x2 patches merged per token, M-RoPE positions
 
     @property
     def n_image_tokens(self) -> int:
@@ -71,7 +72,7 @@ def _write(path: Path, s: ProjShape, seed: int) -> None:
     w = gguf.GGUFWriter(str(path), "clip")
     w.add_name("tiny-mmproj")
     w.add_file_type(gguf.LlamaFileType.ALL_F32)
-    w.add_string("clip.projector_type", "mlp")
+    w.add_string("clip.projector_type", s.kind)
     w.add_bool("clip.has_vision_encoder", True)
     w.add_bool("clip.use_gelu", True)
     w.add_uint32("clip.vision.embedding_length", s.n_embd)
@@ -91,8 +92,11 @@ def _write(path: Path, s: ProjShape, seed: int) -> None:
 
     e, p = s.n_embd, s.patch_size
     t("v.patch_embd.weight", e, 3, p, p)
-    t("v.patch_embd.bias", e)
-    t("v.position_embd.weight", s.n_image_tokens, e)
+    if s.kind == "qwen2vl_merger":  # two temporal frames' convolutions, no bias, positions by rotation
+        t("v.patch_embd.weight.1", e, 3, p, p)
+    else:
+        t("v.patch_embd.bias", e)
+        t("v.position_embd.weight", s.n_image_tokens, e)
     for i in range(s.n_layer):
         for n in ("attn_q", "attn_k", "attn_v", "attn_out"):
             t(f"v.blk.{i}.{n}.weight", e, e)
@@ -104,7 +108,7 @@ def _write(path: Path, s: ProjShape, seed: int) -> None:
         t(f"v.blk.{i}.ffn_up.bias", s.n_ff)
         t(f"v.blk.{i}.ffn_down.weight", e, s.n_ff)
         t(f"v.blk.{i}.ffn_down.bias", e)
-    t("mm.0.weight", s.proj_hidden, e)
+    t("mm.0.weight", s.proj_hidden, e * (4 if s.kind == "qwen2vl_merger" else 1))
     t("mm.0.bias", s.proj_hidden)
     t("mm.2.weight", s.text_n_embd, s.proj_hidden, scale=1.0)
     t("mm.2.bias", s.text_n_embd)

@@ -1,5 +1,6 @@
 """Images over the OpenAI chat API, end to end: a tiny llama model with a synthetic LLaVA
-("mlp") projector pulled beside it, the official openai client, real sockets."""
+("mlp") projector pulled beside it (and a tiny qwen2vl model with a Qwen2-VL projector, whose
+decoder uses M-RoPE), the official openai client, real sockets."""
 
 from __future__ import annotations
 
@@ -16,8 +17,9 @@ from appliance.api.schemas import IMAGE_MARKER
 from appliance.auth import create_key
 from appliance.engine.vision import MARKER
 from test_api_support import openai_client, pull_all, serving, write_config
+from tests.ggufmaker import make_gguf
 from tests.mmprojmaker import ProjShape, make_mmproj
-from tests.test_vision import png
+from tests.test_vision import MROPE, MROPE_PROJ, llama_cpps_own_greedy, png
 
 N_IMG = ProjShape().n_image_tokens
 NO_EOS = {"2": -100}
@@ -103,3 +105,22 @@ async def test_http_image_urls_are_fetched_only_when_allowed(tmp_path: Path, tin
                 await chat(c, [{"type": "image_url", "image_url": {"url": f"http://127.0.0.1:{port}/no.png"}}])
     finally:
         await runner.cleanup()
+
+
+async def test_an_image_request_to_an_m_rope_model_returns_200_and_counts_the_image_tokens(tmp_path: Path) -> None:
+    files = make_gguf(tmp_path / "src" / "qvl.gguf", MROPE), make_mmproj(tmp_path / "src" / "qvl-mmproj.gguf", MROPE_PROJ)
+    settings = write_config(tmp_path, {"qvl": {"source": f"file://{files[0]}", "mmproj": f"file://{files[1]}",
+                                               "context": 256, "parallel": 2}}, server={"max_image_pixels": 10_000})
+    store = pull_all(settings)
+    token, _ = create_key(settings.keys_path, "tester")
+    image = png(64, 32)
+    _, _, with_image, spans = llama_cpps_own_greedy(files, f"x{MARKER}", [image], 0, [])
+    _, _, without, _ = llama_cpps_own_greedy(files, "x", [], 0, [])
+    async with client((settings, store, token)) as c:
+        one = await chat(c, [{"type": "text", "text": "What is"}, data_url(image), {"type": "text", "text": " this?"}],
+                         model="qvl")
+        two = await chat(c, [{"type": "text", "text": "What is"}, data_url(image), data_url(image),
+                             {"type": "text", "text": " this?"}], model="qvl")
+    assert one.choices[0].finish_reason == "length" and one.usage.completion_tokens == 3
+    assert spans[0][0] > spans[0][1]  # more tokens than positions
+    assert two.usage.prompt_tokens - one.usage.prompt_tokens == with_image - without  # its tokens, not positions

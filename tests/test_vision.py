@@ -1,13 +1,19 @@
-"""Images through libmtmd: a synthetic "mlp" (LLaVA) projector on a tiny llama model."""
+"""Images through libmtmd: a synthetic "mlp" (LLaVA) projector on a tiny llama model, and a
+synthetic "qwen2vl_merger" (Qwen2-VL) projector on a tiny qwen2vl model, whose decoder
+rotates with M-RoPE (an image takes fewer positions than tokens)."""
 
 from __future__ import annotations
 
+import ctypes
 import io
 import re
+from dataclasses import replace
 from pathlib import Path
 
 import llama_cpp as ll
+import numpy as np
 import pytest
+from llama_cpp import mtmd_cpp as mtmd
 from PIL import Image
 
 from appliance.config import ModelConfig
@@ -17,7 +23,7 @@ from appliance.engine.types import GenerationRequest, SamplingParams
 from appliance.engine.vision import MARKER, Projector, pseudo_ids
 from appliance.errors import InvalidRequest
 from appliance.scheduler.estimate import projector_need
-from tests.ggufmaker import make_gguf
+from tests.ggufmaker import Shape, make_gguf
 from tests.mmprojmaker import ProjShape, make_mmproj
 
 
@@ -140,6 +146,100 @@ async def test_bad_images_are_refused_before_anything_is_decoded(runner: Runner,
         with pytest.raises(InvalidRequest, match="does not take images"):
             plain.generate(GenerationRequest(f"x {MARKER} y", greedy(plain), images=(png(),)))
     assert runner.stats.prompt_tokens_evaluated == evaluated
+
+
+# --- M-RoPE (Qwen2-VL family): positions are not token indices after an image ---------------
+
+
+MROPE = Shape(arch="qwen2vl", name="tiny-qwen2vl", qk_scale=0.5)  # sharp attention: wrong positions show
+MROPE_PROJ = ProjShape(kind="qwen2vl_merger")
+
+
+@pytest.fixture(scope="module")
+def mrope_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    d = tmp_path_factory.mktemp("mrope")
+    return make_gguf(d / "m.gguf", MROPE), make_mmproj(d / "p.gguf", MROPE_PROJ)
+
+
+@pytest.fixture(scope="module")
+def mrope_runner(mrope_files: tuple[Path, Path]):
+    model, proj = mrope_files
+    r = Runner([model], ModelConfig(source=f"file://{model}", context=256, parallel=2), model_id="tiny-qwen2vl",
+               n_threads=1, mmproj=proj)
+    yield r
+    r.close()
+
+
+def llama_cpps_own_greedy(files: tuple[Path, Path], prompt: str, images: list[bytes], n: int,
+                          banned: list[int]) -> tuple[list[int], list[float], int, list[tuple[int, int]]]:
+    """(greedy tokens, their logprobs, prompt tokens, each image's (tokens, positions)) as llama.cpp evaluates the prompt itself: libmtmd's helper
+    reads the chunks (each image at its M-RoPE positions, n_past advancing by its n_pos), then
+    a plain llama_decode loop goes on from the position it returns."""
+    ll.llama_backend_init()
+    model = ll.llama_model_load_from_file(str(files[0]).encode(), ll.llama_model_default_params())
+    cp = ll.llama_context_default_params()
+    cp.n_ctx, cp.n_batch, cp.n_threads, cp.n_threads_batch = 256, 64, 1, 1
+    ctx = ll.llama_init_from_model(model, cp)
+    proj = Projector(files[1], model, use_gpu=False, n_threads=1)
+    batch = ll.llama_batch_init(1, 0, 1)
+    try:
+        vp = proj.tokenize(prompt, images, add_special=True)
+        n_past = ll.llama_pos(0)
+        assert mtmd.mtmd_helper_eval_chunks(proj._ctx, ctx, vp._keep, 0, 0, 64, True, ctypes.byref(n_past)) == 0
+        n_vocab = ll.llama_vocab_n_tokens(ll.llama_model_get_vocab(model))
+        out: list[int] = []
+        logprobs: list[float] = []
+        for i in range(n):
+            logits = np.ctypeslib.as_array(ll.llama_get_logits_ith(ctx, -1), shape=(n_vocab,)).astype(np.float64)
+            allowed = logits.copy()
+            allowed[banned] = -np.inf
+            out.append(int(allowed.argmax()))
+            logprobs.append(float(logits[out[-1]] - logits.max() - np.log(np.exp(logits - logits.max()).sum())))
+            batch.n_tokens = 1
+            batch.token[0], batch.pos[0], batch.n_seq_id[0], batch.seq_id[0][0], batch.logits[0] = (
+                out[-1], n_past.value + i, 1, 0, True)
+            assert ll.llama_decode(ctx, batch) == 0
+        return out, logprobs, mtmd.mtmd_helper_get_n_tokens(vp._keep), [(s.length, s.n_pos) for s in vp.images]
+    finally:
+        ll.llama_batch_free(batch)
+        proj.close()
+        ll.llama_free(ctx)
+        ll.llama_model_free(model)
+
+
+async def greedy_ids(r: Runner, req: GenerationRequest) -> tuple[list[int], list[float], object]:
+    [g] = r.generate_batch([req])
+    deltas = [d async for d in g]
+    return [t for d in deltas for t in d.token_ids], [lp.logprob for d in deltas for lp in d.logprobs], g.usage
+
+
+@pytest.mark.parametrize("images", [0, 1, 2])
+async def test_mrope_greedy_output_is_llama_cpps_own(mrope_runner: Runner, mrope_files: tuple[Path, Path],
+                                                     images: int) -> None:
+    pics = [png(64, 32), png(7, 9, (0, 0, 255))][:images]
+    prompt = "Here " + " and ".join([MARKER] * images) + " is what I see"
+    params = replace(greedy(mrope_runner, 8), logprobs=True)
+    ids, logprobs, usage = await greedy_ids(mrope_runner, GenerationRequest(prompt, params, images=tuple(pics)))
+    want, want_logprobs, n_prompt, spans = llama_cpps_own_greedy(mrope_files, prompt, pics, 8,
+                                                                 sorted(mrope_runner.vocab.eog_ids))
+    assert ids == want
+    assert logprobs == pytest.approx(want_logprobs, abs=1e-3)  # (float sums in other batch shapes)
+    assert all(n_pos < n for n, n_pos in spans)  # the case at stake: fewer positions than tokens
+    assert usage.prompt_tokens == n_prompt  # type: ignore[attr-defined]  # image tokens counted, as libmtmd does
+
+
+async def test_mrope_image_and_text_requests_batch_and_reuse_prefixes(mrope_runner: Runner) -> None:
+    reqs = [
+        GenerationRequest(f"A {MARKER} wide one", greedy(mrope_runner), images=(png(64, 32),)),
+        GenerationRequest("just some text", greedy(mrope_runner)),
+        GenerationRequest(f"B {MARKER} tall one", greedy(mrope_runner), images=(png(7, 9),)),
+    ]
+    alone = [(await run(mrope_runner, [q]))[0][0] for q in reqs]
+    together = await run(mrope_runner, reqs)
+    assert [t for t, _ in together] == alone
+    [(again, u)] = await run(mrope_runner, [reqs[0]])  # its KV is still in a slot: trimmed at a position
+    assert (again, u.cached_tokens) == (alone[0], u.prompt_tokens - 1)  # type: ignore[attr-defined]
+    assert mrope_runner.stats.decode_failures == 0  # (a stale position fails a decode, which is retried)
 
 
 # --- memory: the projector's weights and its encoder's compute buffer in the estimate -------

@@ -572,14 +572,20 @@ class Runner:
         """Drop a slot's KV from position `keep` on (-1: all of it)."""
         return bool(ll.llama_memory_seq_rm(self.mem, seq, keep, -1))
 
+    def _pos(self, seq: int, index: int) -> int:
+        """The KV position of a slot's token at `index`: the plan counts tokens, an image
+        can take fewer positions than tokens (M-RoPE, vision.VisionPrompt.position)."""
+        job = self._slots[seq].job
+        return job.vision.position(index) if job is not None and job.vision is not None else index
+
     def _fill(self, plan: StepPlan) -> Batch:
         b = self._batch
         b.clear()
         for p in plan.parts:
             if len(p.tokens) == 1:
-                b.add(p.tokens[0], p.pos0, p.seq, p.output)
+                b.add(p.tokens[0], self._pos(p.seq, p.pos0), p.seq, p.output)
             else:
-                b.add_span(p.tokens, p.pos0, p.seq, p.output)
+                b.add_span(p.tokens, self._pos(p.seq, p.pos0), p.seq, p.output)
         return b
 
     def _decode_or_raise(self, b: Batch) -> None:
@@ -597,7 +603,7 @@ class Runner:
         log.warning("runner %s: llama_decode returned %d for %d tokens; retrying per request",
                     self.model_id, ret, plan.n_tokens)
         for p in plan.parts:  # drop whatever a partly processed batch left behind
-            ll.llama_memory_seq_rm(self.mem, p.seq, len(self._slots[p.seq].cached), -1)
+            ll.llama_memory_seq_rm(self.mem, p.seq, self._pos(p.seq, len(self._slots[p.seq].cached)), -1)
         by_job: dict[int, list[int]] = {}
         for p in plan.parts:
             by_job.setdefault(id(self._slots[p.seq].job), []).append(p.seq)
@@ -609,7 +615,7 @@ class Runner:
                 self._after(alone)
                 continue
             for seq in seqs:
-                ll.llama_memory_seq_rm(self.mem, seq, len(self._slots[seq].cached), -1)
+                ll.llama_memory_seq_rm(self.mem, seq, self._pos(seq, len(self._slots[seq].cached)), -1)
             what = "no room in the KV cache" if r == 1 else f"llama_decode returned {r}"
             assert job is not None
             self._fail_job(job, EngineError(f"decoding failed for this request: {what}"))
@@ -642,9 +648,9 @@ class Runner:
         if job is None or job.done or span is None or self.projector is None:
             return
         try:
-            self.projector.decode(self._ctx, span, p.pos0, p.seq, self.n_batch)
+            self.projector.decode(self._ctx, span, self._pos(p.seq, p.pos0), p.seq, self.n_batch)
         except EngineError as e:
-            ll.llama_memory_seq_rm(self.mem, p.seq, len(s.cached), -1)
+            ll.llama_memory_seq_rm(self.mem, p.seq, self._pos(p.seq, len(s.cached)), -1)
             self._fail_job(job, e)
             return
         s.cached.extend(p.tokens)

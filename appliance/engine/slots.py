@@ -154,8 +154,8 @@ class SlotTable:
             keep = min(lcps[first.seq], len(job.prompt) - 1)  # always evaluate >= 1 token
             if job.vision:
                 keep = job.vision.boundary(keep)  # never into the middle of an image
-            if keep < len(first.cached):
-                if not self._trim(first.seq, keep):
+            if keep < len(first.cached):  # the KV from `keep`'s position on (M-RoPE: fewer than tokens)
+                if not self._trim(first.seq, job.vision.position(keep) if job.vision else keep):
                     self._trim(first.seq, -1)  # a partial removal was refused: drop it all
                     keep = 0
                 first.cached = first.cached[:keep]

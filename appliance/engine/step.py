@@ -30,7 +30,8 @@ class SlotState(Protocol):
 
     @property
     def n_cached(self) -> int:
-        """Tokens whose KV the slot holds: the next token goes at this position."""
+        """Tokens whose KV the slot holds: the next token's index (its KV position too,
+        except after an image of a model with M-RoPE: vision.VisionPrompt.position)."""
         ...
 
     @property
@@ -61,7 +62,7 @@ class Part:
 
     seq: int
     tokens: tuple[int, ...]
-    pos0: int  # position of the first token in the slot's sequence
+    pos0: int  # index of the first token in the slot's tokens (the runner maps it to a KV position)
     row: int  # batch row of the last token: its logits row when `output`
     output: bool  # sample from the last token
     prompt: bool  # prompt tokens (else one generated token)

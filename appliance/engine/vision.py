@@ -9,9 +9,15 @@ spans (start, length, libmtmd chunk). The runner's step planner reads a prompt's
 between images like any prompt and each image as one part of its own, which `decode`
 encodes (the vision tower) and evaluates into the slot's sequence.
 
-The projector types exercised by the tests are listed in docs/models.md. Models whose
-decoder uses M-RoPE (Qwen2-VL family: image positions differ from token counts) are
-refused at load for now.
+Token indices and KV positions: a prompt's list index is what the planner and the slot
+table count (KV cells, prefix reuse, the context limit). For most models an image's tokens
+take one position each, so index and position agree. Models whose decoder uses M-RoPE
+(Qwen2-VL family) give an image fewer positions than tokens (libmtmd's `n_pos`:
+max(width, height) in merged patches; its tokens carry 2-D positions inside that range), so
+the text after it continues at fewer positions than tokens; `VisionPrompt.position` maps an
+index to its position, and the runner gives llama.cpp positions only through it.
+
+The projector types exercised by the tests are listed in docs/models.md.
 """
 
 from __future__ import annotations
@@ -37,9 +43,10 @@ class ImageSpan:
     """One image's positions in a prompt; `chunk` is libmtmd's, alive as long as its prompt."""
 
     start: int
-    length: int
+    length: int  # tokens (KV cells)
     digest: bytes
     chunk: int
+    n_pos: int  # positions it advances the sequence by: `length`, or fewer with M-RoPE
 
 
 @dataclass
@@ -56,6 +63,11 @@ class VisionPrompt:
 
     def image_at(self, pos: int) -> ImageSpan | None:
         return next((s for s in self.images if s.start == pos), None)
+
+    def position(self, index: int) -> int:
+        """The KV position of the token at `index` of the prompt, or of what is generated
+        after it (asked only at image starts and outside images: the KV is cut at those)."""
+        return index - sum(s.length - s.n_pos for s in self.images if s.start + s.length <= index)
 
     def boundary(self, keep: int) -> int:
         """`keep` cached positions, moved back to an image's start if it falls inside one."""
@@ -86,9 +98,6 @@ class Projector:
         if not mtmd.mtmd_support_vision(ctx):
             self.close()
             raise EngineError(f"the projector {path} has no vision encoder")
-        if mtmd.mtmd_decode_use_mrope(ctx):
-            self.close()
-            raise EngineError(f"the projector {path} needs M-RoPE positions, which this appliance does not handle yet")
 
     def tokenize(self, text: str, images: list[bytes], *, add_special: bool) -> VisionPrompt:
         """`text` with one MARKER per image, in order. Raises InvalidRequest for an image
@@ -130,7 +139,8 @@ class Projector:
         return prompt
 
     def decode(self, lctx: ll.llama_context_p, span: ImageSpan, pos0: int, seq: int, n_batch: int) -> None:
-        """Encode the image and evaluate its embeddings into `seq` from `pos0` on."""
+        """Encode the image and evaluate its embeddings into `seq` from position `pos0` on
+        (libmtmd lays out M-RoPE positions where the model needs them)."""
         if mtmd.mtmd_encode_chunk(self._ctx, span.chunk) != 0:
             raise EngineError("libmtmd could not encode an image")
         embd = mtmd.mtmd_get_output_embd(self._ctx)
@@ -154,7 +164,7 @@ def _read_chunks(chunks: int, digests: list[bytes]) -> VisionPrompt:
         if mtmd.mtmd_input_chunk_get_type(c) == _CHUNK_IMAGE:
             n = mtmd.mtmd_input_chunk_get_n_tokens(c)
             digest = digests[len(images)]
-            images.append(ImageSpan(len(tokens), n, digest, c))
+            images.append(ImageSpan(len(tokens), n, digest, c, mtmd.mtmd_input_chunk_get_n_pos(c)))
             tokens.extend(pseudo_ids(digest, n))
         else:
             n_out = ctypes.c_size_t(0)
