@@ -23,7 +23,7 @@ from aiohttp import web
 
 from .api.admin import mount_store
 from .api.app import create_app
-from .api.listener import HardenedSite
+from .api.listener import HardenedSite, base_url
 from .api.state import AppState, RequestRecord
 from .auth import Keyring, RateLimiter
 from .clock import Clock, SystemClock
@@ -154,9 +154,7 @@ class Daemon:
 
     @property
     def url(self) -> str:
-        scheme = "https" if self.ssl else "http"
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"{scheme}://{host}:{self.port}"
+        return base_url(self.host, self.port, bool(self.ssl))
 
     async def start(self) -> None:
         self.check()

@@ -54,6 +54,7 @@ def create_app(
     `open_without_keys` is True only when listening on loopback; the backend's admin routes
     are mounted under /admin (admin scope)."""
     server = settings.config.server
+    live_catalog: Callable[[], Catalog] = catalog or (lambda: settings.catalog)
     cors_mw = cors(list(server.cors_origins))
     guard = browser_guard(server.host, server.allowed_hosts, server.cors_origins)
     middlewares = [request_context, errors, guard, cors_mw.middleware, draining, body_limit,
@@ -67,7 +68,7 @@ def create_app(
     app[TIMEOUTS_KEY] = Timeouts(body_s=server.body_timeout, write_s=server.write_timeout)
     app[STATE_KEY] = state or AppState()
     app[CTX_KEY] = ApiContext(
-        directory=ModelDirectory(catalog or (lambda: settings.catalog), store, started=time.time()),
+        directory=ModelDirectory(live_catalog, store, started=time.time()),
         backend=backend,
         limiter=limiter or RateLimiter(),
     )
@@ -82,10 +83,10 @@ def create_app(
     app.router.add_post("/tokenize", tokenize)
     app.router.add_post("/detokenize", detokenize)
     add_responses_routes(app)
-    add_ollama_routes(app, store, catalog or (lambda: settings.catalog))
+    add_ollama_routes(app, store, live_catalog)
     add_admin_routes(app, backend)
     from ..console import add_console
 
-    add_console(app, settings, catalog=catalog or (lambda: settings.catalog), keyring=keyring,
+    add_console(app, settings, catalog=live_catalog, keyring=keyring,
                 state=app[STATE_KEY], scheduler=backend, store=store)
     return app

@@ -31,6 +31,12 @@ FD_RESERVE = 128  # descriptors kept for model files, logs, the admin socket, ou
 LOG_EVERY_S = 60.0
 
 
+def base_url(host: str, port: int, tls: bool) -> str:
+    """The URL a listener on host:port answers at (IPv6 literals bracketed)."""
+    shown = f"[{host}]" if ":" in host else host
+    return f"{'https' if tls else 'http'}://{shown}:{port}"
+
+
 def default_max_connections() -> int:
     soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft == resource.RLIM_INFINITY:
@@ -124,9 +130,7 @@ class HardenedSite(web.BaseSite):
 
     @property
     def name(self) -> str:
-        scheme = "https" if self._ssl_context else "http"
-        host = f"[{self._host}]" if ":" in self._host else self._host
-        return f"{scheme}://{host}:{self._port}"
+        return base_url(self._host, self._port, self._ssl_context is not None)
 
     async def start(self) -> None:
         await super().start()
