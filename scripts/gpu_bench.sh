@@ -11,6 +11,8 @@
 #   mixed    16 clients, temperature 0.8, every 4th prompt ~1,370 tokens
 #   scenarios json_schema mix, overload and hot swap against the appliance alone
 #   profile  py-spy on `appliance serve` under 16 clients at temperature 0.8
+#   rpc      (two GPUs) the engine alone, all layers on GPU 0 vs split between GPU 0 and an
+#            `appliance worker` serving GPU 1 over loopback RPC (docs/cluster.md)
 #
 #   bash scripts/gpu_bench.sh SRC_DIR VOCAB.gguf [CUDA_ARCH]
 #     SRC_DIR: an unpacked llama-cpp-python sdist; VOCAB: llama.cpp's models/ggml-vocab-llama-bpe.gguf
@@ -38,6 +40,7 @@ export PYTHONPATH=$WORK/site:$REPO${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
 PY=${PY:-python3}
 MODEL=${MODEL:-$WORK/bench-8b-q4km.gguf}
 CONC=${CONC:-1,4,16,32}; NP=${NP:-16}; CTX=${CTX:-2048}; TOKENS=${TOKENS:-128}; REPEAT=${REPEAT:-2}
+ONE_GPU=${ONE_GPU:-0}  # the single-GPU phases use this GPU alone, also on a machine with more
 LONG=${LONG:-1370}; PEERS=${PEERS-llama-server,llama-server-bs}
 
 if has build; then
@@ -45,7 +48,7 @@ if has build; then
   cmake -S "$SRC/vendor/llama.cpp" -B "$WORK/build" -G Ninja -DCMAKE_BUILD_TYPE=Release \
     -DGGML_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES="$ARCH" -DBUILD_SHARED_LIBS=ON \
     -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_USE_PREBUILT_UI=OFF \
-    -DLLAMA_OPENSSL=OFF -DLLAMA_CURL=OFF > "$RESULTS/build.log" 2>&1
+    -DLLAMA_OPENSSL=OFF -DLLAMA_CURL=OFF -DGGML_RPC=ON > "$RESULTS/build.log" 2>&1
   cmake --build "$WORK/build" -j"$(nproc)" --target llama llama-server llama-bench mtmd >> "$RESULTS/build.log" 2>&1
   # The Python package only (LLAMA_BUILD=OFF): it loads the libraries above via LLAMA_CPP_LIB_PATH.
   CMAKE_ARGS="-DLLAMA_BUILD=OFF" $PY -m pip install -q --no-deps --no-build-isolation \
@@ -72,7 +75,7 @@ fi
 bench() {  # NAME, then extra flags for `appliance bench --compare`
   local name=$1; shift
   stamp "$name"
-  $PY -m appliance bench --compare "$PEERS" --model-file "$MODEL" "${LLAMA_SERVER[@]}" \
+  CUDA_VISIBLE_DEVICES=$ONE_GPU $PY -m appliance bench --compare "$PEERS" --model-file "$MODEL" "${LLAMA_SERVER[@]}" \
     --context "$CTX" --parallel "$NP" --max-tokens "$TOKENS" --repeat "$REPEAT" \
     --workdir "$WORK/run" --json-out "$RESULTS/$name.json" "$@" 2>&1 | tee "$RESULTS/$name.log" \
     || echo "bench $name failed (the next phases run anyway)"
@@ -86,7 +89,7 @@ has scenarios && PEERS='' bench scenarios --temperature 0.8 --concurrency 16 --s
 if has profile; then
   stamp profile
   D=$WORK/run/appliance
-  $PY -m appliance serve --config "$D/appliance.toml" --models "$D/models.toml" > "$RESULTS/profile-serve.log" 2>&1 &
+  CUDA_VISIBLE_DEVICES=$ONE_GPU $PY -m appliance serve --config "$D/appliance.toml" --models "$D/models.toml" > "$RESULTS/profile-serve.log" 2>&1 &
   APID=$!
   trap 'kill $APID 2>/dev/null || true' EXIT
   PORT=$(grep -o 'port = [0-9]*' "$D/appliance.toml" | cut -d' ' -f3)
@@ -100,4 +103,19 @@ if has profile; then
   wait $SPY || true
   kill $APID; wait $APID || true
 fi
+if has rpc; then
+  stamp rpc
+  RPC_PORT=${RPC_PORT:-50052}
+  CUDA_VISIBLE_DEVICES=1 $PY -m appliance worker --port "$RPC_PORT" > "$RESULTS/rpc-worker.log" 2>&1 &
+  WPID=$!
+  for _ in $(seq 120); do (echo > /dev/tcp/127.0.0.1/$RPC_PORT) 2>/dev/null && break; sleep 0.5; done
+  ENGINE_BENCH=($PY -m appliance.engine.bench --model "$MODEL" --skip-llama --streams 1,16
+                --tokens "$TOKENS" --context "$CTX" --threads "$(nproc)")
+  { CUDA_VISIBLE_DEVICES=0 "${ENGINE_BENCH[@]}"
+    CUDA_VISIBLE_DEVICES=0 "${ENGINE_BENCH[@]}" --rpc "127.0.0.1:$RPC_PORT"
+    CUDA_VISIBLE_DEVICES=0 "${ENGINE_BENCH[@]}"
+    CUDA_VISIBLE_DEVICES=0 "${ENGINE_BENCH[@]}" --rpc "127.0.0.1:$RPC_PORT"; } 2>&1 | grep -v '^llama\|^load\|^print_info' | tee "$RESULTS/rpc.log" || true
+  kill $WPID 2>/dev/null; wait $WPID 2>/dev/null || true
+fi
+
 stamp done
