@@ -74,8 +74,32 @@ async def test_per_model_against_two_llama_servers(tmp_path: Path, tiny_models: 
     lines = out.splitlines()
     rows = [[c.strip() for c in ln.split("|")[:2]] for ln in lines if ln.split("|")[0].strip().isdigit()]
     assert [r[1] for r in rows] == [f"{n} {k}" for n in ("appliance", "llama-server")
-                                    for k in ("1 GPU", "2 GPUs", "gpu0", "gpu1")]
+                                    for k in ("2 GPUs", "gpu0", "gpu1", "1 GPU")]
     assert any(ln.startswith("per-model at 2 clients per model: appliance ÷ llama-server (2 GPUs) ")
                and "2 GPUs ÷ 1 GPU: appliance " in ln for ln in lines)
     assert {p.name for p in (workdir / "logs").iterdir()} == {
         "appliance.log", "llama-server-gpu0.log", "llama-server-gpu1.log"}
+
+
+async def test_split_rehearsed_on_the_cpu(tmp_path: Path, tiny_models: dict[str, Path]) -> None:
+    """--gpus split --gpus-on-cpu: the appliance gets `gpu = "split"` (ignored without GPUs), the
+    peer no device flag (a CPU llama-server rejects CUDA devices); the levels are the usual ones."""
+    pytest.importorskip("fastapi")
+    workdir, out_file, argv_log = tmp_path / "wd", tmp_path / "result.json", tmp_path / "argv.jsonl"
+    rc, out, err = await bench("--compare", "llama-server", "--gpus", "split", "--gpus-on-cpu",
+                               "--model-file", str(tiny_models["a"]), *PINNED,
+                               "--llama-server", str(_fake_llama_server(tmp_path)), "--concurrency", "1,2",
+                               "--max-tokens", "4", "--workdir", str(workdir), "--json-out", str(out_file),
+                               FAKE_LLAMA_SERVER_LOG=str(argv_log))
+    assert rc == 0 and err == "", err
+    result = json.loads(out_file.read_text())
+    no_servers_left(result, workdir)
+    models = tomllib.loads((workdir / "appliance" / "models.toml").read_text())
+    assert {m: e["gpu"] for m, e in models.items()} == {"bench": "split"}
+    (argv,) = [json.loads(line) for line in argv_log.read_text().splitlines()]
+    assert "-dev" not in argv and "-sm" not in argv
+    assert {k: result["settings_pinned"][k] for k in ("gpus", "pin_devices")} == {"gpus": "split", "pin_devices": False}
+    assert list(result["servers"]) == ["appliance", "llama-server"]
+    assert [lv["concurrency"] for lv in result["levels"]] == [1, 2]
+    assert all(lv[n]["errors"] == 0 and lv[n]["tokens"] == 8 * lv["concurrency"]
+               for lv in result["levels"] for n in result["servers"])

@@ -41,9 +41,10 @@ class GroupLevel:
         return self.both.tokens_per_s / self.one.tokens_per_s if self.one.tokens_per_s > 0 else None
 
     def rows(self, name: str) -> dict[str, LevelResult]:
-        """Named results for report.rows (one table row each)."""
-        return {f"{name} 1 GPU": self.one, f"{name} 2 GPUs": self.both,
-                **{f"{name} gpu{i}": r for i, r in enumerate(self.each)}}
+        """Named results for report.rows, the two-GPU aggregate first (so that its `vs first`
+        column holds the first server's two-GPU aggregate over each row)."""
+        return {f"{name} 2 GPUs": self.both, **{f"{name} gpu{i}": r for i, r in enumerate(self.each)},
+                f"{name} 1 GPU": self.one}
 
     def to_dict(self, per_request: bool) -> dict[str, Any]:
         def out(r: LevelResult) -> dict[str, Any]:
