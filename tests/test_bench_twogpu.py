@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from appliance.bench import markdown
 from bench_support import bench, no_servers_left
 
 PINNED = ["--context", "128", "--parallel", "2", "--threads", "1"]
@@ -80,6 +81,13 @@ async def test_per_model_against_two_llama_servers(tmp_path: Path, tiny_models: 
     assert {p.name for p in (workdir / "logs").iterdir()} == {
         "appliance.log", "llama-server-gpu0.log", "llama-server-gpu1.log"}
 
+    table = markdown.render(result).splitlines()  # the docs' table, one row per server
+    assert len(table) == 4 and table[0].startswith("| clients per model | server | 2 GPUs tok/s | appliance ÷ peer |")
+    assert [[c.strip() for c in r.split("|")[1:4]] for r in table[2:]] == [
+        ["2", "**appliance**", f"{lv['appliance']['two_gpus']['tokens_per_s']:.1f}"],
+        ["2", "llama-server", f"{lv['llama-server']['two_gpus']['tokens_per_s']:.1f}"]]
+    assert table[3].split("|")[4].strip() == f"{lv['ratios']['llama-server']:.2f}"
+
 
 async def test_split_rehearsed_on_the_cpu(tmp_path: Path, tiny_models: dict[str, Path]) -> None:
     """--gpus split --gpus-on-cpu: the appliance gets `gpu = "split"` (ignored without GPUs), the
@@ -103,3 +111,7 @@ async def test_split_rehearsed_on_the_cpu(tmp_path: Path, tiny_models: dict[str,
     assert [lv["concurrency"] for lv in result["levels"]] == [1, 2]
     assert all(lv[n]["errors"] == 0 and lv[n]["tokens"] == 8 * lv["concurrency"]
                for lv in result["levels"] for n in result["servers"])
+    table = markdown.render(result).splitlines()
+    assert table[0].startswith("| clients | server | tok/s | appliance ÷ peer |") and len(table) == 2 + 4
+    assert [[c.strip() for c in r.split("|")[1:3]] for r in table[2:]] == [
+        [c, n] for c in ("1", "2") for n in ("**appliance**", "llama-server")]

@@ -315,3 +315,15 @@ def test_two_gpu_appliance_models(tmp_path: Path, gpus: str | None, expected: di
     assert {m.source for m in models.values()} == {f"file://{model}"}
     assert list(models) == s.model_ids()
     assert ("gpus" in s.describe()) == (gpus is not None)
+
+
+def test_markdown_of_a_file_that_is_no_result(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from appliance.bench import markdown
+
+    bad, missing = tmp_path / "bad.json", tmp_path / "missing.json"
+    bad.write_text('{"servers": {}}')
+    assert markdown.main([str(bad)]) == 1 and markdown.main([str(missing)]) == 1 and markdown.main([]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert err[0].startswith(f"{bad}: not an `appliance bench --json-out` result (KeyError")
+    assert err[1].startswith(f"{missing}: not an `appliance bench --json-out` result (FileNotFoundError")
+    assert err[2] == "usage: python -m appliance.bench.markdown RESULT.json"
