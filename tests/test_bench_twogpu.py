@@ -7,6 +7,7 @@ reported; no server is left running."""
 from __future__ import annotations
 
 import json
+import sys
 import tomllib
 from pathlib import Path
 
@@ -19,8 +20,7 @@ PINNED = ["--context", "128", "--parallel", "2", "--threads", "1"]
 
 
 def _fake_llama_server(tmp_path: Path) -> Path:
-    import sys
-
+    """An executable named llama-server that runs fake_llama_server.py."""
     binary = tmp_path / "llama-server"
     script = Path(__file__).with_name("fake_llama_server.py")
     binary.write_text(f'#!/bin/sh\nexec "{sys.executable}" "{script}" "$@"\n')

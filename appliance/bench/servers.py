@@ -67,7 +67,9 @@ class Settings:
 
     def gpu_of(self, index: int) -> int | str | None:
         """models.toml's `gpu` for the index-th model id (None: the key is left out)."""
-        return {"per-model": index, "split": "split"}.get(self.gpus or "")
+        if self.gpus == "per-model":
+            return index
+        return "split" if self.gpus == "split" else None
 
     @property
     def ngl(self) -> int:
