@@ -197,6 +197,9 @@ def test_report_table() -> None:
         "  16 | llama-server     |      0.0 |        - |   0.00 |           - |           - |          - |          - |      1",
     ]
     assert all(len(row) == len(report.header()) for lv in r.levels for row in report.rows(lv))
+    long = {"llama-server-bs 2 GPUs": r.levels[0]["appliance"], "x": r.levels[0]["llama-server"]}
+    assert report.header(long).startswith("conc | server                 |    tok/s |")  # as wide as the longest name
+    assert all(len(row) == len(report.header(long)) for row in report.rows(long))
 
 
 def test_result_json() -> None:

@@ -257,7 +257,7 @@ class _Printer:
             return
         if not self.started:
             print("models: " + "; ".join(f"{k} {v}" for k, v in models.items()), flush=True)
-            print(report.header(), flush=True)
+            print(report.header(level), flush=True)
             self.started = True
         for line in report.rows(level):
             print(line, flush=True)
