@@ -42,7 +42,6 @@ from .load import Target
 KINDS = ("appliance", "llama-server", "llama-server-np1", "llama-server-bs", "llama-cpp-python")
 LLAMA_SERVERS = ("llama-server", "llama-server-np1", "llama-server-bs")
 MODEL_ID = "bench"
-GPU_MODES = ("per-model", "split")
 GGML_TYPES = {"f16": 1, "q8_0": 8, "q4_0": 2}  # llama-cpp-python's server takes ggml type numbers
 
 
@@ -105,8 +104,8 @@ class Spec:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def target(self, model: str | None = None) -> Target:
-        return Target(self.name, self.url, self.api_key, model or self.model)
+    def target(self) -> Target:
+        return Target(self.name, self.url, self.api_key, self.model)
 
 
 def free_port() -> int:
@@ -174,9 +173,8 @@ def appliance_files(workdir: Path, s: Settings, port: int) -> tuple[Path, Path]:
         "kv_cache_type": s.kv_cache_type,
         "keep_alive": "forever",
     }
-    gpus = [s.gpu_of(i) for i in range(len(s.model_ids()))]
-    models.write_text(tomlkit.dumps({mid: {**entry, **({} if gpu is None else {"gpu": gpu})}
-                                     for mid, gpu in zip(s.model_ids(), gpus)}))
+    pins = [{} if (gpu := s.gpu_of(i)) is None else {"gpu": gpu} for i in range(len(s.model_ids()))]
+    models.write_text(tomlkit.dumps({mid: {**entry, **pin} for mid, pin in zip(s.model_ids(), pins)}))
     return cfg, models
 
 

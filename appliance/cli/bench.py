@@ -24,6 +24,7 @@ from yarl import URL
 from ..errors import BenchError, UsageError
 
 SCENARIOS = ("schema", "overload", "swap")
+GPU_MODES = ("per-model", "split")  # bench.servers.Settings.gpus
 
 
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
@@ -50,7 +51,7 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     pinned.add_argument("--gpu-layers", default="all", help='"all" or a number (default: all)')
     pinned.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="CPU threads (default: all cores)")
     pinned.add_argument("--max-waiting", type=int, default=16, help="the appliance's queue.max_waiting (default: 16)")
-    pinned.add_argument("--gpus", choices=["per-model", "split"],
+    pinned.add_argument("--gpus", choices=GPU_MODES,
                         help="two GPUs: per-model (the model twice, gpu = 0 and gpu = 1, clients on both at once; "
                              "llama-server peers as one process per GPU, -dev CUDAn) or split (gpu = \"split\"; "
                              "llama-server -sm layer). Default: one GPU")
