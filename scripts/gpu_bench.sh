@@ -13,6 +13,10 @@
 #   profile  py-spy on `appliance serve` under 16 clients at temperature 0.8
 #   rpc      (two GPUs) the engine alone, all layers on GPU 0 vs split between GPU 0 and an
 #            `appliance worker` serving GPU 1 over loopback RPC (docs/cluster.md)
+#   twogpu   two GPUs (not in the default phases: it needs two): `--gpus per-model` (the model
+#            once per GPU vs one llama-server per GPU, 16 clients on each copy, against one copy
+#            alone) and `--gpus split` (layers over both, 1/4/16 clients), temperature 0.8;
+#            $RESULTS/twogpu-per-model.{json,log,md} and twogpu-split.* (md: the docs' table)
 #
 #   bash scripts/gpu_bench.sh SRC_DIR VOCAB.gguf [CUDA_ARCH]
 #     SRC_DIR: an unpacked llama-cpp-python sdist; VOCAB: llama.cpp's models/ggml-vocab-llama-bpe.gguf
@@ -21,7 +25,9 @@
 # llama-server,llama-server-bs) the peers; WORK (default /tmp/gpubench) holds everything, results
 # go to $RESULTS (default $WORK/out), each phase logging to $RESULTS/<phase>.log. MODEL, CONC,
 # NP, CTX, TOKENS, REPEAT, LONG override the model file and the settings. Without the build
-# phase and with no $WORK/build, the installed llama-cpp-python is used (a CPU dry run).
+# phase and with no $WORK/build, the installed llama-cpp-python is used (a CPU dry run; twogpu
+# then passes --gpus-on-cpu). TWO_CONC (default 1,4,16) and PER_MODEL_CONC (default 16) set the
+# twogpu levels.
 set -euo pipefail
 SRC=$(realpath "$1"); VOCAB=$(realpath "$2"); ARCH=${3:-90}
 REPO=$(cd "$(dirname "$0")/.." && pwd)
@@ -33,8 +39,9 @@ stamp() { echo "[$(date +%T)] $*"; }
 if has build || [[ -d $WORK/build/bin ]]; then
   export LLAMA_CPP_LIB_PATH=$WORK/build/bin
   LLAMA_SERVER=(--llama-server "$WORK/build/bin/llama-server" --llama-bench "$WORK/build/bin/llama-bench")
+  ON_CPU=()
 else
-  LLAMA_SERVER=()
+  LLAMA_SERVER=(); ON_CPU=(--gpus-on-cpu)
 fi
 export PYTHONPATH=$WORK/site:$REPO${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
 PY=${PY:-python3}
@@ -75,9 +82,9 @@ fi
 bench() {  # NAME, then extra flags for `appliance bench --compare`
   local name=$1; shift
   stamp "$name"
-  CUDA_VISIBLE_DEVICES=$ONE_GPU $PY -m appliance bench --compare "$PEERS" --model-file "$MODEL" "${LLAMA_SERVER[@]}" \
+  CUDA_VISIBLE_DEVICES=${VISIBLE-$ONE_GPU} $PY -m appliance bench --compare "$PEERS" --model-file "$MODEL" "${LLAMA_SERVER[@]}" \
     --context "$CTX" --parallel "$NP" --max-tokens "$TOKENS" --repeat "$REPEAT" \
-    --workdir "$WORK/run" --json-out "$RESULTS/$name.json" "$@" 2>&1 | tee "$RESULTS/$name.log" \
+    --workdir "$WORK/${RUN:-run}" --json-out "$RESULTS/$name.json" "$@" 2>&1 | tee "$RESULTS/$name.log" \
     || echo "bench $name failed (the next phases run anyway)"
 }
 has sampled && bench sampled --temperature 0.8 --concurrency "$CONC"
@@ -85,6 +92,20 @@ has greedy && bench greedy --temperature 0 --concurrency "$CONC"
 has mixed && bench mixed --temperature 0.8 --concurrency "${MIXED_CONC:-16}" --mixed-prompts "$LONG" \
   --requests-per-client "${MIXED_PER_CLIENT:-4}"
 has scenarios && PEERS='' bench scenarios --temperature 0.8 --concurrency 16 --scenarios schema,overload,swap
+
+if has twogpu; then  # its own work directory: the profile phase serves $WORK/run's one-model catalog
+  GPUS=$(nvidia-smi -L 2>/dev/null | grep -c '^GPU ' || true)
+  if [[ ${#ON_CPU[@]} -eq 0 && $GPUS -lt 2 ]]; then
+    echo "twogpu: needs two GPUs, nvidia-smi lists $GPUS (skipped)" | tee "$RESULTS/twogpu.log"
+  else
+    VISIBLE=0,1 RUN=run-twogpu bench twogpu-per-model --gpus per-model "${ON_CPU[@]}" --temperature 0.8 \
+      --concurrency "${PER_MODEL_CONC:-16}"
+    VISIBLE=0,1 RUN=run-twogpu bench twogpu-split --gpus split "${ON_CPU[@]}" --temperature 0.8 --concurrency "${TWO_CONC:-1,4,16}"
+    for name in twogpu-per-model twogpu-split; do  # the tables of docs/benchmarks.md
+      $PY -m appliance.bench.markdown "$RESULTS/$name.json" | tee "$RESULTS/$name.md" || true
+    done
+  fi
+fi
 
 if has profile; then
   stamp profile
@@ -103,7 +124,9 @@ if has profile; then
   wait $SPY || true
   kill $APID; wait $APID || true
 fi
-if has rpc; then
+if has rpc && (( $(nvidia-smi -L 2>/dev/null | grep -c '^GPU ' || true) < 2 )); then
+  echo "rpc: needs two GPUs (skipped)" | tee "$RESULTS/rpc.log"
+elif has rpc; then
   stamp rpc
   RPC_PORT=${RPC_PORT:-50052}
   CUDA_VISIBLE_DEVICES=1 $PY -m appliance worker --port "$RPC_PORT" > "$RESULTS/rpc-worker.log" 2>&1 &

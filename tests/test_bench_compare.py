@@ -193,6 +193,12 @@ async def test_usage_errors_print_one_line_and_start_nothing(tmp_path: Path, tin
         (["--compare", "", "--model-file", tiny, "--llama-bench", str(missing)], {}, f"--llama-bench {missing}: no such file"),
         (["--compare", "", "--model-file", tiny, "--plot", str(tmp_path / "x.png")], {"PYTHONPATH": f"{no_matplotlib}:{root}"},
          "--plot needs matplotlib, which is not installed: pip install 'appliance[bench]'"),
+        (["--url", "http://127.0.0.1:1", "--gpus", "split"], {}, "--gpus and --gpus-on-cpu need --compare"),
+        (["--compare", "", "--model-file", tiny, "--gpus-on-cpu"], {}, "--gpus-on-cpu rehearses --gpus: give --gpus too"),
+        (["--compare", "", "--model-file", tiny, "--gpus", "per-model", "--scenarios", "swap"], {},
+         "--gpus per-model measures levels only: drop --scenarios/--plot"),
+        (["--compare", "llama-cpp-python", "--model-file", tiny, "--gpus", "per-model", "--workdir", str(workdir)], {},
+         "--gpus per-model: llama-cpp-python cannot be pinned to a GPU (llama-server kinds only)"),
     ]
     results = await asyncio.gather(*(bench(*args, **env) for args, env, _ in cases))
     for (args, _, message), (rc, out, err) in zip(cases, results):

@@ -197,6 +197,9 @@ def test_report_table() -> None:
         "  16 | llama-server     |      0.0 |        - |   0.00 |           - |           - |          - |          - |      1",
     ]
     assert all(len(row) == len(report.header()) for lv in r.levels for row in report.rows(lv))
+    long = {"llama-server-bs 2 GPUs": r.levels[0]["appliance"], "x": r.levels[0]["llama-server"]}
+    assert report.header(long).startswith("conc | server                 |    tok/s |")  # as wide as the longest name
+    assert all(len(row) == len(report.header(long)) for row in report.rows(long))
 
 
 def test_result_json() -> None:
@@ -270,3 +273,60 @@ def test_mixed_prompts_every_fourth_long_and_short_ttft_apart() -> None:
     plain = LevelResult(4, 1.0, reqs[:3], runs=1)
     assert not plain.mixed and plain.short_ttft_p95_s is None
     assert "short" not in report.rows({"appliance": plain})[0]
+
+
+def test_two_gpu_flags_for_llama_server(tmp_path: Path) -> None:
+    """per-model: one llama-server per GPU (-dev CUDAn, no split), each with all the slots;
+    split: layers over every GPU; --gpus-on-cpu: no device flag at all (a CPU build rejects
+    CUDA devices); llama-cpp-python's server cannot be pinned per GPU."""
+    binary = tmp_path / "llama-server"
+    binary.write_text("")
+    per_model = servers.Settings(model=MODEL, context=512, parallel=4, threads=2, gpus="per-model")
+    specs = servers.specs_for("llama-server-bs", per_model, tmp_path / "wd", str(binary))
+    assert [(s.name, s.device) for s in specs] == [("llama-server-bs-gpu0", 0), ("llama-server-bs-gpu1", 1)]
+    assert [(_flags(s.argv)["-dev"], _flags(s.argv)["-sm"], _flags(s.argv)["-np"]) for s in specs] == [
+        ("CUDA0", "none", "4"), ("CUDA1", "none", "4")]
+    assert all(s.argv[-1] == "--backend-sampling" for s in specs) and specs[0].port != specs[1].port
+    assert [s.target().name for s in specs] == ["llama-server-bs-gpu0", "llama-server-bs-gpu1"]
+
+    split = servers.Settings(model=MODEL, gpus="split")
+    (one,) = servers.specs_for("llama-server", split, tmp_path / "wd", str(binary))
+    assert one.name == "llama-server" and _flags(one.argv)["-sm"] == "layer" and "-dev" not in one.argv
+
+    for s in (servers.Settings(model=MODEL, gpus="per-model", pin_devices=False),
+              servers.Settings(model=MODEL, gpus="split", pin_devices=False), servers.Settings(model=MODEL)):
+        argvs = [x.argv for x in servers.specs_for("llama-server", s, tmp_path / "wd", str(binary))]
+        assert len(argvs) == (2 if s.gpus == "per-model" else 1)
+        assert all("-dev" not in a and "-sm" not in a for a in argvs)
+    with pytest.raises(UsageError, match=r"^--gpus per-model: llama-cpp-python cannot be pinned to a GPU"):
+        servers.specs_for("llama-cpp-python", per_model, tmp_path / "wd", None)
+    assert not (tmp_path / "wd").exists()
+
+
+@pytest.mark.parametrize(("gpus", "expected"), [(None, {"bench": None}), ("split", {"bench": "split"}),
+                                                ("per-model", {"bench-gpu0": 0, "bench-gpu1": 1})])
+def test_two_gpu_appliance_models(tmp_path: Path, gpus: str | None, expected: dict[str, object]) -> None:
+    """The appliance's catalog: `gpu` as each mode needs it (absent: "auto"), the same file."""
+    from appliance.config import load_settings
+
+    model = tmp_path / "m.gguf"
+    model.write_bytes(b"")
+    s = servers.Settings(model=model, gpus=gpus)  # type: ignore[arg-type]
+    loaded = load_settings(*servers.appliance_files(tmp_path / "wd", s, 8555))
+    models = loaded.catalog.models
+    assert {mid: m.gpu for mid, m in models.items()} == {k: "auto" if v is None else v for k, v in expected.items()}
+    assert {m.source for m in models.values()} == {f"file://{model}"}
+    assert list(models) == s.model_ids()
+    assert ("gpus" in s.describe()) == (gpus is not None)
+
+
+def test_markdown_of_a_file_that_is_no_result(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from appliance.bench import markdown
+
+    bad, missing = tmp_path / "bad.json", tmp_path / "missing.json"
+    bad.write_text('{"servers": {}}')
+    assert markdown.main([str(bad)]) == 1 and markdown.main([str(missing)]) == 1 and markdown.main([]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert err[0].startswith(f"{bad}: not an `appliance bench --json-out` result (KeyError")
+    assert err[1].startswith(f"{missing}: not an `appliance bench --json-out` result (FileNotFoundError")
+    assert err[2] == "usage: python -m appliance.bench.markdown RESULT.json"

@@ -7,5 +7,6 @@ scenarios — the figures beyond plain levels: a json_schema stream among plain 
             overload against a bounded queue
 bareload  — llama.cpp's own load time for a model (the hot-swap reference), in a child process
 ceiling   — llama-bench's single-stream decode (the engine's ceiling)
-report    — the readable table; plot — the PNG
+pergpu    — `--gpus per-model`: the model once per GPU, both driven at once, vs one alone
+report    — the readable table; plot — the PNG; markdown — a JSON result as the docs' table
 """

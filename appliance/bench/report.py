@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Iterable
 
 from .load import LevelResult
 
@@ -14,21 +14,29 @@ def _ms(v: float | None, digits: int = 0) -> str:
     return "-" if v is None else f"{v * 1000:.{digits}f}"
 
 
-def header() -> str:
-    return " | ".join(name.rjust(w) if i != 1 else name.ljust(w) for i, (name, w) in enumerate(COLUMNS))
+def _columns(names: Iterable[str]) -> list[tuple[str, int]]:
+    """COLUMNS with the server column as wide as the longest name (`--gpus per-model` rows)."""
+    width = max([COLUMNS[1][1], *map(len, names)])
+    return [(n, width if i == 1 else w) for i, (n, w) in enumerate(COLUMNS)]
+
+
+def header(names: Iterable[str] = ()) -> str:
+    """The header line for rows of these server names."""
+    return " | ".join(name.rjust(w) if i != 1 else name.ljust(w) for i, (name, w) in enumerate(_columns(names)))
 
 
 def rows(level: dict[str, LevelResult]) -> list[str]:
     """`vs first`: the first server's tok/s over this one's (above 1: the first is faster)."""
     names = list(level)
     first = level[names[0]]
+    columns = _columns(names)
     out = []
     for name in names:
         r = level[name]
         ratio = "-" if name == names[0] or r.tokens_per_s <= 0 else f"{first.tokens_per_s / r.tokens_per_s:.2f}"
         cells = [str(r.concurrency), name, f"{r.tokens_per_s:.1f}", ratio, f"{r.requests_per_s:.2f}",
                  _ms(r.ttft_p50_s), _ms(r.ttft_p95_s), _ms(r.itl_p50_s, 1), _ms(r.itl_p95_s, 1), str(r.errors)]
-        line = " | ".join(c.rjust(w) if i != 1 else c.ljust(w) for i, (c, (_, w)) in enumerate(zip(cells, COLUMNS)))
+        line = " | ".join(c.rjust(w) if i != 1 else c.ljust(w) for i, (c, (_, w)) in enumerate(zip(cells, columns)))
         if r.mixed:
             line += f" | short prompts' TTFT p50/p95 {_ms(r.short_ttft_p50_s)}/{_ms(r.short_ttft_p95_s)} ms"
         out.append(line)

@@ -12,6 +12,12 @@ Kinds:
   llama-server-np1  the same with one slot (`-c context`): what a naive deployment gets
   llama-server-bs   llama-server with `--backend-sampling` (its in-graph sampling): its fastest
   llama-cpp-python  `python -m llama_cpp.server` (its `server` extra): one request at a time
+
+Two GPUs (`Settings.gpus`): "per-model" gives the appliance the model twice, `gpu = 0` and
+`gpu = 1`, and every llama-server peer two processes (`-dev CUDA0`, `-dev CUDA1`); "split" gives
+the appliance `gpu = "split"` and llama-server `-sm layer` over every GPU it sees.
+`pin_devices` False (a rehearsal on a machine without GPUs) leaves the peers' device flags
+out; the appliance ignores `gpu` by itself there.
 """
 
 from __future__ import annotations
@@ -25,7 +31,7 @@ import socket
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import AsyncIterator
+from typing import AsyncIterator, Literal
 
 import aiohttp
 import tomlkit
@@ -51,6 +57,18 @@ class Settings:
     batch: int = 512  # -b and -ub alike
     kv_cache_type: str = "f16"
     max_waiting: int = 16  # the appliance's queue.max_waiting
+    gpus: Literal["per-model", "split"] | None = None  # None: one GPU (or the CPU)
+    pin_devices: bool = True  # False: no device flags for the peers (a CPU rehearsal of `gpus`)
+
+    def model_ids(self) -> list[str]:
+        """The appliance's model ids: one per GPU with "per-model", else one."""
+        return [f"{MODEL_ID}-gpu{i}" for i in range(2)] if self.gpus == "per-model" else [MODEL_ID]
+
+    def gpu_of(self, index: int) -> int | str | None:
+        """models.toml's `gpu` for the index-th model id (None: the key is left out)."""
+        if self.gpus == "per-model":
+            return index
+        return "split" if self.gpus == "split" else None
 
     @property
     def ngl(self) -> int:
@@ -61,7 +79,8 @@ class Settings:
                 "gpu_layers": "all" if self.gpu_layers is None else self.gpu_layers,
                 "threads": self.threads, "batch": self.batch, "ubatch": self.batch,
                 "kv_cache_type": self.kv_cache_type, "kv_unified": False, "flash_attn": "auto",
-                "max_waiting": self.max_waiting}
+                "max_waiting": self.max_waiting,
+                **({"gpus": self.gpus, "pin_devices": self.pin_devices} if self.gpus else {})}
 
 
 @dataclass
@@ -74,13 +93,19 @@ class Spec:
     ready_path: str
     api_key: str | None = None
     model: str = MODEL_ID
+    device: int | None = None  # the GPU of a per-model peer process
+
+    @property
+    def name(self) -> str:
+        """The kind, with the GPU of a per-model peer: unique among the specs of one run."""
+        return self.kind if self.device is None else f"{self.kind}-gpu{self.device}"
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
     def target(self) -> Target:
-        return Target(self.kind, self.url, self.api_key, self.model)
+        return Target(self.name, self.url, self.api_key, self.model)
 
 
 def free_port() -> int:
@@ -89,9 +114,22 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def llama_server_argv(binary: str, s: Settings, port: int, parallel: int) -> list[str]:
+def device_flags(s: Settings, device: int | None) -> list[str]:
+    """llama-server's GPU flags for the two-GPU modes: one CUDA device per process, or layers
+    split over all (none when `pin_devices` is off or for one GPU)."""
+    if not s.pin_devices or s.gpus is None:
+        return []
+    if s.gpus == "split":
+        return ["-sm", "layer"]
+    if device is None:
+        raise ValueError("a per-model llama-server needs its device")
+    return ["-dev", f"CUDA{device}", "-sm", "none"]
+
+
+def llama_server_argv(binary: str, s: Settings, port: int, parallel: int, device: int | None = None) -> list[str]:
     """llama-server with every flag that matters pinned to ours (`--no-repack` where our runner
-    turns llama.cpp's extra buffer types off, see engine/cpufeatures)."""
+    turns llama.cpp's extra buffer types off, see engine/cpufeatures), on `device` with
+    `gpus = "per-model"`."""
     from ..engine.cpufeatures import extra_buffers_safe
 
     return [
@@ -100,7 +138,7 @@ def llama_server_argv(binary: str, s: Settings, port: int, parallel: int) -> lis
         "-fa", "auto", "-b", str(s.batch), "-ub", str(s.batch), "-ngl", str(s.ngl),
         "-ctk", s.kv_cache_type, "-ctv", s.kv_cache_type, "--cache-ram", "0", "--fit", "off",
         "-t", str(s.threads), "-tb", str(s.threads), "-a", MODEL_ID, "--no-webui",
-        *([] if extra_buffers_safe() else ["--no-repack"]),
+        *([] if extra_buffers_safe() else ["--no-repack"]), *device_flags(s, device),
     ]
 
 
@@ -127,18 +165,29 @@ def appliance_files(workdir: Path, s: Settings, port: int) -> tuple[Path, Path]:
         "memory": {"reserve": "1GiB"},
         "queue": {"max_waiting": s.max_waiting},
     }))
-    models.write_text(tomlkit.dumps({MODEL_ID: {
+    entry = {
         "source": f"file://{s.model.resolve()}",
         "context": s.context,
         "parallel": s.parallel,
         "gpu_layers": "all" if s.gpu_layers is None else s.gpu_layers,
         "kv_cache_type": s.kv_cache_type,
         "keep_alive": "forever",
-    }}))
+    }
+    pins = [{} if (gpu := s.gpu_of(i)) is None else {"gpu": gpu} for i in range(len(s.model_ids()))]
+    models.write_text(tomlkit.dumps({mid: {**entry, **pin} for mid, pin in zip(s.model_ids(), pins)}))
     return cfg, models
 
 
-def spec_for(kind: str, s: Settings, workdir: Path, llama_server: str | None) -> Spec:
+def specs_for(kind: str, s: Settings, workdir: Path, llama_server: str | None) -> list[Spec]:
+    """`kind`'s processes: one, or one per GPU for a llama-server peer with "per-model"."""
+    if s.gpus == "per-model" and kind in LLAMA_SERVERS:
+        return [spec_for(kind, s, workdir, llama_server, device=i) for i in range(2)]
+    if s.gpus == "per-model" and kind != "appliance":
+        raise UsageError(f"--gpus per-model: {kind} cannot be pinned to a GPU (llama-server kinds only)")
+    return [spec_for(kind, s, workdir, llama_server)]
+
+
+def spec_for(kind: str, s: Settings, workdir: Path, llama_server: str | None, device: int | None = None) -> Spec:
     """Everything needed to start `kind`, checked before anything starts."""
     port = free_port()
     if kind == "appliance":
@@ -152,7 +201,7 @@ def spec_for(kind: str, s: Settings, workdir: Path, llama_server: str | None) ->
         key_file.write_text(token + "\n")
         key_file.chmod(0o600)
         argv = [sys.executable, "-m", "appliance", "serve", "--config", str(cfg), "--models", str(models)]
-        return Spec(kind, argv, port, "/ready", api_key=token)
+        return Spec(kind, argv, port, "/ready", api_key=token, model=s.model_ids()[0])
     if kind in LLAMA_SERVERS:
         if llama_server is not None and not Path(llama_server).is_file():
             raise UsageError(f"--llama-server {llama_server}: no such file")
@@ -161,10 +210,10 @@ def spec_for(kind: str, s: Settings, workdir: Path, llama_server: str | None) ->
             raise UsageError(f"--compare {kind}: llama-server not found (give --llama-server PATH; "
                              "docs/benchmarks.md shows how to build it from the llama-cpp-python sdist)")
         parallel = 1 if kind == "llama-server-np1" else s.parallel
-        argv = llama_server_argv(binary, s, port, parallel)
+        argv = llama_server_argv(binary, s, port, parallel, device)
         if kind == "llama-server-bs":
             argv.append("--backend-sampling")
-        return Spec(kind, argv, port, "/health")
+        return Spec(kind, argv, port, "/health", device=device)
     if kind == "llama-cpp-python":
         try:
             import fastapi  # noqa: F401  (the `server` extra's first requirement)
@@ -182,8 +231,8 @@ def spec_for(kind: str, s: Settings, workdir: Path, llama_server: str | None) ->
 async def prepare_appliance(spec: Spec, log: Path) -> None:
     """Pull the model into the run's store (hash + copy once; later runs find it verified)."""
     cfg, models = spec.argv[-3], spec.argv[-1]
-    with log.open("ab") as out:
-        p = await asyncio.create_subprocess_exec(sys.executable, "-m", "appliance", "pull", MODEL_ID,
+    with log.open("ab") as out:  # no ids: every model of the run's models.toml
+        p = await asyncio.create_subprocess_exec(sys.executable, "-m", "appliance", "pull",
                                                  "--config", cfg, "--models", models,
                                                  stdout=out, stderr=asyncio.subprocess.STDOUT)
         if await p.wait() != 0:
@@ -213,19 +262,19 @@ async def _wait_ready(r: Running, timeout_s: float) -> None:
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as session:
         while True:
             if r.proc.returncode is not None:
-                raise BenchError(f"{r.spec.kind} exited ({r.proc.returncode}) before serving: {_tail(r.log)}")
+                raise BenchError(f"{r.spec.name} exited ({r.proc.returncode}) before serving: {_tail(r.log)}")
             with contextlib.suppress(aiohttp.ClientError, asyncio.TimeoutError, OSError):
                 async with session.get(r.spec.url + r.spec.ready_path, headers=headers) as resp:
                     if resp.status == 200:
                         return
             if loop.time() > deadline:
-                raise BenchError(f"{r.spec.kind} did not become ready in {timeout_s:.0f}s: {_tail(r.log)}")
+                raise BenchError(f"{r.spec.name} did not become ready in {timeout_s:.0f}s: {_tail(r.log)}")
             await asyncio.sleep(0.25)
 
 
 async def start(spec: Spec, logdir: Path, env: dict[str, str] | None = None, timeout_s: float = 900.0) -> Running:
     logdir.mkdir(parents=True, exist_ok=True)
-    log = logdir / f"{spec.kind}.log"
+    log = logdir / f"{spec.name}.log"
     log.write_bytes(b"")
     if spec.kind == "appliance":
         await prepare_appliance(spec, log)

@@ -24,6 +24,7 @@ from yarl import URL
 from ..errors import BenchError, UsageError
 
 SCENARIOS = ("schema", "overload", "swap")
+GPU_MODES = ("per-model", "split")  # bench.servers.Settings.gpus
 
 
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
@@ -50,6 +51,13 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     pinned.add_argument("--gpu-layers", default="all", help='"all" or a number (default: all)')
     pinned.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="CPU threads (default: all cores)")
     pinned.add_argument("--max-waiting", type=int, default=16, help="the appliance's queue.max_waiting (default: 16)")
+    pinned.add_argument("--gpus", choices=GPU_MODES,
+                        help="two GPUs: per-model (the model twice, gpu = 0 and gpu = 1, clients on both at once; "
+                             "llama-server peers as one process per GPU, -dev CUDAn) or split (gpu = \"split\"; "
+                             "llama-server -sm layer). Default: one GPU")
+    pinned.add_argument("--gpus-on-cpu", action="store_true",
+                        help="rehearse --gpus without GPUs: no device flags for the peers (the appliance "
+                             "ignores gpu on a RAM-only machine)")
     pinned.add_argument("--llama-server", metavar="PATH", help="llama-server binary (default: on PATH)")
     pinned.add_argument("--llama-bench", metavar="PATH", help="llama-bench binary: adds its single-stream decode as the ceiling")
     pinned.add_argument("--workdir", metavar="DIR", help="configs, store and server logs (default: a new temporary directory)")
@@ -159,7 +167,8 @@ def _settings(args: argparse.Namespace) -> Any:
         except ValueError:
             raise UsageError(f'--gpu-layers {args.gpu_layers!r}: expected "all" or a number') from None
     return Settings(model=Path(args.model_file).resolve(), context=args.context, parallel=args.parallel,
-                    gpu_layers=layers, threads=args.threads, max_waiting=args.max_waiting)
+                    gpu_layers=layers, threads=args.threads, max_waiting=args.max_waiting, gpus=args.gpus,
+                    pin_devices=not args.gpus_on_cpu)
 
 
 def _schema(path: str | None) -> dict[str, Any] | None:
@@ -184,7 +193,7 @@ def _specs(args: argparse.Namespace, settings: Any, kinds: list[str]) -> tuple[P
 
     workdir = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="appliance-bench-"))
     try:
-        peers = [servers.spec_for(k, settings, workdir, args.llama_server) for k in kinds]
+        peers = [p for k in kinds for p in servers.specs_for(k, settings, workdir, args.llama_server)]
         return workdir, [servers.spec_for("appliance", settings, workdir, None), *peers]
     except BaseException:
         if not args.workdir:
@@ -212,6 +221,12 @@ def bench(args: argparse.Namespace) -> int:
     kinds = _names("--compare", args.compare, ("llama-server", "llama-server-np1", "llama-server-bs",
                                                 "llama-cpp-python"))
     settings = _settings(args) if args.compare is not None else None
+    if (args.gpus or args.gpus_on_cpu) and settings is None:
+        raise UsageError("--gpus and --gpus-on-cpu need --compare")
+    if args.gpus_on_cpu and not args.gpus:
+        raise UsageError("--gpus-on-cpu rehearses --gpus: give --gpus too")
+    if args.gpus == "per-model" and (scenarios or args.plot):
+        raise UsageError("--gpus per-model measures levels only: drop --scenarios/--plot")
     if args.llama_bench and settings is None:
         raise UsageError("--llama-bench needs --compare and --model-file")
     if args.llama_bench and not Path(args.llama_bench).is_file():
@@ -243,7 +258,7 @@ class _Printer:
             return
         if not self.started:
             print("models: " + "; ".join(f"{k} {v}" for k, v in models.items()), flush=True)
-            print(report.header(), flush=True)
+            print(report.header(level), flush=True)
             self.started = True
         for line in report.rows(level):
             print(line, flush=True)
@@ -275,9 +290,12 @@ async def _main(args: argparse.Namespace, levels: list[int], workload: Any, sett
         assert workdir is not None
         printer.line(f"work directory (configs, store, logs): {workdir}")
         async with servers.running(specs, workdir / "logs"):
-            result = await load.run_bench([s.target() for s in specs], workload, levels,
-                                          args.requests_per_client, args.repeat, on_level=printer)
-            result.extra.update(await _scenarios(args, result, scenarios, schema, printer))
+            if settings.gpus == "per-model":
+                result = await _per_model(args, levels, workload, settings, specs, printer)
+            else:
+                result = await load.run_bench([s.target() for s in specs], workload, levels,
+                                              args.requests_per_client, args.repeat, on_level=printer)
+                result.extra.update(await _scenarios(args, result, scenarios, schema, printer))
         if args.llama_bench:
             from ..bench import ceiling
 
@@ -303,6 +321,19 @@ async def _main(args: argparse.Namespace, levels: list[int], workload: Any, sett
 
         printer.line(f"plot: {write_png(result, Path(args.plot))}")
     return _verdict(result)
+
+
+async def _per_model(args: argparse.Namespace, levels: list[int], workload: Any, settings: Any, specs: list[Any],
+                     printer: _Printer) -> Any:
+    """--gpus per-model: every server's copies driven at once, against its first copy alone."""
+    from ..bench import pergpu
+
+    def on_level(level: dict[str, Any], models: dict[str, str]) -> None:
+        printer({k: v for name, gl in level.items() for k, v in gl.rows(name).items()}, models)
+        printer.line(pergpu.summary_line(level))
+
+    return await pergpu.run(pergpu.groups_of(specs, settings.model_ids()), workload, levels,
+                            args.requests_per_client, args.repeat, on_level=on_level)
 
 
 async def _scenarios(args: argparse.Namespace, result: Any, names: list[str], schema: dict[str, Any] | None,
