@@ -126,10 +126,11 @@ def _c_noop() -> object:
     (int) argument is fine, and the int it leaves in the return register is ignored by a
     caller expecting void. No syscall, no side effect, no GIL."""
     addr = ctypes.cast(ctypes.CDLL(None).abs, ctypes.c_void_p).value
+    assert addr is not None
     return llama_cpp.llama_log_callback(addr)
 
 
-def _setter() -> Callable[[object, ctypes.c_void_p], None]:
+def _setter() -> Callable[[object, None], None]:
     """`llama_log_set` through PyDLL: the call keeps the GIL. llama_cpp's binding releases and
     retakes it, and retaking it on a busy event loop can wait a whole switch interval; two of
     these per step would give back what quiet() saves."""
@@ -137,7 +138,7 @@ def _setter() -> Callable[[object, ctypes.c_void_p], None]:
     fn = lib.llama_log_set
     fn.argtypes = [llama_cpp.llama_log_callback, ctypes.c_void_p]
     fn.restype = None
-    return fn  # type: ignore[no-any-return]
+    return fn
 
 
 _NOOP = _c_noop()  # module-global: the ctypes object must outlive every use of its pointer
