@@ -275,3 +275,9 @@ async def test_ready_takes_queued_deltas_and_leaves_the_end_for_iteration() -> N
     assert [d.text for d in gen.ready()] == ["a", "b"]
     assert gen.delivered.completion_tokens == 3 and gen.ready() == []
     assert [d async for d in gen] == [] and gen.finished and gen.usage.completion_tokens == 3
+
+
+def test_chunks_encode_as_compact_utf8_json_and_fall_back_to_json_where_orjson_cannot() -> None:
+    c = chunks.chat_delta(HEAD, 0, {"content": "é \u2028 \"q\" \\ \x00"}, logprobs=[lp("é", -0.25)])
+    assert SSEStream.encode(c) == json.dumps(c, ensure_ascii=False, separators=(",", ":")).encode()
+    assert SSEStream.encode({"big": 2**70}) == b'{"big":1180591620717411303424}'  # past orjson's 64 bits
