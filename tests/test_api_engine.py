@@ -177,6 +177,11 @@ class _Spy:
 
                     class G:
                         usage = property(lambda _: gen.usage)
+                        delivered = property(lambda _: gen.delivered)
+                        finished = property(lambda _: gen.finished)
+
+                        def ready(self) -> list[Any]:
+                            return gen.ready()
 
                         async def __anext__(self) -> Any:
                             d = await gen.__anext__()

@@ -18,6 +18,7 @@ from appliance.api.chunks import Head
 from appliance.api.completions import CompletionChoices
 from appliance.api.middleware import errors
 from appliance.api.relay import relay
+from appliance.api.sse import SSEStream
 from appliance.api.state import request_facts
 from appliance.engine.generation import _END, Generation, post_many
 from appliance.engine.types import Delta, TokenLogprob, TopLogprob, Usage
@@ -214,3 +215,69 @@ def test_logprobs_of_held_back_tokens_come_with_the_next_chunk() -> None:
               for t in ((c["choices"][0]["logprobs"] or {}).get("content") or [])]
     assert tokens == ["ok", " <tool", "s are fun"]  # every token's logprob, once, in order
     assert "".join(c["choices"][0]["delta"].get("content", "") for c in first + held + later) == "ok <tools are fun"
+
+
+class _CountingSSE(SSEStream):
+    """The relay's real stream, recording each write the response gets."""
+
+    writes: list[bytes] = []
+
+    def __init__(self, request: web.Request) -> None:
+        super().__init__(request)
+        write = self.response.write
+
+        async def counted(data: bytes) -> None:
+            _CountingSSE.writes.append(bytes(data))
+            await write(data)
+
+        self.response.write = counted  # type: ignore[method-assign]
+
+
+async def test_deltas_already_queued_go_out_in_one_write_in_order(aiohttp_client: Any) -> None:
+    script: list[object] = [Delta(0, t) for t in ["a", "b", "c", "d"]]
+    script += [Delta(0, "e", finish_reason="stop"), Usage(prompt_tokens=2, completion_tokens=5), _END]
+    feed = Feed(script)  # all of it queued before the relay reads the first delta
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        head = Head("cmpl-1", chunks.TEXT_COMPLETION, 1, "m", include_usage=True)
+        choices = CompletionChoices(head, [""], 1, True, False)
+        return await relay(request, head, True, choices, feed.starts(), stream_type=_CountingSSE)
+
+    app = web.Application(middlewares=[errors])
+    app.router.add_post("/", handler)
+    client = await aiohttp_client(app)
+    _CountingSSE.writes = []
+    r = await client.post("/")
+    body = await r.text()
+    assert [w.count(b"data: ") for w in _CountingSSE.writes] == [6, 2]  # the deltas; usage + [DONE]
+    assert b"".join(_CountingSSE.writes).decode() == body
+    events = _events(body)
+    texts = [(c["choices"][0]["text"], c["choices"][0]["finish_reason"]) for c in map(json.loads, events[:6])]
+    assert texts == [("a", None), ("b", None), ("c", None), ("d", None), ("e", None), ("", "stop")]
+    assert json.loads(events[6]) == {"id": "cmpl-1", "object": "text_completion", "created": 1, "model": "m",
+                                     "choices": [], "usage": {"prompt_tokens": 2, "completion_tokens": 5,
+                                                              "total_tokens": 7}}
+    assert events[7] == "[DONE]" and len(events) == 8
+
+
+async def test_a_failure_queued_behind_deltas_comes_after_them(aiohttp_client: Any) -> None:
+    feed = Feed([Delta(0, "a"), Delta(0, "b"), RuntimeError("llama_decode failed (-3)")])
+    client = await _serve(aiohttp_client, feed)
+    events = _events(await (await client.post("/", params={"stream": "1"})).text())
+    assert [json.loads(e)["choices"][0]["text"] for e in events[:2]] == ["a", "b"]
+    assert json.loads(events[2])["error"]["code"] == "internal_error" and len(events) == 3
+
+
+async def test_ready_takes_queued_deltas_and_leaves_the_end_for_iteration() -> None:
+    gen = Generation(asyncio.get_running_loop(), 1, lambda: None)
+    assert gen.ready() == []
+    gen._put([Delta(0, "a", token_ids=(1,)), Delta(0, "b", token_ids=(2, 3)), Usage(completion_tokens=3), _END])
+    assert [d.text for d in gen.ready()] == ["a", "b"]
+    assert gen.delivered.completion_tokens == 3 and gen.ready() == []
+    assert [d async for d in gen] == [] and gen.finished and gen.usage.completion_tokens == 3
+
+
+def test_chunks_encode_as_compact_utf8_json_and_fall_back_to_json_where_orjson_cannot() -> None:
+    c = chunks.chat_delta(HEAD, 0, {"content": "é \u2028 \"q\" \\ \x00"}, logprobs=[lp("é", -0.25)])
+    assert SSEStream.encode(c) == json.dumps(c, ensure_ascii=False, separators=(",", ":")).encode()
+    assert SSEStream.encode({"big": 2**70}) == b'{"big":1180591620717411303424}'  # past orjson's 64 bits

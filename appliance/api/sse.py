@@ -6,8 +6,9 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Any
+from typing import Any, Sequence
 
+import orjson
 from aiohttp import web
 
 from ..errors import ApplianceError, InvalidAPIKey
@@ -49,7 +50,13 @@ class SSEStream:
 
     @staticmethod
     def encode(obj: dict[str, Any]) -> bytes:
-        return json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+        """Compact UTF-8 JSON. orjson: a stream chunk in 0.5 µs where json.dumps took 8
+        (docs/engine.md); the same bytes, except that a non-finite float is null, not the
+        invalid `-Infinity`. Anything orjson cannot encode goes through json."""
+        try:
+            return orjson.dumps(obj, option=orjson.OPT_NON_STR_KEYS)
+        except TypeError:
+            return json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
 
     def frame(self, obj: dict[str, Any]) -> bytes:
         return b"data: " + self.encode(obj) + b"\n\n"
@@ -58,8 +65,13 @@ class SSEStream:
         return error_payload(exc)
 
     async def send(self, obj: dict[str, Any]) -> None:
+        await self.send_many([obj])
+
+    async def send_many(self, objs: list[dict[str, Any]]) -> None:
+        """Several events in one write (one syscall, one drain wait) rather than one each."""
         self._check_key()
-        await self._send(obj)
+        if not self.ended and objs:
+            await write_within(self.request, self.response, b"".join(map(self.frame, objs)))
 
     def _check_key(self) -> None:
         """A revoked key's stream ends (the relay turns this into an error event)."""
@@ -86,12 +98,14 @@ class SSEStream:
             await write_within(self.request, self.response, None)
         return self.response
 
-    async def done(self) -> None:
+    async def done(self, last: Sequence[dict[str, Any]] = ()) -> None:
+        """End a stream that completed: `last` events (the usage chunk) and the closing in one write."""
         if self.ended:
             return
+        tail = b"".join(map(self.frame, last)) + self.closing
         self._end()
-        if self.closing:
-            await write_within(self.request, self.response, self.closing)
+        if tail:
+            await write_within(self.request, self.response, tail)
         await write_within(self.request, self.response, None)
 
     def _end(self) -> None:

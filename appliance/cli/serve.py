@@ -12,6 +12,12 @@ from ..api.state import RequestIdFilter
 from ..config import Settings, load_settings
 
 
+# How long a thread holding the GIL runs before one waiting for it may take it (CPython's
+# default: 5 ms). The decode thread retakes the GIL after every llama.cpp call while the event
+# loop, serving every stream, is busy; with 5 ms it could wait that long per call.
+SWITCH_INTERVAL_S = 0.001
+
+
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
     p = sub.add_parser("serve", parents=[common], help="run the daemon in the foreground")
     p.add_argument("--host", help="listen address (overrides server.host)")
@@ -64,4 +70,5 @@ def run(args: argparse.Namespace) -> int:
     configure_logging(settings.config.server.log_format)  # [operations] text or json
     daemon = Daemon(settings, host=args.host, port=args.port)
     daemon.check()
+    sys.setswitchinterval(SWITCH_INTERVAL_S)
     return asyncio.run(_serve(daemon))

@@ -33,6 +33,7 @@ class Generation:
         self._queue: asyncio.Queue[object] = asyncio.Queue()
         self._cancel = cancel
         self._done = False  # the runner sent its last item
+        self._held: object = None  # the end or a failure `ready()` took off the queue
         self._consumed = False  # the consumer saw the end
 
     # --- called from the runner's thread ---------------------------------------------------
@@ -54,11 +55,13 @@ class Generation:
     async def __anext__(self) -> Delta:
         if self._consumed:
             raise StopAsyncIteration
-        try:
-            item = await self._queue.get()
-        except BaseException:
-            self.cancel()
-            raise
+        item, self._held = self._held, None
+        if item is None:
+            try:
+                item = await self._queue.get()
+            except BaseException:
+                self.cancel()
+                raise
         if item is _END:
             self._consumed = True
             raise StopAsyncIteration
@@ -68,6 +71,20 @@ class Generation:
         assert isinstance(item, Delta)
         self.delivered.completion_tokens += len(item.token_ids)
         return item
+
+    def ready(self) -> list[Delta]:
+        """The deltas already queued, without waiting: a streaming consumer writes them in
+        one go (several steps' tokens pile up while the event loop serves other streams).
+        Stops before the end or a failure, which the next `__anext__` reports."""
+        out: list[Delta] = []
+        while self._held is None and not self._consumed and not self._queue.empty():
+            item = self._queue.get_nowait()
+            if isinstance(item, Delta):
+                self.delivered.completion_tokens += len(item.token_ids)
+                out.append(item)
+            else:
+                self._held = item
+        return out
 
     def __aiter__(self) -> AsyncIterator[Delta]:
         return self._iterate()

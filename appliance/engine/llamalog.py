@@ -4,6 +4,19 @@ llama.cpp prints a lot at load time; we keep it quiet (DEBUG on the `appliance.l
 logger) but still want the buffer sizes it reports (weights, KV cache, compute buffers per
 device), because they are the ground truth the scheduler's memory estimate is compared to.
 `capture()` collects the lines logged by the current thread while a model loads.
+
+Once a model is loaded, its decode thread wraps each step in `quiet()`: llama.cpp's callback
+is then a C function that returns at once, so per-step lines (ggml-cuda's "CUDA Graph id …
+reused", llama_sampler_sample's "Backend sampler selected token", a re-planned graph's
+reserve lines) never take the GIL from the event loop. llama.cpp 0.3.36 has no level filter
+(`ggml_log_set` / `llama_log_set` take one process-wide callback, every level goes to it), so
+inside a step *every* line is dropped, warnings and errors included, from any thread. What
+that loses: decode-time warnings the runner sees anyway (llama_decode's return code, which it
+logs itself; a sampler llama.cpp will not put in the graph, which `llama_set_sampler`
+reports) and the detail lines ggml writes before an abort (the abort message itself goes to
+stderr directly). Outside steps (an idle runner) and during any load, every line reaches
+`logging` as before: a load's `capture()` turns the Python callback back on for its whole
+duration, even while another model's steps run.
 """
 
 from __future__ import annotations
@@ -14,7 +27,7 @@ import re
 import threading
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Iterator
+from typing import Callable, Iterator
 
 import llama_cpp
 
@@ -25,6 +38,9 @@ _LEVELS = {0: logging.DEBUG, 1: logging.DEBUG, 2: logging.INFO, 3: logging.WARNI
 _local = threading.local()
 _installed = False
 _install_lock = threading.Lock()
+_quiet = 0  # threads inside quiet()
+_loud = 0  # captures running (a load must see its lines)
+_active: object = None  # the callback llama.cpp holds now
 
 # "load_tensors:   CPU_Mapped model buffer size =   248.20 MiB"
 # "llama_kv_cache:        CPU KV buffer size =    72.00 MiB"
@@ -87,10 +103,11 @@ def install() -> None:
     The ctypes callback object is module-global so it is never garbage collected while
     C still holds its pointer.
     """
-    global _installed
+    global _installed, _active
     with _install_lock:
         if not _installed:
             llama_cpp.llama_log_set(_callback, ctypes.c_void_p(0))
+            _active = _callback
             # libmtmd (images) logs through its own hooks, at INFO per request (prompt text
             # included): the same route, so it is DEBUG here and never on stderr
             from llama_cpp import mtmd_cpp
@@ -98,12 +115,69 @@ def install() -> None:
             mtmd_cpp.mtmd_log_set(_callback, ctypes.c_void_p(0))
             mtmd_cpp.mtmd_helper_log_set(_callback, ctypes.c_void_p(0))
             _installed = True
+            _apply()  # another thread may be inside quiet() already
+
+
+def _c_noop() -> object:
+    """libc's `abs` as a log callback: a C function that ignores the text and returns.
+
+    ABI-safe where it runs (x86-64 System V, AArch64 AAPCS64; Linux and macOS): arguments
+    travel in registers and the caller cleans up, so a callee that reads only the first
+    (int) argument is fine, and the int it leaves in the return register is ignored by a
+    caller expecting void. No syscall, no side effect, no GIL."""
+    addr = ctypes.cast(ctypes.CDLL(None).abs, ctypes.c_void_p).value
+    assert addr is not None
+    return llama_cpp.llama_log_callback(addr)
+
+
+def _setter() -> Callable[[object, None], None]:
+    """`llama_log_set` through PyDLL: the call keeps the GIL. llama_cpp's binding releases and
+    retakes it, and retaking it on a busy event loop can wait a whole switch interval; two of
+    these per step would give back what quiet() saves."""
+    lib = ctypes.PyDLL(llama_cpp.llama_cpp._lib._name)
+    fn = lib.llama_log_set
+    fn.argtypes = [llama_cpp.llama_log_callback, ctypes.c_void_p]
+    fn.restype = None
+    return fn
+
+
+_NOOP = _c_noop()  # module-global: the ctypes object must outlive every use of its pointer
+_set_callback = _setter()
+
+
+def _apply() -> None:
+    """Give llama.cpp the callback the current state calls for (under _install_lock)."""
+    global _active
+    want = _NOOP if _quiet and not _loud else _callback
+    if _installed and want is not _active:
+        _set_callback(want, None)
+        _active = want
+
+
+@contextmanager
+def quiet() -> Iterator[None]:
+    """Inside the block, llama.cpp's lines do not enter Python (unless a load is capturing)."""
+    global _quiet
+    with _install_lock:
+        _quiet += 1
+        _apply()
+    try:
+        yield
+    finally:
+        with _install_lock:
+            _quiet -= 1
+            _apply()
 
 
 @contextmanager
 def capture() -> Iterator[list[str]]:
-    """Collect the log text llama.cpp emits on this thread inside the block."""
+    """Collect the log text llama.cpp emits on this thread inside the block (also while
+    other threads are inside quiet())."""
+    global _loud
     install()
+    with _install_lock:
+        _loud += 1
+        _apply()
     prev = getattr(_local, "lines", None)
     lines: list[str] = []
     _local.lines = lines
@@ -113,6 +187,9 @@ def capture() -> Iterator[list[str]]:
         _local.lines = prev
         if prev is not None:
             prev.extend(lines)
+        with _install_lock:
+            _loud -= 1
+            _apply()
 
 
 def join_lines(chunks: list[str]) -> list[str]:

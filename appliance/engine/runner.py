@@ -477,14 +477,15 @@ class Runner:
                         return
                     tasks = list(self._tasks)
                     self._tasks.clear()
-                for t in tasks:
-                    self.in_call_since = time.monotonic()
-                    self._running_task = t
-                    t.run()
-                    self._running_task = None
-                    self.in_call_since = None
-                    self.last_progress = time.monotonic()
-                self._step()
+                with llamalog.quiet():  # llama.cpp's per-step log lines stay in C
+                    for t in tasks:
+                        self.in_call_since = time.monotonic()
+                        self._running_task = t
+                        t.run()
+                        self._running_task = None
+                        self.in_call_since = None
+                        self.last_progress = time.monotonic()
+                    self._step()
         except BaseException as e:  # a bug or a llama.cpp failure: fail everyone, stop serving
             log.exception("runner %s: decode loop failed", self.model_id)
             self._broken = e
