@@ -37,7 +37,7 @@ mkdir -p "$WORK" "$RESULTS"
 has() { [[ " $PHASES " == *" $1 "* ]]; }
 stamp() { echo "[$(date +%T)] $*"; }
 if has build || [[ -d $WORK/build/bin ]]; then
-  export LLAMA_CPP_LIB_PATH=$WORK/build/bin
+  export LLAMA_CPP_LIB_PATH=$WORK/build/bin MTMD_CPP_LIB=$WORK/build/bin  # libllama, and libmtmd (images)
   LLAMA_SERVER=(--llama-server "$WORK/build/bin/llama-server" --llama-bench "$WORK/build/bin/llama-bench")
   ON_CPU=()
 else
@@ -88,7 +88,6 @@ bench() {  # NAME, then extra flags for `appliance bench --compare`
     || echo "bench $name failed (the next phases run anyway)"
 }
 has sampled && bench sampled --temperature 0.8 --concurrency "$CONC"
-has greedy && bench greedy --temperature 0 --concurrency "$CONC"
 has mixed && bench mixed --temperature 0.8 --concurrency "${MIXED_CONC:-16}" --mixed-prompts "$LONG" \
   --requests-per-client "${MIXED_PER_CLIENT:-4}"
 has scenarios && PEERS='' bench scenarios --temperature 0.8 --concurrency 16 --scenarios schema,overload,swap
@@ -141,4 +140,5 @@ elif has rpc; then
   kill $WPID 2>/dev/null; wait $WPID 2>/dev/null || true
 fi
 
+has greedy && bench greedy --temperature 0 --concurrency "$CONC"
 stamp done
