@@ -259,3 +259,44 @@ async def test_a_model_too_big_for_the_head_budget_loads_with_a_worker(tmp_path:
     assert all(n > 0 for n in row["charges"].values()) and row["charges"]["cpu"] < whole - 1
     cell = device_cell(row)  # appliance ps: each device with its share
     assert cell.count(",") == 1 and "cpu " in cell and f"rpc:{worker}#0 " in cell
+
+
+async def test_a_dead_worker_at_plan_time_is_a_clear_503_and_nothing_else_stops(tmp_path: Path,
+                                                                               tiny_models: dict[str, Path]) -> None:
+    """Its memory cannot be read: the request gets 503 worker_unreachable naming it (the read
+    runs off the event loop, so /health and the other model answer meanwhile and after)."""
+    import aiohttp
+
+    from test_api_support import pull_all, serving, write_config
+
+    dead = f"127.0.0.1:{free_port()}"
+    settings = write_config(tmp_path, {
+        "split": {"source": f"file://{tiny_models['a']}", "context": 256, "parallel": 1, "gpu_layers": 1,
+                  "rpc": [dead]},
+        "local": {"source": f"file://{tiny_models['b']}", "context": 256, "parallel": 1},
+    })
+    store = pull_all(settings)
+    async with serving(settings, store=store) as d, aiohttp.ClientSession() as s:
+        async def complete(model: str) -> tuple[int, dict]:
+            async with s.post(d.url + "/v1/completions", json={"model": model, "prompt": "hi", "max_tokens": 2}) as r:
+                return r.status, await r.json()
+
+        status, err = await complete("split")
+        assert status == 503 and err["error"]["code"] == "worker_unreachable", (status, err)
+        assert dead in err["error"]["message"]
+        assert (await complete("local"))[0] == 200
+        row = await _admin_state(s, d.url, "split")
+        assert row["state"] == "unloaded" and row["charges"] == {}
+        async with s.get(d.url + "/health") as r:
+            assert r.status == 200
+
+
+def test_doctor_shows_each_worker_device_and_its_memory(tmp_path: Path, worker: str,
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    """Read through ggml-rpc from the real worker: its CPU device, free of total."""
+    (tmp_path / "appliance.toml").write_text(f'[cluster]\nrpc = ["{worker}"]\n')
+    (tmp_path / "models.toml").write_text(f'[m]\nsource = "file://{tmp_path}/m.gguf"\n')
+    main(["doctor", "--config", str(tmp_path / "appliance.toml"), "--models", str(tmp_path / "models.toml")])
+    out = capsys.readouterr().out
+    line = next(x for x in out.splitlines() if f"rpc:{worker}#0:" in x)
+    assert line.startswith("[ ok ]") and " free of " in line, out
