@@ -187,3 +187,57 @@ async def test_a_model_whose_worker_died_keeps_charging_the_head_until_restart(t
     assert head > 8 * HGB - 6 * HGB  # so "other" no longer fits beside what is held
     with pytest.raises(InsufficientMemory):
         await use(h, "other")
+
+
+@pytest.mark.parametrize("seed", range(6))
+async def test_randomized_walk_keeps_every_device_within_its_memory(tmp_path: Path, seed: int) -> None:
+    """Arrivals, completions, time and workers going down and up, over three models sharing a
+    worker and one local: after every step the head's fixed budget holds (the strict harness
+    raises) and so does each worker's memory (its total less memory.reserve)."""
+    import random
+
+    from appliance.errors import ApplianceError
+
+    rng = random.Random(seed)
+    sizes = {"a": 8 * HGB, "b": 6 * HGB, "c": 9 * HGB, "d": 5 * HGB}
+    h, w = _with_workers(tmp_path, sizes, {"a": ["w:1"], "b": ["w:1", "w:2"], "c": ["w:2"]}, total=6 * HGB,
+                         gpus=(6 * HGB,), memory={"budget": 5 * HGB},
+                         queue={"max_wait": "30s", "swap_after": "2s", "max_waiting": 64})
+    for mid in sizes:
+        h.delays[mid] = rng.choice([0.0, 0.5, 3.0])
+    holders: list[Holder] = []
+
+    def check() -> None:
+        rows = [r for r in h.sched.snapshot() if r.state != "unloaded"]
+        for label in ("rpc:w:1#0", "rpc:w:2#0"):
+            assert sum(r.charges.get(label, 0) for r in rows) <= w.total - 1 * HGB, (label, rows)
+        for x in holders:
+            if x.task.done() and x.task.exception() is not None:
+                assert isinstance(x.task.exception(), ApplianceError), repr(x.task.exception())
+
+    for _ in range(250):
+        r = rng.random()
+        if r < 0.35:
+            holders.append(Holder(h, rng.choice(list(sizes)), key=rng.choice("xy")))
+        elif r < 0.65:
+            live = [x for x in holders if x.admitted.is_set() and not x.release.is_set()]
+            if live:
+                rng.choice(live).release.set()
+        elif r < 0.9:
+            h.clock.advance(rng.choice([0.01, 0.5, 2.5, 6, 40]))
+        else:
+            ep = rng.choice(["w:1", "w:2"])
+            w.down.symmetric_difference_update({ep})
+        await settle(20)
+        check()
+    w.down.clear()
+    for _ in range(200):
+        for x in holders:
+            x.release.set()
+        h.clock.advance(1)
+        await settle(20)
+        check()
+        if all(x.task.done() for x in holders):
+            break
+    assert all(x.task.done() for x in holders)
+    assert any(x.task.exception() is None for x in holders)
