@@ -90,6 +90,7 @@ def make(
     footprints: Footprints | None = None,
     config_path: str | None = None,
     mmproj: dict[str, Path] | None = None,
+    workers: Callable[[str], list[tuple[str, int, int]]] | None = None,
 ) -> Harness:
     """A scheduler over models named by `sizes` (bytes each), on fake GPUs of `gpus` bytes."""
     models = models or {}
@@ -114,6 +115,9 @@ def make(
         frac = pl.n_gpu_layers / layers if not pl.all_layers else 1.0
         total = int(real * frac)
         charged = {i: total // len(pl.devices) for i in pl.devices}
+        if cfg.rpc:  # split with RPC workers: only the head's share is allocated here, as planned
+            planned = h.sched.status(mid).charges
+            charged = {i: int(planned.get(f"cuda:{i}", 0) * real / sizes[mid]) for i in pl.devices}
         for i, n in charged.items():
             hw.allocate(i, n)
         r = FakeRunner(mid, pl, cfg.parallel, charged, hw)
@@ -148,6 +152,7 @@ def make(
         run_blocking=run_blocking,
         config_path=config_path,
         strict=True,  # the budget invariant raises after any decision that breaks it
+        workers=workers,  # an RPC worker's devices, (label, free, total): faked, like the GPUs
     )
     h = Harness(sched, clock, hw, est, real_sizes=dict(real_sizes or {}))
     return h

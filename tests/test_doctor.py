@@ -133,9 +133,12 @@ def test_rpc_workers_are_checked_by_connecting(setup: Path, capsys: pytest.Captu
         (setup / "appliance.toml").write_text(f'[server]\nport = {free_port()}\n[cluster]\nrpc = ["{up}"]\n')
         with (setup / "models.toml").open("a") as f:
             f.write(f'\n[big]\nsource = "file://{setup}/big.gguf"\nrpc = ["{down}"]\n')
-        rc, out = doctor(capsys, Probes(gpus=lambda: [], rpc_built=lambda: True))
+        # the listener is no worker: its devices are what a worker's ggml-rpc would report
+        rc, out = doctor(capsys, Probes(gpus=lambda: [], rpc_built=lambda: True,
+                                        worker_memory=lambda ep: [(f"rpc:{ep}#0", 3 << 30, 8 << 30)]))
     assert rc == 1
     assert f"[ ok ] rpc: worker {up} reachable (models: tiny, absent)" in out
+    assert f"[ ok ] rpc: rpc:{up}#0: 3.0 GiB free of 8.0 GiB" in out
     assert f"[FAIL] rpc: RPC worker {down} is unreachable" in out and "models big will not load" in out
     rc, out = doctor(capsys, Probes(gpus=lambda: [], rpc_built=lambda: False))
     assert "[FAIL] rpc: models name RPC workers but llama-cpp-python was built without -DGGML_RPC=ON" in out

@@ -18,6 +18,7 @@ import llama_cpp
 import pytest
 
 from appliance.cli import main
+from appliance.cli.live import device_cell
 from appliance.config import ConfigError, ModelConfig, load_settings
 from appliance.engine.runner import Runner
 from appliance.engine.types import GenerationRequest, SamplingParams
@@ -219,3 +220,83 @@ async def test_daemon_survives_a_worker_killed_mid_request(tmp_path: Path, tiny_
             assert status == 200 and out["usage"]["completion_tokens"] == 4
     finally:
         stop(proc)
+
+
+async def test_a_model_too_big_for_the_head_budget_loads_with_a_worker(tmp_path: Path, tiny_models: dict[str, Path],
+                                                                         worker: str) -> None:
+    """memory.budget is one byte short of the whole model: refused on the head alone, but with
+    one of its layers on a worker the head holds only its share, so it loads and answers, and
+    /admin/models shows the charge on each device."""
+    import aiohttp
+
+    from test_api_support import pull_all, serving, write_config
+
+    from appliance.scheduler.estimate import GGUFEstimator
+
+    models = {"alone": {"source": f"file://{tiny_models['a']}", "context": 256, "parallel": 1},
+              "split": {"source": f"file://{tiny_models['a']}", "context": 256, "parallel": 1, "gpu_layers": 1,
+                        "rpc": [worker]}}
+    settings = write_config(tmp_path, models)
+    whole = GGUFEstimator().estimate([tiny_models["a"]], settings.catalog.models["alone"], gpu_layers=0,
+                                     device="cpu").total
+    with (tmp_path / "appliance.toml").open("a") as f:
+        f.write(f"[memory]\nbudget = {whole - 1}\nreserve = 0\n")
+    settings = load_settings(tmp_path / "appliance.toml", tmp_path / "models.toml")
+    store = pull_all(settings)
+    async with serving(settings, store=store) as d, aiohttp.ClientSession() as s:
+        async def complete(model: str) -> tuple[int, dict]:
+            async with s.post(d.url + "/v1/completions", json={"model": model, "prompt": "hi", "max_tokens": 2}) as r:
+                return r.status, await r.json()
+
+        status, err = await complete("alone")
+        assert err["error"]["code"] == "insufficient_memory", (status, err)  # the head alone: too small
+        status, out = await complete("split")
+        assert status == 200, out
+        row = await _admin_state(s, d.url, "split")
+    assert row["state"] == "loaded"
+    remote = {k: n for k, n in row["charges"].items() if k.startswith(f"rpc:{worker}")}
+    assert set(row["charges"]) == {"cpu", *remote} and len(remote) == 1, row["charges"]
+    assert all(n > 0 for n in row["charges"].values()) and row["charges"]["cpu"] < whole - 1
+    cell = device_cell(row)  # appliance ps: each device with its share
+    assert cell.count(",") == 1 and "cpu " in cell and f"rpc:{worker}#0 " in cell
+
+
+async def test_a_dead_worker_at_plan_time_is_a_clear_503_and_nothing_else_stops(tmp_path: Path,
+                                                                               tiny_models: dict[str, Path]) -> None:
+    """Its memory cannot be read: the request gets 503 worker_unreachable naming it (the read
+    runs off the event loop, so /health and the other model answer meanwhile and after)."""
+    import aiohttp
+
+    from test_api_support import pull_all, serving, write_config
+
+    dead = f"127.0.0.1:{free_port()}"
+    settings = write_config(tmp_path, {
+        "split": {"source": f"file://{tiny_models['a']}", "context": 256, "parallel": 1, "gpu_layers": 1,
+                  "rpc": [dead]},
+        "local": {"source": f"file://{tiny_models['b']}", "context": 256, "parallel": 1},
+    })
+    store = pull_all(settings)
+    async with serving(settings, store=store) as d, aiohttp.ClientSession() as s:
+        async def complete(model: str) -> tuple[int, dict]:
+            async with s.post(d.url + "/v1/completions", json={"model": model, "prompt": "hi", "max_tokens": 2}) as r:
+                return r.status, await r.json()
+
+        status, err = await complete("split")
+        assert status == 503 and err["error"]["code"] == "worker_unreachable", (status, err)
+        assert dead in err["error"]["message"]
+        assert (await complete("local"))[0] == 200
+        row = await _admin_state(s, d.url, "split")
+        assert row["state"] == "unloaded" and row["charges"] == {}
+        async with s.get(d.url + "/health") as r:
+            assert r.status == 200
+
+
+def test_doctor_shows_each_worker_device_and_its_memory(tmp_path: Path, worker: str,
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    """Read through ggml-rpc from the real worker: its CPU device, free of total."""
+    (tmp_path / "appliance.toml").write_text(f'[cluster]\nrpc = ["{worker}"]\n')
+    (tmp_path / "models.toml").write_text(f'[m]\nsource = "file://{tmp_path}/m.gguf"\n')
+    main(["doctor", "--config", str(tmp_path / "appliance.toml"), "--models", str(tmp_path / "models.toml")])
+    out = capsys.readouterr().out
+    line = next(x for x in out.splitlines() if f"rpc:{worker}#0:" in x)
+    assert line.startswith("[ ok ]") and " free of " in line, out

@@ -139,6 +139,34 @@ def probe_worker(endpoint: str) -> str | None:
     return None
 
 
+WORKER_READ_TIMEOUT_S = 5.0
+
+
+def probe_worker_memory(endpoint: str) -> list[tuple[str, int, int]] | str:
+    """(label, free, total) of each device of a reachable worker, or why it was not read.
+    ggml-rpc's read waits without end while the worker serves another client (a running
+    daemon with a model on it): it runs in a thread that is given up after a timeout."""
+    import threading
+
+    from ..scheduler.workermem import read_devices
+
+    box: list[list[tuple[str, int, int]] | str] = []
+
+    def run() -> None:
+        try:
+            box.append(read_devices(endpoint))
+        except Exception as e:  # WorkerUnreachable, no RPC backend
+            box.append(getattr(e, "message", str(e)))
+
+    t = threading.Thread(target=run, name=f"doctor-rpc-{endpoint}", daemon=True)
+    t.start()
+    t.join(WORKER_READ_TIMEOUT_S)
+    if not box:
+        return (f"memory not read: no answer within {WORKER_READ_TIMEOUT_S:g}s (a worker serves one client "
+                "at a time: the daemon may hold it; `appliance ps` shows what is charged there)")
+    return box[0]
+
+
 def probe_daemon(settings: Settings) -> dict[str, Any] | None:
     from ..service import adminclient
 
@@ -166,6 +194,7 @@ class Probes:
     ram: Callable[[], int] = probe_ram
     rpc_built: Callable[[], bool] = probe_rpc_built
     worker: Callable[[str], str | None] = probe_worker
+    worker_memory: Callable[[str], "list[tuple[str, int, int]] | str"] = probe_worker_memory
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -296,6 +325,11 @@ def check_workers(settings: Settings, p: Probes) -> list[Finding]:
         why = p.worker(ep)
         if why is None:
             out.append(Finding("ok", "rpc", f"worker {ep} reachable (models: {', '.join(mids)})"))
+            mem = p.worker_memory(ep)
+            if isinstance(mem, str):
+                out.append(Finding("warn", "rpc", f"worker {ep}: {mem}"))
+            for label, free, total in [] if isinstance(mem, str) else mem:
+                out.append(Finding("ok", "rpc", f"{label}: {format_size(free)} free of {format_size(total)}"))
         else:
             out.append(Finding("fail", "rpc", f"{why}; models {', '.join(mids)} will not load until it is "
                                               "(`appliance worker` on that machine, docs/cluster.md)"))

@@ -43,6 +43,14 @@ def until_unload(row: dict[str, Any], catalog: Catalog) -> str:
     return f"{left:.0f}s" if left < 120 else f"{left / 60:.0f}m"
 
 
+def device_cell(row: dict[str, Any]) -> str:
+    """The model's device; split over several (RPC workers too), each with its charge."""
+    charges = row.get("charges") or {}
+    if len(charges) > 1:
+        return ", ".join(f"{label} {format_size(n)}" for label, n in charges.items())
+    return str(row.get("device") or "-")
+
+
 def cmd_ps(args: argparse.Namespace) -> int:
     link, settings = _link(args)
     rows = [r for r in link.models() if r.get("state") in RESIDENT]
@@ -55,7 +63,7 @@ def cmd_ps(args: argparse.Namespace) -> int:
     for r in rows:
         mem = r.get("memory_measured") or r.get("memory_estimated")
         table.append((
-            str(r["id"]), str(r["state"]), format_size(mem) if mem else "-", str(r.get("device") or "-"),
+            str(r["id"]), str(r["state"]), format_size(mem) if mem else "-", device_cell(r),
             f"{r.get('slots_busy', 0)}/{r.get('slots_total', 0)}", str(r.get("queue_depth", 0)), r["until_unload"],
         ))
     print(format_table(table))

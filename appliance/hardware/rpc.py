@@ -30,6 +30,7 @@ import logging
 import socket
 import sys
 import threading
+import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -38,6 +39,8 @@ from .ggml import DEV_TYPE_GPU, DEV_TYPE_IGPU, _libggml, device_handles, device_
 
 DEFAULT_PORT = 50052  # llama.cpp's rpc-server default
 CONNECT_TIMEOUT_S = 3.0
+LOSS_SETTLE_S = 3.0  # how long a broken connection's worker may still accept before it is ruled alive
+LOSS_POLL_S = 0.02
 
 log = logging.getLogger(__name__)
 _lock = threading.Lock()
@@ -167,14 +170,24 @@ def watch(fn: Callable[[str], None]) -> Callable[[], None]:
     return lambda: _listeners.remove(fn) if fn in _listeners else None
 
 
-def lost_worker(endpoints: tuple[str, ...] | list[str]) -> str | None:
-    """The first of `endpoints` that no longer accepts connections, if any."""
-    for ep in endpoints:
-        try:
-            check_reachable(ep)
-        except WorkerUnreachable:
-            return ep
-    return None
+def lost_worker(endpoints: tuple[str, ...] | list[str], settle: float = LOSS_SETTLE_S) -> str | None:
+    """The first of `endpoints` that no longer accepts connections, if any.
+
+    Asked right after a connection broke: a killed worker's kernel closes that connection a
+    moment before its listening socket, so one that still accepts is asked again until
+    `settle` seconds have passed (a check that saw it alive once missed its loss, and the
+    model's requests hung). Runs on the RPC client's own thread, never on the event loop.
+    """
+    deadline = time.monotonic() + settle
+    while True:
+        for ep in endpoints:
+            try:
+                check_reachable(ep)
+            except WorkerUnreachable:
+                return ep
+        if time.monotonic() >= deadline:
+            return None
+        threading.Event().wait(LOSS_POLL_S)
 
 
 def mark_lost(endpoint: str) -> None:

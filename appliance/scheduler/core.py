@@ -39,6 +39,7 @@ from ..errors import (
     ModelNotFound,
     QueueFull,
     QueueTimeout,
+    WorkerUnreachable,
 )
 from ..hardware.budget import fixed_budgets
 from ..hardware.devices import Device, DeviceKind, Hardware
@@ -50,6 +51,8 @@ from .footprints import Footprints, footprint_key
 from .lifecycle import ModelEntry, RunnerLike
 from .memory import Memory, Resident, check_budget
 from .placement import Impossible, Placement, Plan, Wait, plan
+from .workermem import WORKER_INDEX_BASE, DeviceReader, WorkerDevice, WorkerMemory, read_devices
+from .workers import plan_with_workers
 
 log = logging.getLogger("appliance.scheduler")
 
@@ -113,6 +116,7 @@ class ModelStatus:
     pinned: bool
     unload_at: float | None = None  # Unix time its keep_alive unloads it, if idle and loaded; None: not due
     workers: list[str] = field(default_factory=list)  # RPC `host:port`s its layers are split over
+    charges: dict[str, int] = field(default_factory=dict)  # bytes charged per device label, while resident
 
     def to_json(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -144,6 +148,7 @@ class Scheduler:
         events: SchedulerEvents | None = None,
         config_path: str | Path | None = None,
         strict: bool = False,
+        workers: DeviceReader | None = None,
     ) -> None:
         self.config = config
         # strict: a broken budget invariant raises (tests); otherwise it is logged as an error.
@@ -174,6 +179,12 @@ class Scheduler:
         self._preparing: set[str] = set()
         self._tasks: set[asyncio.Task[None]] = set()
         self._n_devices: int | None = None
+        # RPC workers' free memory, read in threads (never on the loop), cached per worker.
+        self._workers = WorkerMemory(self.clock, self._run_blocking, workers or read_devices, self._schedule)
+        self._labels: dict[int, str] = {}  # local device index -> label
+        # Head-side memory of runners abandoned when their worker died (never freed until
+        # restart): charged as residents that cannot be evicted, so the budget stays honest.
+        self._stranded: dict[str, dict[int, int]] = {}
 
     # --- public API -------------------------------------------------------------------
 
@@ -184,6 +195,9 @@ class Scheduler:
         pinned = [m for m in self._models.values() if m.cfg.pinned]
         for m in pinned:
             await self._prepare_now(m)
+        for m in pinned:  # workers' memory, read before the (synchronous) fit check
+            if self._workers_of(m.cfg):
+                await self._workers.refresh(self._workers_of(m.cfg), self._ours)
         self._check_pinned_fit(pinned)
         for m in pinned:
             await self.load(m.id)
@@ -210,6 +224,7 @@ class Scheduler:
             await asyncio.shield(self._op)
         for t in list(self._tasks):
             t.cancel()
+        self._workers.cancel()
         for m in list(self._models.values()):
             if m.state in ("loaded", "draining"):
                 await self._unload(m, "shutdown")
@@ -372,7 +387,8 @@ class Scheduler:
                     source=cfg.source,
                     pinned=cfg.pinned,
                     unload_at=self._unload_at(m, now),
-                    workers=list(self.config.cluster.rpc if cfg.rpc is None else cfg.rpc),
+                    workers=self._workers_of(cfg),
+                    charges={self._label(i): n for i, n in m.charges.items()},
                 )
             )
         return out
@@ -446,8 +462,9 @@ class Scheduler:
             else:
                 e = r.error
                 err = e if isinstance(e, ApplianceError) else EngineError(f"cannot plan model {m.id!r}: {e}")
-                # The file may have been removed and another pulled: look again next time.
-                self._forget_paths(m)
+                if not isinstance(e, WorkerUnreachable):
+                    # The file may have been removed and another pulled: look again next time.
+                    self._forget_paths(m)
             for w in m.queue.take_all():
                 self._fail(w, err)
         if d.unloads:
@@ -470,7 +487,8 @@ class Scheduler:
     def _check_budget(self) -> None:
         """The invariant, after every decision: resident charges within every fixed budget."""
         try:
-            check_budget((m.charges for m in self._models.values() if m.resident), self._fixed_budgets())
+            charges = [m.charges for m in self._models.values() if m.resident] + list(self._stranded.values())
+            check_budget(charges, self._fixed_budgets())
         except BudgetExceeded as e:
             log.error("%s: %s", e.message, [(m.id, m.state, m.charges) for m in self._models.values() if m.resident])
             if self._strict:
@@ -554,11 +572,39 @@ class Scheduler:
         return need
 
     def _plan(self, m: _Model, residents: list[Resident]) -> Plan | Wait | Impossible:
-        paths = self._paths.get(m.id) or self._locate(m)
+        residents = residents + self._stranded_residents()
         devices = self._hw.devices()
         mem = Memory.read(devices, self._budgets(devices), self.config.memory.reserve, residents)
+        return self._place(m, mem, residents)
+
+    def _place(self, m: _Model, mem: Memory, residents: list[Resident]) -> Plan | Wait | Impossible:
+        """Plan `m` against `mem`. With RPC workers their devices join the accounting, from
+        readings taken off the loop (workermem.py): Wait while a reading is being taken;
+        WorkerUnreachable (the model's waiters get 503) when a worker did not answer."""
+        paths = self._paths.get(m.id) or self._locate(m)
         layers = self._estimator.layer_count(paths)
-        return plan(m.cfg, layers, self._need_fn(m, paths, layers), mem, residents, self._gpu_error(m))
+        need = self._need_fn(m, paths, layers)
+        self._labels.update((d.index, d.label) for d in mem.devices)
+        endpoints = self._workers_of(m.cfg)
+        if not endpoints:
+            return plan(m.cfg, layers, need, mem, residents, self._gpu_error(m))
+        workers = self._workers.reading(endpoints, self._ours)
+        if workers is None:
+            return Wait()
+        for w in workers:
+            mem.add_worker(w.index, w.free, w.ours, self.config.memory.reserve, residents)
+        return plan_with_workers(m.cfg, layers, need, mem, residents, workers)
+
+    def _ours(self, key: int) -> int:
+        """Bytes our resident models are charged on one device (a worker's, by charge key)."""
+        return sum(m.charges.get(key, 0) for m in self._models.values() if m.resident)
+
+    def _workers_of(self, cfg: ModelConfig) -> list[str]:
+        return list(self.config.cluster.rpc if cfg.rpc is None else cfg.rpc)
+
+    def _label(self, key: int) -> str:
+        """A charge key's device label: "cpu", "cuda:0", "rpc:host:port#0"."""
+        return self._labels.get(key) or self._workers.label(key) or str(key)
 
     def _gpu_error(self, m: _Model) -> Callable[[int, int], Exception]:
         def err(index: int, count: int) -> Exception:
@@ -571,13 +617,12 @@ class Scheduler:
         devices = self._hw.devices()
         placed: list[Resident] = []
         for m in pinned:
-            paths = self._paths.get(m.id) or self._locate(m)
             mem = Memory.read(devices, self._budgets(devices), self.config.memory.reserve, [])
             for r in placed:  # virtual: not in the free-memory reading, so charge them here
                 for i, n in r.charges.items():
-                    mem.used[i] += n
-            layers = self._estimator.layer_count(paths)
-            p = plan(m.cfg, layers, self._need_fn(m, paths, layers), mem, placed, self._gpu_error(m))
+                    if i < WORKER_INDEX_BASE:  # a worker's use comes from `placed` (add_worker)
+                        mem.used[i] += n
+            p = self._place(m, mem, placed)
             if not isinstance(p, Plan):
                 need = p.need if isinstance(p, Impossible) else 0
                 avail = p.available if isinstance(p, Impossible) else 0
@@ -647,17 +692,24 @@ class Scheduler:
         started = self.clock.monotonic()
         log.info("loading %s on %s (%d layers, estimated %s)", m.id, p.placement.device, p.placement.n_gpu_layers, format_size(p.estimate.total))
         runner: RunnerLike | None = None
+        remote = {i: n for i, n in p.charges.items() if i >= WORKER_INDEX_BASE}
+        workers = self._workers_of(cfg) if remote else []
+        self._workers.begin(workers)  # their memory is in motion: no reading holds meanwhile
         try:  # whatever fails from here on, the model must not stay "loading" or leak a runner
             before = self._hw.devices()
             rss_before = self._rss()
             runner = await self._run_blocking(self._loader, m.id, cfg, paths, p.placement)
             await self._run_blocking(runner.warmup)
             measured = self._measure(p.placement, before, self._hw.devices(), rss_before, runner)
+            if remote and measured:  # the head measures its own devices; workers keep their estimate
+                measured = {**remote, **measured}
         except Exception as e:
             await self._load_failed(m, runner, started, e)
             raise
+        finally:
+            self._workers.end(workers)
         m.finish_load(runner, measured, self.clock.monotonic())
-        if measured:
+        if measured and not remote:  # footprints are keyed without workers: only whole-head loads
             try:
                 self._remember_footprint(m, cfg, paths, p, before)
             except Exception:  # the model is loaded fine; it is only measured again next time
@@ -721,16 +773,36 @@ class Scheduler:
         log.info("unloading %s (%s)", m.id, reason)
         if reason == "evict":
             self._emit(lambda e: e.model_evicted(m.id))
+        workers = self._workers.endpoints_of(m.charges)
+        self._workers.begin(workers)
         try:
             if runner is not None:
                 await self._run_blocking(runner.close)
         finally:
+            self._workers.end(workers)
+            if runner is not None and runner.lost:
+                self._strand(m)
             m.finish_unload()
             log.info("unloaded %s", m.id)
             if m.id not in self._paths:  # its settings changed while resident
                 m.sha256 = None
             if m.removed and m.idle and self._models.get(m.id) is m:
                 del self._models[m.id]
+
+    def _strand(self, m: _Model) -> None:
+        """A runner abandoned after its worker died keeps its head-side memory until the
+        daemon restarts (hardware/rpc.py): keep charging it (its workers' share died with
+        them), as a resident nothing can evict, so no load is planned into that memory."""
+        head = {i: n for i, n in m.charges.items() if i < WORKER_INDEX_BASE and n > 0}
+        if not head:
+            return
+        key = f"{m.id} (worker lost, held until restart #{len(self._stranded) + 1})"
+        self._stranded[key] = head
+        log.error("model %s: %s of head memory stays held by its abandoned runner until the daemon restarts",
+                  m.id, format_size(sum(head.values())))
+
+    def _stranded_residents(self) -> list[Resident]:
+        return [Resident(k, dict(c), {}, "never", 0.0) for k, c in self._stranded.items()]
 
     # --- headers, read off the event loop -------------------------------------------------
 

@@ -103,7 +103,9 @@ class ModelEntry:
         self._leave(("unloaded",), "loading")
         self.loaded_cfg, self.placement, self.estimate = cfg, placement, estimate
         self.charges = dict(charges)
-        self.mapped = {i: estimate.mapped for i in charges} if placement.device == "cpu" else {}
+        # mmap'd weights the OS counts as free: at most what each device is charged (a model
+        # split over RPC workers keeps only part of its file's pages in use on the head)
+        self.mapped = {i: min(estimate.mapped, n) for i, n in charges.items()} if placement.device == "cpu" else {}
 
     def finish_load(self, runner: RunnerLike, measured: dict[int, int], now: float) -> None:
         """Loaded: charged what was measured when there is a measurement, else the estimate."""

@@ -52,6 +52,13 @@ class Memory:
                 cap[d.index] = budget
         return cls(list(devices), cap, used)
 
+    def add_worker(self, index: int, free: int, ours_then: int, reserve: int, residents: Sequence[Resident]) -> None:
+        """An RPC worker's device (no fixed budget: memory.budget is the head's): what was
+        free when it was read, minus reserve, plus what our models held there then
+        (`ours_then`); used is what our residents are charged there now."""
+        self.used[index] = sum(r.charges.get(index, 0) for r in residents)
+        self.capacity[index] = max(0, free - reserve + ours_then)
+
     def available(self, index: int, freed: Sequence[Resident] = ()) -> int:
         return self.capacity[index] - self.used[index] + sum(r.charges.get(index, 0) for r in freed)
 

@@ -81,11 +81,15 @@ def _tiers(residents: Sequence[Resident]) -> tuple[list[Resident], list[Resident
     return idle, now, later
 
 
+def _result_ids(chosen: Sequence[Resident]) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(idle models to evict, busy models to drain) among `chosen`."""
+    return tuple(r.id for r in chosen if r.evictable == "idle"), tuple(r.id for r in chosen if r.evictable != "idle")
+
+
 def _result(
     mem: Memory, indices: list[int], est: Estimate, chosen: list[Resident], placement: Placement
 ) -> Plan:
-    idle = tuple(r.id for r in chosen if r.evictable == "idle")
-    busy = tuple(r.id for r in chosen if r.evictable != "idle")
+    idle, busy = _result_ids(chosen)
     if len(indices) == 1:
         charges = {indices[0]: est.total}
     else:  # split: llama.cpp's default tensor_split follows free memory
