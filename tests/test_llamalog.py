@@ -98,3 +98,27 @@ def test_quiet_drops_lines_a_load_still_captures_and_idle_logs(
         leave.set()
         t.join()
     assert not _load(missing) and errors() > 0
+
+
+def test_a_thread_released_from_quiet_no_longer_silences_the_process() -> None:
+    """An abandoned decode thread (a lost RPC worker) never leaves quiet(): releasing it by
+    ident must give llama.cpp's lines back to Python, and its late exit must not matter."""
+    import threading
+
+    entered, leave = threading.Event(), threading.Event()
+
+    def stuck() -> None:
+        with llamalog.quiet():
+            entered.set()
+            leave.wait()
+
+    t = threading.Thread(target=stuck)
+    t.start()
+    entered.wait()
+    assert llamalog._active is llamalog._NOOP
+    assert t.ident is not None
+    llamalog.release(t.ident)
+    assert llamalog._active is llamalog._callback
+    leave.set()
+    t.join()
+    assert llamalog._active is llamalog._callback

@@ -38,7 +38,7 @@ _LEVELS = {0: logging.DEBUG, 1: logging.DEBUG, 2: logging.INFO, 3: logging.WARNI
 _local = threading.local()
 _installed = False
 _install_lock = threading.Lock()
-_quiet = 0  # threads inside quiet()
+_quiet: set[int] = set()  # threads inside quiet() (idents)
 _loud = 0  # captures running (a load must see its lines)
 _active: object = None  # the callback llama.cpp holds now
 
@@ -157,16 +157,22 @@ def _apply() -> None:
 @contextmanager
 def quiet() -> Iterator[None]:
     """Inside the block, llama.cpp's lines do not enter Python (unless a load is capturing)."""
-    global _quiet
+    me = threading.get_ident()
     with _install_lock:
-        _quiet += 1
+        _quiet.add(me)
         _apply()
     try:
         yield
     finally:
-        with _install_lock:
-            _quiet -= 1
-            _apply()
+        release(me)
+
+
+def release(thread_ident: int) -> None:
+    """That thread is no longer quiet: also for a decode thread abandoned inside a call that
+    never returns (a lost RPC worker), so the rest of the process logs again."""
+    with _install_lock:
+        _quiet.discard(thread_ident)
+        _apply()
 
 
 @contextmanager

@@ -782,6 +782,8 @@ class Runner:
         self._broken = err
         self._abandoned = True
         self.in_call_since = None  # the watchdog must not hold the daemon's health on it
+        if self._thread.ident is not None:  # its step never ends: the process must log again
+            llamalog.release(self._thread.ident)
         task = self._running_task
         if task is not None:  # its waiter (a load's warm-up, an embeddings request) gets the error
             task.fail(err)
