@@ -8,6 +8,7 @@ they need output that does not repeat itself.
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 import json
 from pathlib import Path
@@ -32,11 +33,11 @@ def _cfg(path: Path, **kw: object) -> ModelConfig:
 def make_runner(tiny_gguf: Path) -> Iterator:
     made: list[Runner] = []
 
-    def make(path: Path | None = None, arrival_wait_s: float = 0.02, **kw: object) -> Runner:
+    def make(path: Path | None = None, arrival_wait_s: float = 0.02, n_batch: int = 512, **kw: object) -> Runner:
         kw.setdefault("context", 256)
         kw.setdefault("parallel", 4)
         r = Runner([path or tiny_gguf], _cfg(path or tiny_gguf, **kw), model_id="tiny", n_threads=1,
-                   arrival_wait_s=arrival_wait_s)
+                   arrival_wait_s=arrival_wait_s, n_batch=n_batch)
         made.append(r)
         return r
 
@@ -444,3 +445,17 @@ async def test_clients_released_by_one_step_start_again_in_one_step(make_runner)
         _, toks, finish, _ = await drain(g)
         assert finish == {0: "length"} and len(toks[0]) == 2
     assert r.stats.steps == 4  # again one step for the three prompts, one for their second tokens
+
+
+async def test_the_first_token_logs_where_its_time_went_in_steps(make_runner, caplog) -> None:
+    """DEBUG: a request's wait for admission and its prompt's steps, counted by the runner."""
+    r = make_runner(n_batch=64)  # the step budget: the prompt takes ceil(len / 64) steps
+    caplog.set_level(logging.DEBUG, logger="appliance.engine.runner")
+    long_prompt = r.tokenize("a long prompt read over several steps " * 20)
+    params = SamplingParams(max_tokens=2, temperature=0, ignore_eos=True)
+    _, toks, _, _ = await drain(r.generate(GenerationRequest(long_prompt, params, request_id="req-1")))
+    assert len(toks[0]) == 2
+    steps = -(-len(long_prompt) // 64)
+    [line] = [m.getMessage() for m in caplog.records if "req-1 first token" in m.getMessage()]
+    assert f"prompt of {len(long_prompt)} tokens read in" in line and f"({steps} steps)" in line
+    assert "(0 steps), prompt" in line  # an idle runner admits it in the first step

@@ -311,7 +311,7 @@ class Runner:
         gen = Generation(loop, p.n, lambda: self._cancel(job), req.request_id)
         gen.delivered.prompt_tokens = len(prompt)
         job = Job(gen=gen, prompt=prompt, params=p, max_tokens=max_tokens, samplers=samplers,
-                  t_submit=time.monotonic(), preserved=self.vocab.special_ids(p.preserved), vision=vision,
+                  t_submit=time.monotonic(), steps_at=(self.stats.steps, 0), preserved=self.vocab.special_ids(p.preserved), vision=vision,
                   matchers=p.constraint.fork(p.n) if p.constraint is not None else [])  # type: ignore[attr-defined]
         return job
 
@@ -570,6 +570,7 @@ class Runner:
     def _admit(self) -> None:
         """Waiting requests into free slots (slots.SlotTable.admit); each slot gets its choice."""
         for job in self._table.admit():
+            job.t_admit, job.steps_at = time.monotonic(), (job.steps_at[0], self.stats.steps)
             for i, s in enumerate(job.slots):
                 s.choice = Choice(i, job.samplers[i], TextStream(job.params.stop),
                                   matcher=job.matchers[i] if job.matchers else None)
@@ -700,7 +701,10 @@ class Runner:
         if ch.matcher is not None and not self.vocab.is_eog(tok) and not ch.matcher.consume_token(tok):
             self._fail_job(job, EngineError(f"the grammar refused a token: {ch.matcher.get_error()}"))
             return
+        first = job.t_first is None
         delta = self._output.token(job, ch, tok, idx, time.monotonic())
+        if first and log.isEnabledFor(logging.DEBUG):
+            self._log_first_token(job)
         self.stats.tokens_generated += 1
         job.out.append(delta)
         if delta.finish_reason is not None:
@@ -709,6 +713,18 @@ class Runner:
             ch.pending = tok
             if self.backend_sampling and ch.matcher is None:  # a grammar's mask needs the row on the host
                 ch.sampler.attach(self._ctx, s.seq)  # the next tokens are drawn in the graph
+
+    def _log_first_token(self, job: Job) -> None:
+        """Where a request's time to its first token went inside the engine (docs/engine.md,
+        "Time to first token"): waiting for a slot or for the running step to end, then its
+        prompt's steps. Steps are counted at their end, so 1 step to admission means the
+        request came while a step ran."""
+        assert job.t_first is not None and job.t_admit is not None
+        submitted, admitted = job.steps_at
+        log.debug("runner %s: request %s first token %.1f ms after queued: admitted after %.1f ms (%d steps), "
+                  "prompt of %d tokens read in %.1f ms (%d steps)", self.model_id, job.gen.request_id,
+                  1e3 * (job.t_first - job.t_submit), 1e3 * (job.t_admit - job.t_submit), admitted - submitted,
+                  len(job.prompt) - job.cached, 1e3 * (job.t_first - job.t_admit), self.stats.steps - admitted + 1)
 
     def _row_logprobs(self, idx: int, tok: int, top_n: int) -> RowLogprobs:
         return row_logprobs(self._ctx, idx, self.vocab.n_vocab, tok, top_n)
