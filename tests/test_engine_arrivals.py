@@ -41,3 +41,13 @@ def test_a_busy_step_forgets_an_earlier_expectation() -> None:
     a.step_done(idle=True, now=10.0)
     a.step_done(idle=False, now=10.005)  # the clients came back and were served
     assert a.expected(10.006) == 0
+
+
+def test_waiting_stops_once_the_expected_arrive_or_the_first_step_is_full() -> None:
+    a = Arrivals(window_s=0.02)
+    finish(a, 4)
+    a.step_done(idle=True, now=10.0)
+    assert a.should_wait(queued=2, queued_tokens=140, budget=512, now=10.001)
+    assert not a.should_wait(queued=4, queued_tokens=280, budget=512, now=10.001)
+    assert not a.should_wait(queued=2, queued_tokens=600, budget=512, now=10.001)  # they fill the step
+    assert not a.should_wait(queued=2, queued_tokens=140, budget=512, now=10.03)  # the window passed

@@ -7,7 +7,8 @@ wait for that whole step, and then for theirs: measured on the CPU with 16 clien
 2,048-token budget, the 16 prompts of one round went out over up to six steps instead of
 one (1, 5, 10, ... prompts a step). So when the step that left the runner idle released
 `k` requests, the next idle wake-up waits until `k` requests are queued: the clients that
-step set free are expected back. The wait is bounded by `window_s` (the runner's
+step set free are expected back, unless the prompts already queued fill the first step's
+token budget (then the step starts at once: the others could not join it). The wait is bounded by `window_s` (the runner's
 `arrival_wait_s`), and expected only within `window_s` of going idle: a client that comes
 back later (a person reading the answer) is not waited for.
 """
@@ -43,3 +44,10 @@ class Arrivals:
         """Requests to have queued before an idle runner's first step: those the last step
         released, while they may still be on their way back (within `window_s` of it)."""
         return self._expect if now - self._idle_since <= self.window_s else 0
+
+    def should_wait(self, queued: int, queued_tokens: int, budget: int, now: float) -> bool:
+        """Whether an idle runner with `queued` requests (`queued_tokens` prompt tokens in
+        all) should wait for more before its first step: fewer than expected are here and
+        their prompts leave room in the step's `budget` (once it is full, waiting only
+        delays the ones already here)."""
+        return queued < self.expected(now) and queued_tokens < budget

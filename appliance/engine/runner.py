@@ -543,12 +543,12 @@ class Runner:
         step, else the first one starts a prompt step alone and the others wait a whole step
         for theirs. Waits (bounded by `arrival_wait_s`) until as many requests are queued as
         the step that left the runner idle released (arrivals.Arrivals: those clients are on
-        their way back), then lets the event loop finish what it is running (one round trip:
+        their way back) or their prompts fill the step's budget, then lets the event loop finish what it is running (one round trip:
         requests parsed in the same loop turn)."""
         deadline = time.monotonic() + self._arrival_wait_s
         with self._cond:
-            expect = self._arrivals.expected(time.monotonic())
-            while len(self._pending) < expect and not self._closed:
+            while not self._closed and self._arrivals.should_wait(
+                    len(self._pending), sum(len(j.prompt) for j in self._pending), self.n_batch, time.monotonic()):
                 left = deadline - time.monotonic()
                 if left <= 0 or not self._cond.wait(left):
                     break
