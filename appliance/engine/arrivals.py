@@ -2,15 +2,16 @@
 
 Closed-loop clients that a step released together (their requests ended in it) send their
 next requests together, but the event loop parses them one after another over a few
-milliseconds. A runner that starts a prompt step on the first of them makes the others
-wait for that whole step, and then for theirs: measured on the CPU with 16 clients and a
-2,048-token budget, the 16 prompts of one round went out over up to six steps instead of
-one (1, 5, 10, ... prompts a step). So when the step that left the runner idle released
-`k` requests, the next idle wake-up waits until `k` requests are queued: the clients that
-step set free are expected back, unless the prompts already queued fill the first step's
-token budget (then the step starts at once: the others could not join it). The wait is bounded by `window_s` (the runner's
-`arrival_wait_s`), and expected only within `window_s` of going idle: a client that comes
-back later (a person reading the answer) is not waited for.
+milliseconds. A runner that starts a prompt step on the first of them makes the others wait
+for that whole step, and then for theirs: measured on the CPU with 16 clients and a
+2,048-token budget, a round's 16 prompts went out in two or three steps (3 + 13, 4 + 12, 1 +
+5 + 10) instead of one (docs/engine.md, "Time to first token"). So when the step that left
+the runner idle released `k` requests, the next idle wake-up waits until `k` requests are
+queued: the clients that step set free are expected back, unless the prompts already queued
+fill the first step's token budget (then the step starts at once: the others could not join
+it). The wait is bounded by `window_s` (the runner's `arrival_wait_s`), and expected only
+within `window_s` of going idle: a client that comes back later (a person reading the
+answer) is not waited for.
 """
 
 from __future__ import annotations
