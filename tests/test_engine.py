@@ -11,6 +11,7 @@ import asyncio
 import logging
 import math
 import json
+import re
 from pathlib import Path
 from typing import Iterator
 
@@ -459,3 +460,22 @@ async def test_the_first_token_logs_where_its_time_went_in_steps(make_runner, ca
     [line] = [m.getMessage() for m in caplog.records if "req-1 first token" in m.getMessage()]
     assert f"prompt of {len(long_prompt)} tokens read in" in line and f"({steps} steps)" in line
     assert "(0 steps), prompt" in line  # an idle runner admits it in the first step
+
+
+async def test_a_request_arriving_while_streams_decode_gets_its_first_token_from_the_next_step(
+        make_runner, caplog) -> None:
+    """No step is lost on the way in: a request queued while another stream is generating is
+    admitted at the next step's start (at most the running step to wait for) and its first
+    token is sampled in that same step, from its prompt's output row."""
+    r = make_runner()
+    caplog.set_level(logging.DEBUG, logger="appliance.engine.runner")
+    params = SamplingParams(max_tokens=40, temperature=0, ignore_eos=True)
+    busy = r.generate(GenerationRequest("A stream that keeps the runner busy", params))
+    first = await busy.__anext__()
+    assert first.token_ids and r.stats.steps >= 1
+    late = r.generate(GenerationRequest("A request that comes while it decodes", params, request_id="late"))
+    (_, toks, _, _), _ = await drain(late), await drain(busy)
+    assert len(toks[0]) == 40
+    [line] = [m.getMessage() for m in caplog.records if "late first token" in m.getMessage()]
+    waited = int(re.search(r"admitted after [\d.]+ ms \((\d+) steps\)", line).group(1))  # type: ignore[union-attr]
+    assert waited <= 1 and line.endswith("(1 steps)")
