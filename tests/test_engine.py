@@ -8,8 +8,10 @@ they need output that does not repeat itself.
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 import json
+import re
 from pathlib import Path
 from typing import Iterator
 
@@ -32,11 +34,11 @@ def _cfg(path: Path, **kw: object) -> ModelConfig:
 def make_runner(tiny_gguf: Path) -> Iterator:
     made: list[Runner] = []
 
-    def make(path: Path | None = None, arrival_wait_s: float = 0.02, **kw: object) -> Runner:
+    def make(path: Path | None = None, arrival_wait_s: float = 0.02, n_batch: int = 512, **kw: object) -> Runner:
         kw.setdefault("context", 256)
         kw.setdefault("parallel", 4)
         r = Runner([path or tiny_gguf], _cfg(path or tiny_gguf, **kw), model_id="tiny", n_threads=1,
-                   arrival_wait_s=arrival_wait_s)
+                   arrival_wait_s=arrival_wait_s, n_batch=n_batch)
         made.append(r)
         return r
 
@@ -423,3 +425,57 @@ async def test_requests_arriving_together_share_the_first_step(make_runner) -> N
         _, toks, finish, _ = await drain(g)
         assert finish == {0: "length"} and len(toks[0]) == 1
     assert r.stats.steps == 1  # all three prompts read (and their tokens sampled) in one step
+
+
+async def test_clients_released_by_one_step_start_again_in_one_step(make_runner) -> None:
+    """Closed-loop clients whose requests ended in the same step send their next ones over
+    several event-loop turns (each is parsed in turn). The idle runner waits for as many as
+    that step released, so the next round's prompts are read, and their first tokens
+    sampled, in one step, and the round takes as many steps as the first one."""
+    r = make_runner(arrival_wait_s=60)  # generous: only the expected arrivals may end the wait
+    params = SamplingParams(max_tokens=2, temperature=0, ignore_eos=True)
+    for g in r.generate_batch([GenerationRequest(f"Round one {i}", params) for i in range(3)]):
+        await drain(g)
+    assert r.stats.steps == 2  # the prompts with their first tokens, then the second tokens
+    gens = []
+    for i in range(3):
+        gens.append(r.generate(GenerationRequest(f"Round two {i}", params)))
+        r.tokenize("parsing the next request " * 2000)  # the loop is busy meanwhile (no await)
+        await asyncio.sleep(0)  # the next request comes in a later loop turn
+    for g in gens:
+        _, toks, finish, _ = await drain(g)
+        assert finish == {0: "length"} and len(toks[0]) == 2
+    assert r.stats.steps == 4  # again one step for the three prompts, one for their second tokens
+
+
+async def test_the_first_token_logs_where_its_time_went_in_steps(make_runner, caplog) -> None:
+    """DEBUG: a request's wait for admission and its prompt's steps, counted by the runner."""
+    r = make_runner(n_batch=64)  # the step budget: the prompt takes ceil(len / 64) steps
+    caplog.set_level(logging.DEBUG, logger="appliance.engine.runner")
+    long_prompt = r.tokenize("a long prompt read over several steps " * 20)
+    params = SamplingParams(max_tokens=2, temperature=0, ignore_eos=True)
+    _, toks, _, _ = await drain(r.generate(GenerationRequest(long_prompt, params, request_id="req-1")))
+    assert len(toks[0]) == 2
+    steps = -(-len(long_prompt) // 64)
+    [line] = [m.getMessage() for m in caplog.records if "req-1 first token" in m.getMessage()]
+    assert f"prompt of {len(long_prompt)} tokens read in" in line and f"({steps} steps)" in line
+    assert "(0 steps), prompt" in line  # an idle runner admits it in the first step
+
+
+async def test_a_request_arriving_while_streams_decode_gets_its_first_token_from_the_next_step(
+        make_runner, caplog) -> None:
+    """No step is lost on the way in: a request queued while another stream is generating is
+    admitted at the next step's start (at most the running step to wait for) and its first
+    token is sampled in that same step, from its prompt's output row."""
+    r = make_runner()
+    caplog.set_level(logging.DEBUG, logger="appliance.engine.runner")
+    params = SamplingParams(max_tokens=40, temperature=0, ignore_eos=True)
+    busy = r.generate(GenerationRequest("A stream that keeps the runner busy", params))
+    first = await busy.__anext__()
+    assert first.token_ids and r.stats.steps >= 1
+    late = r.generate(GenerationRequest("A request that comes while it decodes", params, request_id="late"))
+    (_, toks, _, _), _ = await drain(late), await drain(busy)
+    assert len(toks[0]) == 40
+    [line] = [m.getMessage() for m in caplog.records if "late first token" in m.getMessage()]
+    waited = int(re.search(r"admitted after [\d.]+ ms \((\d+) steps\)", line).group(1))  # type: ignore[union-attr]
+    assert waited <= 1 and line.endswith("(1 steps)")

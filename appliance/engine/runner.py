@@ -32,6 +32,7 @@ import llama_cpp as ll
 from ..config import ModelConfig
 from ..errors import ApplianceError, EngineError, InvalidRequest, WorkerLost
 from . import llamalog
+from .arrivals import Arrivals
 from .batch import Batch
 from .chat import ChatPrompt, render_chat
 from .cpufeatures import extra_buffers_safe
@@ -153,6 +154,7 @@ class Runner:
         self._outbox: list[Job] = []  # jobs with items to deliver at the end of this step
         self._masks: StepMasks | None = None  # llguidance masks (made on first constrained step)
         self._arrival_wait_s = arrival_wait_s
+        self._arrivals = Arrivals(arrival_wait_s)
         self._cond = threading.Condition()
         self._abandoned = False  # a worker was lost mid-call: the decode thread never returns
         self._running_task: _Task | None = None  # warm-up or embeddings, on the decode thread
@@ -309,7 +311,7 @@ class Runner:
         gen = Generation(loop, p.n, lambda: self._cancel(job), req.request_id)
         gen.delivered.prompt_tokens = len(prompt)
         job = Job(gen=gen, prompt=prompt, params=p, max_tokens=max_tokens, samplers=samplers,
-                  t_submit=time.monotonic(), preserved=self.vocab.special_ids(p.preserved), vision=vision,
+                  t_submit=time.monotonic(), steps_at=(self.stats.steps, 0), preserved=self.vocab.special_ids(p.preserved), vision=vision,
                   matchers=p.constraint.fork(p.n) if p.constraint is not None else [])  # type: ignore[attr-defined]
         return job
 
@@ -520,6 +522,7 @@ class Runner:
         self.in_call_since = None
         self.stats.steps += 1
         self.last_progress = time.monotonic()
+        self._arrivals.step_done(idle=not self.busy_slots, now=self.last_progress)  # before its clients hear
         self._flush()
 
     def _start_masks(self, plan: StepPlan) -> None:
@@ -536,16 +539,25 @@ class Runner:
             self._masks.start(items)
 
     def _let_arrivals_queue(self, loop: asyncio.AbstractEventLoop) -> None:
-        """Idle, woken by a request: let the event loop finish what it is running before the
-        first step. Requests that arrive together (clients released by the same step) are
-        handled in the same loop iterations; without this the first one starts a prompt step
-        alone and the others wait a whole step for theirs. One loop round trip, bounded."""
+        """Idle, woken by a request: let the requests sent with it queue before the first
+        step, else the first one starts a prompt step alone and the others wait a whole step
+        for theirs. Waits (bounded by `arrival_wait_s`) until as many requests are queued as
+        the step that left the runner idle released (arrivals.Arrivals: those clients are on
+        their way back) or their prompts fill the step's budget, then lets the event loop finish what it is running (one round trip:
+        requests parsed in the same loop turn)."""
+        deadline = time.monotonic() + self._arrival_wait_s
+        with self._cond:
+            while not self._closed and self._arrivals.should_wait(
+                    len(self._pending), sum(len(j.prompt) for j in self._pending), self.n_batch, time.monotonic()):
+                left = deadline - time.monotonic()
+                if left <= 0 or not self._cond.wait(left):
+                    break
         done = threading.Event()
         try:
             loop.call_soon_threadsafe(done.set)
         except RuntimeError:  # the loop is closed
             return
-        done.wait(self._arrival_wait_s)
+        done.wait(max(0.0, deadline - time.monotonic()))
 
     def _drop_cancelled(self) -> None:
         for s in self._slots:
@@ -558,6 +570,7 @@ class Runner:
     def _admit(self) -> None:
         """Waiting requests into free slots (slots.SlotTable.admit); each slot gets its choice."""
         for job in self._table.admit():
+            job.t_admit, job.steps_at = time.monotonic(), (job.steps_at[0], self.stats.steps)
             for i, s in enumerate(job.slots):
                 s.choice = Choice(i, job.samplers[i], TextStream(job.params.stop),
                                   matcher=job.matchers[i] if job.matchers else None)
@@ -688,7 +701,10 @@ class Runner:
         if ch.matcher is not None and not self.vocab.is_eog(tok) and not ch.matcher.consume_token(tok):
             self._fail_job(job, EngineError(f"the grammar refused a token: {ch.matcher.get_error()}"))
             return
+        first = job.t_first is None
         delta = self._output.token(job, ch, tok, idx, time.monotonic())
+        if first and log.isEnabledFor(logging.DEBUG):
+            self._log_first_token(job)
         self.stats.tokens_generated += 1
         job.out.append(delta)
         if delta.finish_reason is not None:
@@ -697,6 +713,18 @@ class Runner:
             ch.pending = tok
             if self.backend_sampling and ch.matcher is None:  # a grammar's mask needs the row on the host
                 ch.sampler.attach(self._ctx, s.seq)  # the next tokens are drawn in the graph
+
+    def _log_first_token(self, job: Job) -> None:
+        """Where a request's time to its first token went inside the engine (docs/engine.md,
+        "Time to first token"): waiting for a slot or for the running step to end, then its
+        prompt's steps. Steps are counted at their end, so 1 step to admission means the
+        request came while a step ran."""
+        assert job.t_first is not None and job.t_admit is not None
+        submitted, admitted = job.steps_at
+        log.debug("runner %s: request %s first token %.1f ms after queued: admitted after %.1f ms (%d steps), "
+                  "prompt of %d tokens read in %.1f ms (%d steps)", self.model_id, job.gen.request_id,
+                  1e3 * (job.t_first - job.t_submit), 1e3 * (job.t_admit - job.t_submit), admitted - submitted,
+                  len(job.prompt) - job.cached, 1e3 * (job.t_first - job.t_admit), self.stats.steps - admitted + 1)
 
     def _row_logprobs(self, idx: int, tok: int, top_n: int) -> RowLogprobs:
         return row_logprobs(self._ctx, idx, self.vocab.n_vocab, tok, top_n)
@@ -719,6 +747,8 @@ class Runner:
         if job.done:
             return
         job.done = True
+        if not job.cancelled:
+            self._arrivals.finished()
         for smp in job.samplers:
             smp.free()  # idempotent: already freed for released slots
         job.out.append(usage(job))

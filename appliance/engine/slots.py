@@ -59,6 +59,8 @@ class Job:
     evaluated: int = 0  # prompt tokens decoded
     completion: int = 0  # tokens generated, all choices
     t_first: float | None = None
+    t_admit: float | None = None  # in a slot (t_submit .. t_admit: waiting for a slot or a step)
+    steps_at: tuple[int, int] = (0, 0)  # the runner's step count when submitted, when admitted
     t_last: float | None = None
     out: list[object] = field(default_factory=list)  # items for the consumer, sent once per step
     queued: bool = False  # in the runner's outbox for this step's delivery
