@@ -131,13 +131,11 @@ def _c_noop() -> object:
 
 
 def _setter() -> Callable[[object, None], None]:
-    """`llama_log_set` through PyDLL: the call keeps the GIL. llama_cpp's binding releases and
-    retakes it, and retaking it on a busy event loop can wait a whole switch interval; two of
-    these per step would give back what quiet() saves."""
-    lib = ctypes.PyDLL(llama_cpp.llama_cpp._lib._name)
-    fn = lib.llama_log_set
-    fn.argtypes = [llama_cpp.llama_log_callback, ctypes.c_void_p]
-    fn.restype = None
+    """`llama_log_set` keeping the GIL (keepgil): two calls per step must not each wait for
+    the GIL on a busy event loop, or they would give back what quiet() saves."""
+    from .keepgil import bind
+
+    fn: Callable[[object, None], None] = bind("llama_log_set", [llama_cpp.llama_log_callback, ctypes.c_void_p], None)
     return fn
 
 

@@ -636,6 +636,9 @@ class Runner:
 
     def _after(self, plan: StepPlan) -> None:
         """The batch is decoded: extend the slots' caches, sample where the plan has outputs."""
+        # wait for the device here, GIL released: in-graph chains' tokens are then read
+        # without a GIL hand-off each (sampling.SlotSampler.sample)
+        ll.llama_synchronize(self._ctx)
         for p in plan.parts:
             s = self._slots[p.seq]
             job = s.job

@@ -6,6 +6,7 @@ the logits row before the pick, so the chain only ever sees allowed tokens.
 
 from __future__ import annotations
 
+import ctypes
 import math
 import secrets
 from dataclasses import dataclass
@@ -13,7 +14,14 @@ from dataclasses import dataclass
 import llama_cpp as ll
 import numpy as np
 
+from .keepgil import bind
 from .types import SamplingParams, TopLogprob
+
+# The token an in-graph chain drew is in host memory once the step is synchronized (the
+# runner calls llama_synchronize, GIL released, before sampling): reading it needs no GIL
+# hand-off. A chain on the host does real work over the row and keeps llama_cpp's binding.
+_read_backend_sample = bind("llama_sampler_sample", [ll.llama_sampler_p_ctypes, ll.llama_context_p_ctypes,
+                                                     ctypes.c_int32], ll.llama_token)
 
 
 class SlotSampler:
@@ -140,7 +148,9 @@ class SlotSampler:
 
     def sample(self, ctx: ll.llama_context_p, idx: int) -> int:
         """Pick the next token from output row `idx` (accepted into the chain)."""
-        if self._attached is not None or not self._greedy:
+        if self._attached is not None:
+            return int(_read_backend_sample(self.chain, ctx, idx))  # accepts; the step is synchronized
+        if not self._greedy:
             return int(ll.llama_sampler_sample(self.chain, ctx, idx))  # applies and accepts
         row = np.ctypeslib.as_array(ll.llama_get_logits_ith(ctx, idx), shape=(self.n_vocab,))
         return self.greedy(row)  # nothing to accept: greedy and logit bias keep no state
