@@ -427,27 +427,6 @@ async def test_requests_arriving_together_share_the_first_step(make_runner) -> N
     assert r.stats.steps == 1  # all three prompts read (and their tokens sampled) in one step
 
 
-async def test_clients_released_by_one_step_start_again_in_one_step(make_runner) -> None:
-    """Closed-loop clients whose requests ended in the same step send their next ones over
-    several event-loop turns (each is parsed in turn). The idle runner waits for as many as
-    that step released, so the next round's prompts are read, and their first tokens
-    sampled, in one step, and the round takes as many steps as the first one."""
-    r = make_runner(arrival_wait_s=60)  # generous: only the expected arrivals may end the wait
-    params = SamplingParams(max_tokens=2, temperature=0, ignore_eos=True)
-    for g in r.generate_batch([GenerationRequest(f"Round one {i}", params) for i in range(3)]):
-        await drain(g)
-    assert r.stats.steps == 2  # the prompts with their first tokens, then the second tokens
-    gens = []
-    for i in range(3):
-        gens.append(r.generate(GenerationRequest(f"Round two {i}", params)))
-        r.tokenize("parsing the next request " * 2000)  # the loop is busy meanwhile (no await)
-        await asyncio.sleep(0)  # the next request comes in a later loop turn
-    for g in gens:
-        _, toks, finish, _ = await drain(g)
-        assert finish == {0: "length"} and len(toks[0]) == 2
-    assert r.stats.steps == 4  # again one step for the three prompts, one for their second tokens
-
-
 async def test_the_first_token_logs_where_its_time_went_in_steps(make_runner, caplog) -> None:
     """DEBUG: a request's wait for admission and its prompt's steps, counted by the runner."""
     r = make_runner(n_batch=64)  # the step budget: the prompt takes ceil(len / 64) steps

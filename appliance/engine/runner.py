@@ -32,7 +32,6 @@ import llama_cpp as ll
 from ..config import ModelConfig
 from ..errors import ApplianceError, EngineError, InvalidRequest, WorkerLost
 from . import llamalog
-from .arrivals import Arrivals
 from .batch import Batch
 from .chat import ChatPrompt, render_chat
 from .cpufeatures import extra_buffers_safe
@@ -154,7 +153,6 @@ class Runner:
         self._outbox: list[Job] = []  # jobs with items to deliver at the end of this step
         self._masks: StepMasks | None = None  # llguidance masks (made on first constrained step)
         self._arrival_wait_s = arrival_wait_s
-        self._arrivals = Arrivals(arrival_wait_s)
         self._cond = threading.Condition()
         self._abandoned = False  # a worker was lost mid-call: the decode thread never returns
         self._running_task: _Task | None = None  # warm-up or embeddings, on the decode thread
@@ -522,7 +520,6 @@ class Runner:
         self.in_call_since = None
         self.stats.steps += 1
         self.last_progress = time.monotonic()
-        self._arrivals.step_done(idle=not self.busy_slots, now=self.last_progress)  # before its clients hear
         self._flush()
 
     def _start_masks(self, plan: StepPlan) -> None:
@@ -539,25 +536,18 @@ class Runner:
             self._masks.start(items)
 
     def _let_arrivals_queue(self, loop: asyncio.AbstractEventLoop) -> None:
-        """Idle, woken by a request: let the requests sent with it queue before the first
-        step, else the first one starts a prompt step alone and the others wait a whole step
-        for theirs. Waits (bounded by `arrival_wait_s`) until as many requests are queued as
-        the step that left the runner idle released (arrivals.Arrivals: those clients are on
-        their way back) or their prompts fill the step's budget, then lets the event loop finish what it is running (one round trip:
-        requests parsed in the same loop turn)."""
-        deadline = time.monotonic() + self._arrival_wait_s
-        with self._cond:
-            while not self._closed and self._arrivals.should_wait(
-                    len(self._pending), sum(len(j.prompt) for j in self._pending), self.n_batch, time.monotonic()):
-                left = deadline - time.monotonic()
-                if left <= 0 or not self._cond.wait(left):
-                    break
+        """Idle, woken by a request: let the event loop finish what it is running before the
+        first step. Requests that arrive together (clients released by the same step) are
+        handled in the same loop iterations; without this the first one starts a prompt step
+        alone and the others wait a whole step for theirs. One loop round trip, bounded.
+        (Waiting for as many requests as the last step released was tried: no gain in TTFT
+        on the CPU or on an H200 at 1-32 clients, docs/engine.md.)"""
         done = threading.Event()
         try:
             loop.call_soon_threadsafe(done.set)
         except RuntimeError:  # the loop is closed
             return
-        done.wait(max(0.0, deadline - time.monotonic()))
+        done.wait(self._arrival_wait_s)
 
     def _drop_cancelled(self) -> None:
         for s in self._slots:
@@ -750,8 +740,6 @@ class Runner:
         if job.done:
             return
         job.done = True
-        if not job.cancelled:
-            self._arrivals.finished()
         for smp in job.samplers:
             smp.free()  # idempotent: already freed for released slots
         job.out.append(usage(job))
