@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import os
 import sys
 from typing import Sequence
 
@@ -24,14 +23,8 @@ def preload_llama(argv: Sequence[str]) -> None:
     segfaulted inside llama_model_load_from_file whenever numpy had been imported first; with
     llama.cpp loaded first it ran. The command modules import numpy (gguf), so this runs
     before they are imported, and only for `serve` and `run`, which load models.
-
-    OpenMP's threads sleep at llama.cpp's barriers instead of spinning (`OMP_WAIT_POLICY`,
-    read once when libgomp loads; a value in the environment wins): the daemon's event loop
-    shares the cores with them, and on a 2-core box spinning workers starved it — Gemma 3
-    270M, 4 clients, temperature 0.8: 42 tok/s spinning, 56 passive (docs/benchmarks.md).
     """
     if "serve" in argv or "worker" in argv or (argv and argv[0] == "run"):
-        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
         import llama_cpp  # noqa: F401
 
 
