@@ -157,6 +157,14 @@ def test_rpc_lists_are_validated(tmp_path: Path) -> None:
     assert s.config.cluster.rpc == ["10.0.0.3:50052"]
 
 
+async def _complete(s: "aiohttp.ClientSession", url: str, model: str, max_tokens: int = 2,
+                    logit_bias: dict[str, int] | None = None) -> tuple[int, dict]:
+    """A short completion: (status, body)."""
+    body = {"model": model, "prompt": "hi", "max_tokens": max_tokens, "logit_bias": logit_bias or {}}
+    async with s.post(url + "/v1/completions", json=body) as r:
+        return r.status, await r.json()
+
+
 async def _admin_state(s: "aiohttp.ClientSession", url: str, model: str) -> dict:
     async with s.get(url + "/admin/models") as r:
         assert r.status == 200
@@ -189,12 +197,7 @@ async def test_daemon_survives_a_worker_killed_mid_request(tmp_path: Path, tiny_
         async with serving(settings, store=store) as d, aiohttp.ClientSession() as s:
             url = d.url
 
-            async def complete(model: str) -> tuple[int, dict]:
-                async with s.post(url + "/v1/completions", json={"model": model, "prompt": "hi", "max_tokens": 4,
-                                                                "logit_bias": no_eos}) as r:
-                    return r.status, await r.json()
-
-            assert (await complete("split"))[0] == 200
+            assert (await _complete(s, url, "split", max_tokens=4, logit_bias=no_eos))[0] == 200
             row = await _admin_state(s, url, "split")
             assert row["state"] == "loaded" and row["workers"] == [ep]
             body = {"model": "split", "prompt": "go", "max_tokens": 4000, "logit_bias": no_eos, "stream": True}
@@ -210,13 +213,13 @@ async def test_daemon_survives_a_worker_killed_mid_request(tmp_path: Path, tiny_
                     break
                 await asyncio.sleep(0.05)
             assert (await _admin_state(s, url, "split"))["state"] == "unloaded"
-            status, err = await complete("split")  # the worker is still down: a clear 503
+            status, err = await _complete(s, url, "split", max_tokens=4, logit_bias=no_eos)  # the worker is still down: a clear 503
             assert status == 503 and err["error"]["code"] == "worker_unreachable" and ep in err["error"]["message"]
-            assert (await complete("local"))[0] == 200
+            assert (await _complete(s, url, "local", max_tokens=4, logit_bias=no_eos))[0] == 200
             async with s.get(url + "/health") as r:
                 assert r.status == 200
             proc = start_worker(port)  # back: the next request loads the model again
-            status, out = await complete("split")
+            status, out = await _complete(s, url, "split", max_tokens=4, logit_bias=no_eos)
             assert status == 200 and out["usage"]["completion_tokens"] == 4
     finally:
         stop(proc)
@@ -244,13 +247,9 @@ async def test_a_model_too_big_for_the_head_budget_loads_with_a_worker(tmp_path:
     settings = load_settings(tmp_path / "appliance.toml", tmp_path / "models.toml")
     store = pull_all(settings)
     async with serving(settings, store=store) as d, aiohttp.ClientSession() as s:
-        async def complete(model: str) -> tuple[int, dict]:
-            async with s.post(d.url + "/v1/completions", json={"model": model, "prompt": "hi", "max_tokens": 2}) as r:
-                return r.status, await r.json()
-
-        status, err = await complete("alone")
+        status, err = await _complete(s, d.url, "alone")
         assert err["error"]["code"] == "insufficient_memory", (status, err)  # the head alone: too small
-        status, out = await complete("split")
+        status, out = await _complete(s, d.url, "split")
         assert status == 200, out
         row = await _admin_state(s, d.url, "split")
     assert row["state"] == "loaded"
@@ -277,14 +276,10 @@ async def test_a_dead_worker_at_plan_time_is_a_clear_503_and_nothing_else_stops(
     })
     store = pull_all(settings)
     async with serving(settings, store=store) as d, aiohttp.ClientSession() as s:
-        async def complete(model: str) -> tuple[int, dict]:
-            async with s.post(d.url + "/v1/completions", json={"model": model, "prompt": "hi", "max_tokens": 2}) as r:
-                return r.status, await r.json()
-
-        status, err = await complete("split")
+        status, err = await _complete(s, d.url, "split")
         assert status == 503 and err["error"]["code"] == "worker_unreachable", (status, err)
         assert dead in err["error"]["message"]
-        assert (await complete("local"))[0] == 200
+        assert (await _complete(s, d.url, "local"))[0] == 200
         row = await _admin_state(s, d.url, "split")
         assert row["state"] == "unloaded" and row["charges"] == {}
         async with s.get(d.url + "/health") as r:
