@@ -5,6 +5,7 @@ keep every choice inside its grammar."""
 from __future__ import annotations
 
 import asyncio
+import math
 import json
 from pathlib import Path
 from typing import Iterator
@@ -196,3 +197,16 @@ def test_markers_that_are_special_tokens_may_come_as_those_tokens(vocab: Vocab) 
     assert takes(lazy, [*text, bos, *call]) and takes(lazy, tok.tokenize_str("Let me see. <s>") + call)
     assert takes(lazy, text) and not takes(lazy, [*text, bos])
     assert not takes(lazy_grammar('start: "{\\"a\\": 1}"\n', "<s>"), [*text, bos, *call])
+
+
+async def test_logprobs_of_tokens_the_grammar_rules_out_are_finite(runner: Runner) -> None:
+    """The mask writes -inf into the row: such a token's logprob is OpenAI's -9999.0, not -inf
+    (which json writes as the invalid `-Infinity` and orjson, in streams, as null)."""
+    c = await compile_async(gbnf_grammar('root ::= "yes" | "no"'), runner.vocab)
+    params = SamplingParams(max_tokens=5, temperature=0, constraint=c, logprobs=True, top_logprobs=10)
+    lps = [lp async for d in runner.generate(GenerationRequest("Hello", params)) for lp in d.logprobs]
+    tops = [t.logprob for lp in lps for t in lp.top]
+    assert lps and len(tops) == 10 * len(lps)
+    assert min(tops) == -9999.0  # some of the ten are ruled out at every position here
+    assert all(math.isfinite(v) for v in tops + [lp.logprob for lp in lps])
+    json.dumps([lp.__dict__ for lp in lps], default=lambda t: t.__dict__, allow_nan=False)

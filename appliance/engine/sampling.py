@@ -217,8 +217,18 @@ class RowLogprobs:
     top: list[tuple[int, float]]
 
 
+# A token the row rules out (a grammar's mask writes -inf into it) gets OpenAI's floor: -inf
+# is no JSON number (json writes `-Infinity`, orjson null), and clients expect a float.
+MIN_LOGPROB = -9999.0
+
+
+def _floor(x: float) -> float:
+    return x if x >= MIN_LOGPROB else MIN_LOGPROB
+
+
 def row_logprobs(ctx: ll.llama_context_p, idx: int, n_vocab: int, token: int, top_n: int) -> RowLogprobs:
-    """Log-softmax of the raw logits row (before penalties and temperature, as OpenAI reports)."""
+    """Log-softmax of the raw logits row (before penalties and temperature, as OpenAI reports;
+    after a grammar's mask), at least MIN_LOGPROB."""
     row = np.ctypeslib.as_array(ll.llama_get_logits_ith(ctx, idx), shape=(n_vocab,)).astype(np.float64)
     m = row.max()
     lse = m + math.log(float(np.exp(row - m).sum()))
@@ -227,8 +237,8 @@ def row_logprobs(ctx: ll.llama_context_p, idx: int, n_vocab: int, token: int, to
         k = min(top_n, n_vocab)
         ids = np.argpartition(row, -k)[-k:]
         ids = ids[np.argsort(row[ids])[::-1]]
-        top = [(int(i), float(row[i] - lse)) for i in ids]
-    return RowLogprobs(float(row[token] - lse), top)
+        top = [(int(i), _floor(float(row[i] - lse))) for i in ids]
+    return RowLogprobs(_floor(float(row[token] - lse)), top)
 
 
 def top_logprob(token_id: int, logprob: float, piece: bytes) -> TopLogprob:
