@@ -281,3 +281,14 @@ def test_chunks_encode_as_compact_utf8_json_and_fall_back_to_json_where_orjson_c
     c = chunks.chat_delta(HEAD, 0, {"content": "é \u2028 \"q\" \\ \x00"}, logprobs=[lp("é", -0.25)])
     assert SSEStream.encode(c) == json.dumps(c, ensure_ascii=False, separators=(",", ":")).encode()
     assert SSEStream.encode({"big": 2**70}) == b'{"big":1180591620717411303424}'  # past orjson's 64 bits
+
+
+def test_chunks_are_valid_json_whichever_encoder_writes_them() -> None:
+    """orjson writes a non-finite float as null; json, where orjson cannot (past 64-bit ints,
+    numpy scalars), must not write `-Infinity`/`NaN` instead, nor fail on a numpy scalar."""
+    import numpy as np
+
+    assert SSEStream.encode({"big": 2**70, "x": float("-inf"), "l": [float("nan")]}) == \
+        b'{"big":1180591620717411303424,"x":null,"l":[null]}'
+    assert SSEStream.encode({"x": np.float64("-inf"), "n": np.int64(3), "f": np.float32(0.5)}) == \
+        b'{"x":null,"n":3,"f":0.5}'

@@ -5,6 +5,7 @@ llama-server's native SSE without [DONE], the Responses API's `event:` lines, Ol
 from __future__ import annotations
 
 import json
+import math
 import time
 from typing import Any, Sequence
 
@@ -52,11 +53,12 @@ class SSEStream:
     def encode(obj: dict[str, Any]) -> bytes:
         """Compact UTF-8 JSON. orjson: a stream chunk in 0.5 µs where json.dumps took 8
         (docs/engine.md); the same bytes, except that a non-finite float is null, not the
-        invalid `-Infinity`. Anything orjson cannot encode goes through json."""
+        invalid `-Infinity`. Anything orjson cannot encode (an int past 64 bits) goes through
+        json, non-finite floats made null there too."""
         try:
-            return orjson.dumps(obj, option=orjson.OPT_NON_STR_KEYS)
+            return orjson.dumps(obj, option=orjson.OPT_NON_STR_KEYS | orjson.OPT_SERIALIZE_NUMPY)
         except TypeError:
-            return json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+            return json.dumps(_finite(obj), ensure_ascii=False, separators=(",", ":")).encode("utf-8")
 
     def frame(self, obj: dict[str, Any]) -> bytes:
         return b"data: " + self.encode(obj) + b"\n\n"
@@ -111,6 +113,20 @@ class SSEStream:
     def _end(self) -> None:
         self.ended = True
         self._streams().discard(self)
+
+
+def _finite(obj: Any) -> Any:
+    """`obj` with every non-finite float as None (numpy scalars as Python numbers): what
+    orjson writes, for json's slow path, which would write the invalid `NaN`/`-Infinity`."""
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    if getattr(obj, "shape", None) == () and hasattr(obj, "item"):  # a numpy scalar
+        obj = obj.item()
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj
 
 
 class PlainSSEStream(SSEStream):
