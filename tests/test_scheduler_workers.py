@@ -161,6 +161,27 @@ async def test_a_worker_slow_to_answer_stalls_only_its_model(tmp_path: Path) -> 
     assert h.loaded() == {"split", "local"}
 
 
+async def test_a_worker_whose_read_never_returns_fails_the_next_requests_at_once(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A read past READ_TIMEOUT_S is a worker that does not answer: its thread may never
+    return, and no second read starts meanwhile, so every request until it returns gets
+    that 503 at once (not a wait until the queue's timeout); once it returns, it is read again."""
+    from appliance.scheduler import workermem
+
+    monkeypatch.setattr(workermem, "READ_TIMEOUT_S", 0.01)  # the first request's wait, not asserted on
+    h, w = _with_workers(tmp_path, {"split": 8 * HGB}, {"split": ["w:1"]})
+    h.gates["w:1"] = asyncio.Event()  # the read hangs until set
+    with pytest.raises(WorkerUnreachable):
+        await use(h, "split")
+    again = asyncio.create_task(use(h, "split"))
+    await settle()
+    assert again.done() and isinstance(again.exception(), WorkerUnreachable)
+    h.gates["w:1"].set()  # the stuck read returns at last
+    await settle()
+    await use(h, "split")
+    assert h.state("split") == "loaded" and w.reads == ["w:1", "w:1"]
+
+
 async def test_each_load_attempt_reads_the_workers_again(tmp_path: Path) -> None:
     """A load or unload on a worker makes its reading stale: the next plan reads afresh, and
     sees what the appliance's own models hold there (two models that fit together)."""

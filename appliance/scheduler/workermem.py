@@ -13,7 +13,8 @@ every operation whose model holds a worker's memory): each load attempt plans on
 taken after the last change the appliance itself made there. While such an operation runs,
 nothing is read (the worker's memory is in motion). A worker that did not answer is a reading
 too (its `WorkerUnreachable`): raised to the model's waiters once, then forgotten, so the
-next request asks again (the worker may be back).
+next request asks again (the worker may be back). A read that timed out may never return:
+until it does, no second one starts and every plan that needs the worker gets its error.
 
 Each worker device gets a stable charge key from `WORKER_INDEX_BASE` up (never a local GPU's
 index), so charges of local devices and workers share one dict per model.
@@ -74,6 +75,7 @@ class WorkerMemory:
         self._epoch: dict[str, int] = {}
         self._busy: dict[str, int] = {}  # endpoint -> operations running there
         self._reading_now: set[str] = set()
+        self._stuck: dict[str, str] = {}  # endpoint -> why, while a read past READ_TIMEOUT_S runs on
         self._keys: dict[str, int] = {}  # device label -> charge key
         self._endpoint: dict[int, str] = {}  # charge key -> its worker's endpoint
         self._tasks: set[asyncio.Task[None]] = set()
@@ -91,6 +93,8 @@ class WorkerMemory:
             if r is not None and r.error is not None:
                 del self._readings[ep]  # told once: the next request asks the worker again
                 raise r.error
+            if r is None and ep in self._stuck:  # no read can start: it does not answer, still
+                raise WorkerUnreachable(ep, self._stuck[ep])
             if r is None or not self._fresh(ep, r):
                 missing = True
                 self._start(ep, ours)
@@ -152,6 +156,11 @@ class WorkerMemory:
         task = asyncio.get_running_loop().create_task(run())
         self._tasks.add(task)
 
+    def _unstuck(self, ep: str) -> None:
+        """A read that timed out returned after all: the worker may be asked again."""
+        self._reading_now.discard(ep)
+        self._stuck.pop(ep, None)
+
     async def _read(self, ep: str, ours: Callable[[int], int]) -> None:
         epoch = self._epoch.get(ep, 0)
         self._reading_now.add(ep)
@@ -164,10 +173,12 @@ class WorkerMemory:
             return
         except asyncio.TimeoutError:
             # The thread may never return (a worker that died under llama.cpp's connection):
-            # no second read is started for this worker until it does.
-            fut.add_done_callback(lambda _: self._reading_now.discard(ep))
-            self._readings[ep] = _Reading((), WorkerUnreachable(ep, f"it did not answer within {READ_TIMEOUT_S:g}s"),
-                                          self._clock.monotonic(), epoch)
+            # no second read is started for this worker until it does, and until then every
+            # plan that needs it gets this error at once rather than waiting on that read.
+            why = f"it did not answer within {READ_TIMEOUT_S:g}s"
+            self._stuck[ep] = why
+            fut.add_done_callback(lambda _: self._unstuck(ep))
+            self._readings[ep] = _Reading((), WorkerUnreachable(ep, why), self._clock.monotonic(), epoch)
             return
         except Exception as e:  # no RPC backend, a malformed answer: the model cannot use it
             self._readings[ep] = _Reading((), WorkerUnreachable(ep, str(e)), self._clock.monotonic(), epoch)
