@@ -94,3 +94,25 @@ async def test_system_clock_returns_only_once_the_deadline_has_come() -> None:
         deadline = c.monotonic() + delay
         await c.sleep_until(deadline)
         assert c.monotonic() >= deadline
+
+
+def test_a_lost_worker_reaches_every_runner_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """ggml's abort on the RPC client's thread tells every watching runner; one whose workers
+    are alive spends lost_worker's settle time (3 s) making sure, and must not hold back the
+    runner whose worker died (its requests hung that long per such runner)."""
+    import _thread
+    import threading
+
+    affected_told, settled = threading.Event(), threading.Event()
+    saw: list[bool] = []
+
+    def alive_elsewhere(message: str) -> None:  # stands for lost_worker settling on live workers
+        saw.append(affected_told.wait(30))  # a guard against a hang, not a timing threshold
+        settled.set()
+
+    from appliance.hardware import rpc
+
+    monkeypatch.setattr(rpc, "_listeners", [alive_elsewhere, lambda message: affected_told.set()])
+    # a thread Python did not start, as ggml-rpc's: the abort callback never returns on it
+    _thread.start_new_thread(rpc._on_abort, (b"RPC: remote server crashed",))
+    assert settled.wait(60) and saw == [True]

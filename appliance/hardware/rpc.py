@@ -154,14 +154,18 @@ def _on_abort(message: bytes) -> None:
     text = (message or b"").decode(errors="replace")
     if "RPC" in text and isinstance(threading.current_thread(), threading._DummyThread):
         log.error("an RPC worker was lost: %s", text)
-        for fn in list(_listeners):
-            try:
-                fn(text)
-            except Exception:  # never let an exception cross into C
-                log.exception("RPC worker-loss handler failed")
+        for fn in list(_listeners):  # at once: one whose workers live settles for seconds (lost_worker)
+            threading.Thread(target=_tell, args=(fn, text), name="rpc-worker-lost", daemon=True).start()
         threading.Event().wait()
     sys.stderr.write(text + "\n")
     sys.stderr.flush()
+
+
+def _tell(fn: Callable[[str], None], text: str) -> None:
+    try:
+        fn(text)
+    except Exception:
+        log.exception("RPC worker-loss handler failed")
 
 
 def watch(fn: Callable[[str], None]) -> Callable[[], None]:
@@ -176,7 +180,8 @@ def lost_worker(endpoints: tuple[str, ...] | list[str], settle: float = LOSS_SET
     Asked right after a connection broke: a killed worker's kernel closes that connection a
     moment before its listening socket, so one that still accepts is asked again until
     `settle` seconds have passed (a check that saw it alive once missed its loss, and the
-    model's requests hung). Runs on the RPC client's own thread, never on the event loop.
+    model's requests hung). Runs on a thread of its own (one per watching runner, started by
+    the abort callback), never on the event loop.
     """
     deadline = time.monotonic() + settle
     while True:
