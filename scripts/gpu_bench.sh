@@ -137,7 +137,7 @@ elif has rpc; then
     CUDA_VISIBLE_DEVICES=0 "${ENGINE_BENCH[@]}" --rpc "127.0.0.1:$RPC_PORT"
     CUDA_VISIBLE_DEVICES=0 "${ENGINE_BENCH[@]}"
     CUDA_VISIBLE_DEVICES=0 "${ENGINE_BENCH[@]}" --rpc "127.0.0.1:$RPC_PORT"; } 2>&1 | grep -v '^llama\|^load\|^print_info' | tee "$RESULTS/rpc.log" || true
-  kill $WPID 2>/dev/null; wait $WPID 2>/dev/null || true
+  kill $WPID 2>/dev/null || true; wait $WPID 2>/dev/null || true  # a worker that died already: go on
 fi
 
 has greedy && bench greedy --temperature 0 --concurrency "$CONC"
