@@ -685,7 +685,7 @@ class Runner:
             if not self._masks.apply(s.seq, logits_row(self._ctx, idx, self.vocab.n_vocab)):
                 self._fail_job(job, EngineError("the grammar allows no token here"))
                 return
-        self._emit(s, ch.sampler.sample(self._ctx, idx), idx)
+        self._emit(s, ch.sampler.sample(self._ctx, idx, keep_gil=not self.workers), idx)
 
     def _emit(self, s: Slot, tok: int, idx: int) -> None:
         """Deliver a picked token (output.OutputProcessor); `idx` is its row for logprobs (or -1)."""

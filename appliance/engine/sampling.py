@@ -146,10 +146,16 @@ class SlotSampler:
             self._attached = None
             ll.llama_set_sampler(ctx, seq, None)
 
-    def sample(self, ctx: ll.llama_context_p, idx: int) -> int:
-        """Pick the next token from output row `idx` (accepted into the chain)."""
+    def sample(self, ctx: ll.llama_context_p, idx: int, keep_gil: bool = False) -> int:
+        """Pick the next token from output row `idx` (accepted into the chain).
+
+        `keep_gil`: the caller has synchronized the step and no device is remote, so an
+        in-graph chain's token is already on the host; read it without a GIL hand-off. With
+        RPC workers the read keeps llama_cpp's binding: if it ever waited on a dead worker
+        while holding the GIL, ggml's abort callback could not reach the runners."""
         if self._attached is not None:
-            return int(_read_backend_sample(self.chain, ctx, idx))  # accepts; the step is synchronized
+            read = _read_backend_sample if keep_gil else ll.llama_sampler_sample
+            return int(read(self.chain, ctx, idx))  # accepts
         if not self._greedy:
             return int(ll.llama_sampler_sample(self.chain, ctx, idx))  # applies and accepts
         row = np.ctypeslib.as_array(ll.llama_get_logits_ith(ctx, idx), shape=(self.n_vocab,))
