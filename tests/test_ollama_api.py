@@ -89,10 +89,12 @@ async def test_chat_streamed_and_not(env) -> None:  # noqa: ANN001
         assert whole.model == "tiny"  # Ollama's default tag names the catalog's model
         assert whole.done and whole.done_reason == "length" and whole.message.role == "assistant"
         assert whole.eval_count == 6 and whole.prompt_eval_count > 0 and whole.total_duration > 0
+        # clients divide by these (`ollama run --verbose`, Open WebUI's tokens/s): never 0
+        assert whole.prompt_eval_duration > 0 and whole.eval_duration > 0
         parts = [p async for p in await c.chat(model="tiny", messages=msgs, options=_opts(num_predict=6), stream=True)]
         assert all(not p.done for p in parts[:-1]) and parts[-1].done and parts[-1].done_reason == "length"
         assert "".join(p.message.content for p in parts) == whole.message.content
-        assert parts[-1].eval_count == 6
+        assert parts[-1].eval_count == 6 and parts[-1].prompt_eval_duration > 0 and parts[-1].eval_duration > 0
         # options reach the sampler: top_k 1 is greedy too, so the text is the same
         biased = await c.chat(model="tiny", messages=msgs, options=_opts(num_predict=3, top_k=1, repeat_penalty=1.0))
         assert biased.message.content == whole.message.content[:len(biased.message.content)]
@@ -123,6 +125,7 @@ async def test_generate_raw_context_suffix_and_load(env) -> None:  # noqa: ANN00
     async with client(env) as (_, c):
         g = await c.generate(model="tiny", prompt="Once upon", options=_opts(num_predict=5), raw=True)
         assert g.done and g.eval_count == 5 and len(g.context) == g.prompt_eval_count + 5
+        assert g.prompt_eval_duration > 0 and g.eval_duration > 0
         parts = [p async for p in await c.generate(model="tiny", prompt="Once upon", raw=True,
                                                     options=_opts(num_predict=5), stream=True)]
         assert "".join(p.response for p in parts) == g.response and parts[-1].context == g.context
