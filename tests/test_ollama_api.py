@@ -63,6 +63,7 @@ async def test_list_show_ps_version(env) -> None:  # noqa: ANN001
         assert tiny.details.quantization_level == "F32"
         shown = await c.show("tiny")
         assert shown.details.quantization_level == "F32" and shown.details.parameter_size == tiny.details.parameter_size
+        assert shown.modelinfo["general.parameter_count"] == info.parameters  # `ollama show` prints it
         assert "completion" in shown.capabilities and "embedding" not in shown.capabilities
         assert shown.modelinfo["llama.context_length"] == 4096 and shown.details.family == "llama"
         assert (await c.show("emb:latest")).capabilities == ["embedding"]

@@ -74,6 +74,7 @@ async def show(request: web.Request) -> web.Response:
     if facts is not None:
         info[f"{facts.architecture}.context_length"] = facts.context_train
         info["tokenizer.ggml.vocab_size"] = facts.vocab_size
+        info["general.parameter_count"] = facts.parameters
     entry = _entry(d, mid, cfg, facts)
     return web.json_response({
         "modelfile": f"# appliance catalog entry {mid!r}\nFROM {cfg.source}\n",
