@@ -281,3 +281,13 @@ def test_chunks_encode_as_compact_utf8_json_and_fall_back_to_json_where_orjson_c
     c = chunks.chat_delta(HEAD, 0, {"content": "é \u2028 \"q\" \\ \x00"}, logprobs=[lp("é", -0.25)])
     assert SSEStream.encode(c) == json.dumps(c, ensure_ascii=False, separators=(",", ":")).encode()
     assert SSEStream.encode({"big": 2**70}) == b'{"big":1180591620717411303424}'  # past orjson's 64 bits
+
+
+def test_a_completion_delta_with_nothing_in_it_sends_no_chunk() -> None:
+    """The first bytes of a character: no text yet, and its logprob waits for the text
+    (engine/output.py), so there is nothing to stream until the character is whole."""
+    head = Head("cmpl-1", chunks.TEXT_COMPLETION, 1700000000, "m")
+    c = CompletionChoices(head, [""], 1, stream=True, logprobs=True)
+    assert c.add(0, Delta(0, "", [], None, (1,))) == []
+    [chunk] = c.add(0, Delta(0, "é", [lp("é", -0.5)], None, (2,)))
+    assert chunk["choices"][0]["text"] == "é" and chunk["choices"][0]["logprobs"]["tokens"] == ["é"]
