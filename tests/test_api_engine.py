@@ -222,3 +222,21 @@ async def test_client_disconnect_frees_the_slot(env, stream: bool) -> None:  # n
                 await gen.__anext__()
         assert spy.runner.busy_slots == 0
         assert gen.usage.completion_tokens < 250  # it was cut short, not run to the end
+
+
+async def test_stop_string_tokens_get_no_logprobs(env) -> None:  # noqa: ANN001
+    """A stop string is cut from the text, and so are its tokens' logprobs (llama-server
+    drops them too): the logprob tokens spell exactly the text, streamed or not."""
+    async with client(env) as (_, c):
+        args = dict(model="tiny", prompt="Hello", max_tokens=10, temperature=0, logprobs=1, logit_bias=NO_EOS)
+        full = (await c.completions.create(**args)).choices[0]
+        toks, text = full.logprobs.tokens, full.text
+        assert "".join(toks) == text
+        i = next(i for i in range(2, len(toks)) if toks[i].strip() and text.find(toks[i]) == len("".join(toks[:i])))
+        stopped = (await c.completions.create(**args, stop=[toks[i]])).choices[0]
+        assert stopped.finish_reason == "stop" and stopped.text == "".join(toks[:i])
+        assert stopped.logprobs.tokens == toks[:i]
+        lax = openai.AsyncOpenAI(base_url=c.base_url, api_key=c.api_key, max_retries=0)  # strict: chunks lack finish_reason
+        streamed = [ch async for ch in await lax.completions.create(**args, stop=[toks[i]], stream=True)]
+        assert "".join(t for ch in streamed if ch.choices and ch.choices[0].logprobs
+                       for t in ch.choices[0].logprobs.tokens) == stopped.text

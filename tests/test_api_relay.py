@@ -292,3 +292,13 @@ def test_chunks_are_valid_json_whichever_encoder_writes_them() -> None:
         b'{"big":1180591620717411303424,"x":null,"l":[null]}'
     assert SSEStream.encode({"x": np.float64("-inf"), "n": np.int64(3), "f": np.float32(0.5)}) == \
         b'{"x":null,"n":3,"f":0.5}'
+
+
+def test_a_completion_delta_with_nothing_in_it_sends_no_chunk() -> None:
+    """The first bytes of a character: no text yet, and its logprob waits for the text
+    (engine/output.py), so there is nothing to stream until the character is whole."""
+    head = Head("cmpl-1", chunks.TEXT_COMPLETION, 1700000000, "m")
+    c = CompletionChoices(head, [""], 1, stream=True, logprobs=True)
+    assert c.add(0, Delta(0, "", [], None, (1,))) == []
+    [chunk] = c.add(0, Delta(0, "é", [lp("é", -0.5)], None, (2,)))
+    assert chunk["choices"][0]["text"] == "é" and chunk["choices"][0]["logprobs"]["tokens"] == ["é"]

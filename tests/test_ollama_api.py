@@ -13,7 +13,9 @@ import aiohttp
 import ollama
 import pytest
 
+from appliance.api.ollama.models import parameter_size
 from appliance.auth import create_key
+from appliance.store.ggufinfo import read_gguf_info
 from test_api_support import pull_all, serving, write_config
 
 
@@ -42,6 +44,11 @@ def _opts(**kw: Any) -> dict[str, Any]:
     return {"temperature": 0, "seed": 1, **kw}
 
 
+def test_parameter_size_as_ollama_prints_it() -> None:
+    assert [parameter_size(n) for n in (268_098_176, 8_030_261_248, 7_000_000_000, 1_000_000, 16_384, 999)] == \
+        ["268.10M", "8.0B", "7B", "1M", "16K", "999"]
+
+
 async def test_list_show_ps_version(env) -> None:  # noqa: ANN001
     async with client(env) as (d, c):
         listed = await c.list()
@@ -49,7 +56,14 @@ async def test_list_show_ps_version(env) -> None:  # noqa: ANN001
         tiny = next(m for m in listed.models if m.model == "tiny")
         assert tiny.size == Path(env[0].catalog.models["tiny"].source[7:]).stat().st_size
         assert len(tiny.digest) == 64 and tiny.details.format == "gguf" and tiny.details.family == "llama"
+        # Ollama's figures from the header (Open WebUI and `ollama list` show them): the tensor
+        # elements as Ollama prints them, the file type's name
+        info = read_gguf_info(env[0].catalog.models["tiny"].source[7:])
+        assert tiny.details.parameter_size == parameter_size(info.parameters) != ""
+        assert tiny.details.quantization_level == "F32"
         shown = await c.show("tiny")
+        assert shown.details.quantization_level == "F32" and shown.details.parameter_size == tiny.details.parameter_size
+        assert shown.modelinfo["general.parameter_count"] == info.parameters  # `ollama show` prints it
         assert "completion" in shown.capabilities and "embedding" not in shown.capabilities
         assert shown.modelinfo["llama.context_length"] == 4096 and shown.details.family == "llama"
         assert (await c.show("emb:latest")).capabilities == ["embedding"]
@@ -58,6 +72,7 @@ async def test_list_show_ps_version(env) -> None:  # noqa: ANN001
         ps = await c.ps()
         assert [m.model for m in ps.models] == ["tiny"] and ps.models[0].context_length == 256
         assert ps.models[0].size > 0 and ps.models[0].expires_at is not None
+        assert ps.models[0].details.quantization_level == "F32"
         async with aiohttp.ClientSession() as s:
             async with s.get(d.url + "/api/version") as r:
                 assert r.status == 200 and (await r.json())["version"]
@@ -75,10 +90,12 @@ async def test_chat_streamed_and_not(env) -> None:  # noqa: ANN001
         assert whole.model == "tiny"  # Ollama's default tag names the catalog's model
         assert whole.done and whole.done_reason == "length" and whole.message.role == "assistant"
         assert whole.eval_count == 6 and whole.prompt_eval_count > 0 and whole.total_duration > 0
+        # clients divide by these (`ollama run --verbose`, Open WebUI's tokens/s): never 0
+        assert whole.prompt_eval_duration > 0 and whole.eval_duration > 0
         parts = [p async for p in await c.chat(model="tiny", messages=msgs, options=_opts(num_predict=6), stream=True)]
         assert all(not p.done for p in parts[:-1]) and parts[-1].done and parts[-1].done_reason == "length"
         assert "".join(p.message.content for p in parts) == whole.message.content
-        assert parts[-1].eval_count == 6
+        assert parts[-1].eval_count == 6 and parts[-1].prompt_eval_duration > 0 and parts[-1].eval_duration > 0
         # options reach the sampler: top_k 1 is greedy too, so the text is the same
         biased = await c.chat(model="tiny", messages=msgs, options=_opts(num_predict=3, top_k=1, repeat_penalty=1.0))
         assert biased.message.content == whole.message.content[:len(biased.message.content)]
@@ -109,6 +126,7 @@ async def test_generate_raw_context_suffix_and_load(env) -> None:  # noqa: ANN00
     async with client(env) as (_, c):
         g = await c.generate(model="tiny", prompt="Once upon", options=_opts(num_predict=5), raw=True)
         assert g.done and g.eval_count == 5 and len(g.context) == g.prompt_eval_count + 5
+        assert g.prompt_eval_duration > 0 and g.eval_duration > 0
         parts = [p async for p in await c.generate(model="tiny", prompt="Once upon", raw=True,
                                                     options=_opts(num_predict=5), stream=True)]
         assert "".join(p.response for p in parts) == g.response and parts[-1].context == g.context

@@ -55,7 +55,7 @@ class CompletionChoices:
         out = []
         if self.stream:
             lp = chunks.completion_logprobs(lps, len(self.texts[i]), first) if self.want_lp else None
-            if text or lp:
+            if text or lps:  # the first bytes of a character: nothing to send yet
                 out.append(chunks.completion_chunk(self.head, i, text, None, lp))
             if d.finish_reason:
                 out.append(chunks.completion_chunk(self.head, i, "", d.finish_reason))

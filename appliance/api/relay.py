@@ -61,9 +61,14 @@ async def next_delta(gen: AsyncIterator[Delta]) -> Delta | None:
 
 
 def add_usage(total: Usage, u: Usage) -> None:
+    """Sum the counts; the timings are the first generation's (Ollama's durations, the ones
+    its clients divide by, are made from them)."""
     total.prompt_tokens += u.prompt_tokens
     total.completion_tokens += u.completion_tokens
     total.cached_tokens += u.cached_tokens
+    total.prompt_eval_tokens += u.prompt_eval_tokens
+    if total.ttft_s is None:
+        total.ttft_s, total.decode_tokens_per_s = u.ttft_s, u.decode_tokens_per_s
 
 
 async def relay(request: web.Request, head: StreamHead, stream: bool, choices: Choices,

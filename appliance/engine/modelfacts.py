@@ -15,6 +15,7 @@ from pathlib import Path
 
 import llama_cpp as ll
 
+from ..store.ggufinfo import quant_name
 from . import llamalog
 from .fim import fim_tokens
 from .vocab import Vocab
@@ -31,6 +32,8 @@ class ModelFacts:
     fim: bool
     context_train: int | None
     vocab_size: int
+    parameters: int  # tensor elements (llama.cpp counts them from the header alone)
+    quantization: str | None  # general.file_type's name, e.g. "Q4_K_M"
 
 
 def read_model_facts(path: Path) -> ModelFacts:
@@ -51,8 +54,11 @@ def read_model_facts(path: Path) -> ModelFacts:
         v = Vocab(model, key)
         arch = v.meta("general.architecture") or ""
         ctx = v.meta(f"{arch}.context_length")
+        ftype = v.meta("general.file_type")
         facts = ModelFacts(arch, v.chat_template, fim_tokens(v) is not None,
-                           int(ctx) if ctx and ctx.isdigit() else None, v.n_vocab)
+                           int(ctx) if ctx and ctx.isdigit() else None, v.n_vocab,
+                           int(ll.llama_model_n_params(model)),
+                           quant_name(ftype) if ftype and ftype.isdigit() else None)
     finally:
         ll.llama_model_free(model)
     with _lock:

@@ -41,16 +41,23 @@ class OutputProcessor:
         if self.vocab.is_eog(tok) and not p.ignore_eos:
             text = ch.text.flush()
             finish = "stop"
+            logprobs, ch.held_logprobs = ch.held_logprobs, []  # held text went out just now
         else:
             piece = self.vocab.special_piece(tok) if tok in job.preserved else self.vocab.piece(tok)
             if p.logprobs:
-                logprobs.append(self.logprob(row, tok, piece, p.top_logprobs))
+                ch.held_logprobs.append(self.logprob(row, tok, piece, p.top_logprobs))
             text = ch.text.feed(piece)
             if ch.text.stopped:
                 finish = "stop"
             elif ch.generated >= job.max_tokens:
                 text += ch.text.flush()
                 finish = "length"
+            # a token's logprob goes out with the delta that carries its text; a stop string's
+            # tokens carry none (cut from the text, so from the logprobs: llama-server does too)
+            if text or finish == "length":
+                logprobs, ch.held_logprobs = ch.held_logprobs, []
+            elif ch.text.stopped:
+                ch.held_logprobs = []
         return Delta(ch.index, text, logprobs, finish, (tok,))
 
     def logprob(self, row: int, tok: int, piece: bytes, top_n: int) -> TokenLogprob:

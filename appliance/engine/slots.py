@@ -39,6 +39,9 @@ class Choice:
     generated: int = 0
     pending: int | None = None  # sampled, not yet decoded
     matcher: Any = None  # llguidance matcher of a constrained choice (engine/guidance.py)
+    # logprobs of tokens whose text the TextStream still holds (a possible stop string, part
+    # of a character): they go out with that text, or are dropped with a stop string
+    held_logprobs: list[Any] = field(default_factory=list)
 
 
 @dataclass(eq=False)

@@ -100,7 +100,8 @@ def _int_or_none(v: Any) -> int | None:
     return None if v is None else int(v)
 
 
-def _quant_name(file_type: Any) -> str | None:
+def quant_name(file_type: Any) -> str | None:
+    """general.file_type as llama.cpp and Ollama name it: 15 -> "Q4_K_M", 0 -> "F32"."""
     if file_type is None:
         return None
     try:
@@ -149,7 +150,7 @@ def read_gguf_info(path_or_paths: str | os.PathLike[str] | Sequence[str | os.Pat
         architecture=arch,
         name=k("general.name"),
         parameters=params,
-        quantization=_quant_name(k("general.file_type")),
+        quantization=quant_name(k("general.file_type")),
         layers=n_layer,
         embedding=embedding,
         feed_forward=ff if isinstance(ff, int) else max(ff),

@@ -28,10 +28,20 @@ async def version(request: web.Request) -> web.Response:
     return web.json_response({"version": OLLAMA_VERSION, "appliance": appliance_version})
 
 
+def parameter_size(n: int) -> str:
+    """A parameter count as Ollama prints it (its format.HumanNumber): "8B", "8.0B", "268.10M"."""
+    for unit, size, decimals in (("B", 1e9, 1), ("M", 1e6, 2), ("K", 1e3, 0)):
+        if n >= size:
+            x = n / size
+            return f"{x:.0f}{unit}" if x == int(x) else f"{x:.{decimals}f}{unit}"
+    return str(n)
+
+
 def _details(facts: ModelFacts | None) -> dict[str, Any]:
     arch = facts.architecture if facts else ""
     return {"parent_model": "", "format": "gguf", "family": arch, "families": [arch] if arch else None,
-            "parameter_size": "", "quantization_level": ""}
+            "parameter_size": parameter_size(facts.parameters) if facts and facts.parameters else "",
+            "quantization_level": (facts.quantization or "") if facts else ""}
 
 
 def _entry(d: ModelDirectory, mid: str, cfg: ModelConfig, facts: ModelFacts | None) -> dict[str, Any]:
@@ -64,6 +74,7 @@ async def show(request: web.Request) -> web.Response:
     if facts is not None:
         info[f"{facts.architecture}.context_length"] = facts.context_train
         info["tokenizer.ggml.vocab_size"] = facts.vocab_size
+        info["general.parameter_count"] = facts.parameters
     entry = _entry(d, mid, cfg, facts)
     return web.json_response({
         "modelfile": f"# appliance catalog entry {mid!r}\nFROM {cfg.source}\n",
