@@ -141,3 +141,24 @@ async def test_rpm_counts_only_admitted_inference(tmp_path: Path) -> None:
         clock.advance(30)
         st, _, resp = await _req(d, "POST", "/v1/completions", headers=h, json={"model": "alpha", "prompt": "x"})
         assert st != 429
+
+
+@pytest.mark.parametrize("field,value", [("stream", "true"), ("max_tokens", "16"), ("max_tokens", True),
+                                         ("n", 1.0), ("stream_options", {"include_usage": "yes"}),
+                                         ("temperature", "0.7")])
+async def test_wrong_types_are_refused_not_coerced(open_daemon: Daemon, field: str, value: Any) -> None:
+    """OpenAI answers 400 for a string where a boolean or number belongs; pydantic's lax mode
+    would have taken `"true"` as true and `"16"` as 16. The error names the field."""
+    body = {"model": "alpha", "messages": [{"role": "user", "content": "hi"}], field: value}
+    if field == "stream_options":
+        body["stream"] = True
+    status, _, err = await _req(open_daemon, "POST", "/v1/chat/completions", json=body)
+    assert status == 400, (status, err)
+    assert err["error"]["type"] == "invalid_request_error" and field in json.dumps(err["error"]), err
+
+
+async def test_an_integer_is_still_a_number(open_daemon: Daemon) -> None:
+    """`"temperature": 1` is valid (the model does not exist here: 404, not a 400 on the type)."""
+    body = {"model": "alpha", "messages": [{"role": "user", "content": "hi"}], "temperature": 1, "top_p": 1}
+    status, _, err = await _req(open_daemon, "POST", "/v1/chat/completions", json=body)
+    assert status != 400, err

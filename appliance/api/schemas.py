@@ -24,7 +24,11 @@ IMAGE_MARKER = "<__media__>"  # libmtmd's default marker (engine/vision.MARKER, 
 
 
 class _Body(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    """Types are checked as OpenAI checks them: `"stream": "true"`, `"max_tokens": "16"` or
+    `true` are 400s naming the field, not coerced (pydantic's lax mode would take them; an
+    integer is still a valid number)."""
+
+    model_config = ConfigDict(extra="ignore", strict=True)
 
     @model_validator(mode="before")
     @classmethod
