@@ -162,3 +162,11 @@ async def test_an_integer_is_still_a_number(open_daemon: Daemon) -> None:
     body = {"model": "alpha", "messages": [{"role": "user", "content": "hi"}], "temperature": 1, "top_p": 1}
     status, _, err = await _req(open_daemon, "POST", "/v1/chat/completions", json=body)
     assert status != 400, err
+
+
+async def test_nan_is_refused_as_not_a_finite_number(open_daemon: Daemon) -> None:
+    """Python's json reads NaN: the error must say what is wrong with it, not "must be ≤ 2"."""
+    raw = '{"model": "alpha", "messages": [{"role": "user", "content": "hi"}], "temperature": NaN}'
+    status, _, err = await _req(open_daemon, "POST", "/v1/chat/completions", data=raw,
+                                headers={"Content-Type": "application/json"})
+    assert status == 400 and "finite" in err["error"]["message"] and "temperature" in json.dumps(err["error"]), err

@@ -26,9 +26,10 @@ IMAGE_MARKER = "<__media__>"  # libmtmd's default marker (engine/vision.MARKER, 
 class _Body(BaseModel):
     """Types are checked as OpenAI checks them: `"stream": "true"`, `"max_tokens": "16"` or
     `true` are 400s naming the field, not coerced (pydantic's lax mode would take them; an
-    integer is still a valid number)."""
+    integer is still a valid number). Python's json reads `NaN` and `Infinity`: refused as "a
+    finite number", not reported against a field's range."""
 
-    model_config = ConfigDict(extra="ignore", strict=True)
+    model_config = ConfigDict(extra="ignore", strict=True, allow_inf_nan=False)
 
     @model_validator(mode="before")
     @classmethod
