@@ -28,6 +28,7 @@ import shutil
 from dataclasses import asdict, dataclass
 from importlib.metadata import version
 from pathlib import Path
+from typing import Callable
 
 import gguf
 import numpy as np
@@ -105,14 +106,20 @@ def cache_key(shape: Shape, seed: int) -> str:
 
 
 def cached_gguf(shape: Shape, seed: int = 0) -> Path:
-    """The cached build for these inputs, written (temp name, rename) if missing."""
-    out = CACHE / f"{shape.name}-{cache_key(shape, seed)[:24]}.gguf"
+    """The cached build for these inputs, written if missing."""
+    return cached_file(f"{shape.name}-{cache_key(shape, seed)[:24]}.gguf", lambda tmp: _write_gguf(tmp, shape, seed))
+
+
+def cached_file(name: str, write: Callable[[Path], None]) -> Path:
+    """CACHE/name, built by `write` (to a temp name, then renamed: concurrent test runs
+    never see a half-written file) unless it is there already. The name carries the inputs' hash."""
+    out = CACHE / name
     if out.is_file():
         return out
     CACHE.mkdir(parents=True, exist_ok=True)
     tmp = CACHE / f".{out.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp"
     try:
-        _write_gguf(tmp, shape, seed)
+        write(tmp)
         os.replace(tmp, out)
     finally:
         tmp.unlink(missing_ok=True)

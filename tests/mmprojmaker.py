@@ -12,8 +12,6 @@ Built once per content hash into the same cache as tests/ggufmaker.py's models.
 from __future__ import annotations
 
 import hashlib
-import os
-import secrets
 import shutil
 from dataclasses import asdict, dataclass
 from importlib.metadata import version
@@ -22,7 +20,7 @@ from pathlib import Path
 import gguf
 import numpy as np
 
-from tests.ggufmaker import CACHE
+from tests.ggufmaker import cached_file
 
 
 @dataclass(frozen=True)
@@ -54,17 +52,7 @@ def _cached(shape: ProjShape, seed: int) -> Path:
     for part in (Path(__file__).read_bytes(), repr(sorted(asdict(shape).items())).encode(),
                  str(seed).encode(), version("gguf").encode(), np.__version__.encode()):
         h.update(hashlib.sha256(part).digest())
-    out = CACHE / f"mmproj-{h.hexdigest()[:24]}.gguf"
-    if out.is_file():
-        return out
-    CACHE.mkdir(parents=True, exist_ok=True)
-    tmp = CACHE / f".{out.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp"
-    try:
-        _write(tmp, shape, seed)
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return out
+    return cached_file(f"mmproj-{h.hexdigest()[:24]}.gguf", lambda tmp: _write(tmp, shape, seed))
 
 
 def _write(path: Path, s: ProjShape, seed: int) -> None:
