@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
@@ -78,47 +79,42 @@ def test_quiet_drops_lines_a_load_still_captures_and_idle_logs(
         return n
 
     assert not _load(missing) and errors() > 0  # an idle process: errors reach logging
-    inside, leave = threading.Event(), threading.Event()
-
-    def decode_thread() -> None:
-        with llamalog.quiet():
-            inside.set()
-            leave.wait()
-
-    t = threading.Thread(target=decode_thread)
-    t.start()
-    try:
-        inside.wait()
+    with _thread_inside_quiet():
         assert not _load(missing) and errors() == 0  # while a step runs: dropped in C
         with llamalog.capture() as lines:  # a load meanwhile still sees its lines
             assert _load(tiny_gguf)
         assert llamalog.parse_buffer_sizes(llamalog.join_lines(lines)).total("model") > 0
         assert not _load(missing) and errors() == 0  # the load's end restored quiet
-    finally:
-        leave.set()
-        t.join()
     assert not _load(missing) and errors() > 0
 
 
 def test_a_thread_released_from_quiet_no_longer_silences_the_process() -> None:
     """An abandoned decode thread (a lost RPC worker) never leaves quiet(): releasing it by
     ident must give llama.cpp's lines back to Python, and its late exit must not matter."""
-    import threading
+    llamalog.install()
+    with _thread_inside_quiet() as t:
+        assert llamalog._active is llamalog._NOOP
+        assert t.ident is not None
+        llamalog.release(t.ident)
+        assert llamalog._active is llamalog._callback
+    assert llamalog._active is llamalog._callback
 
-    entered, leave = threading.Event(), threading.Event()
 
-    def stuck() -> None:
+@contextmanager
+def _thread_inside_quiet() -> Iterator[threading.Thread]:
+    """A thread sitting inside llamalog.quiet() until the block ends (a decode thread mid-step)."""
+    inside, leave = threading.Event(), threading.Event()
+
+    def step() -> None:
         with llamalog.quiet():
-            entered.set()
+            inside.set()
             leave.wait()
 
-    t = threading.Thread(target=stuck)
+    t = threading.Thread(target=step)
     t.start()
-    entered.wait()
-    assert llamalog._active is llamalog._NOOP
-    assert t.ident is not None
-    llamalog.release(t.ident)
-    assert llamalog._active is llamalog._callback
-    leave.set()
-    t.join()
-    assert llamalog._active is llamalog._callback
+    try:
+        inside.wait()
+        yield t
+    finally:
+        leave.set()
+        t.join()
