@@ -72,8 +72,7 @@ class SSEStream:
     async def send_many(self, objs: list[dict[str, Any]]) -> None:
         """Several events in one write (one syscall, one drain wait) rather than one each."""
         self._check_key()
-        if not self.ended and objs:
-            await write_within(self.request, self.response, b"".join(map(self.frame, objs)))
+        await self._write(objs)
 
     def _check_key(self) -> None:
         """A revoked key's stream ends (the relay turns this into an error event)."""
@@ -85,17 +84,16 @@ class SSEStream:
         if keyring is not None and not keyring.active(self._key):
             raise InvalidAPIKey(f"the API key {self._key.name!r} was revoked")
 
-    async def _send(self, obj: dict[str, Any]) -> None:
-        if self.ended:
-            return
-        await write_within(self.request, self.response, self.frame(obj))
+    async def _write(self, objs: list[dict[str, Any]]) -> None:
+        if not self.ended and objs:
+            await write_within(self.request, self.response, b"".join(map(self.frame, objs)))
 
     async def error(self, exc: ApplianceError) -> web.StreamResponse:
         """A failure after streaming began: recorded for the request's log line (as the error
         middleware does for plain HTTP errors), one error event, then the stream ends."""
         if not self.ended:
             request_facts(self.request).error_code = exc.code
-            await self._send(self.error_event(exc))
+            await self._write([self.error_event(exc)])
             self._end()
             await write_within(self.request, self.response, None)
         return self.response

@@ -69,8 +69,7 @@ class Generation:
             self._consumed = True
             raise item
         assert isinstance(item, Delta)
-        self.delivered.completion_tokens += len(item.token_ids)
-        return item
+        return self._deliver(item)
 
     def ready(self) -> list[Delta]:
         """The deltas already queued, without waiting: a streaming consumer writes them in
@@ -80,11 +79,15 @@ class Generation:
         while self._held is None and not self._consumed and not self._queue.empty():
             item = self._queue.get_nowait()
             if isinstance(item, Delta):
-                self.delivered.completion_tokens += len(item.token_ids)
-                out.append(item)
+                out.append(self._deliver(item))
             else:
                 self._held = item
         return out
+
+    def _deliver(self, d: Delta) -> Delta:
+        """Count the tokens handed to the consumer (`delivered`)."""
+        self.delivered.completion_tokens += len(d.token_ids)
+        return d
 
     def __aiter__(self) -> AsyncIterator[Delta]:
         return self._iterate()
