@@ -31,6 +31,8 @@ from typing import Callable, Iterator
 
 import llama_cpp
 
+from .keepgil import bind
+
 log = logging.getLogger("appliance.llama")
 
 # ggml_log_level: NONE=0, DEBUG=1, INFO=2, WARN=3, ERROR=4, CONT=5 (continuation)
@@ -130,17 +132,10 @@ def _c_noop() -> object:
     return llama_cpp.llama_log_callback(addr)
 
 
-def _setter() -> Callable[[object, None], None]:
-    """`llama_log_set` keeping the GIL (keepgil): two calls per step must not each wait for
-    the GIL on a busy event loop, or they would give back what quiet() saves."""
-    from .keepgil import bind
-
-    fn: Callable[[object, None], None] = bind("llama_log_set", [llama_cpp.llama_log_callback, ctypes.c_void_p], None)
-    return fn
-
-
 _NOOP = _c_noop()  # module-global: the ctypes object must outlive every use of its pointer
-_set_callback = _setter()
+# llama_log_set keeping the GIL (keepgil): two calls a step must not each wait for the GIL
+# on a busy event loop, or they would give back what quiet() saves
+_set_callback: Callable[[object, None], None] = bind("llama_log_set", [llama_cpp.llama_log_callback, ctypes.c_void_p], None)
 
 
 def _apply() -> None:
