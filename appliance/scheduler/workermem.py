@@ -161,6 +161,10 @@ class WorkerMemory:
         self._reading_now.discard(ep)
         self._stuck.pop(ep, None)
 
+    def _failed(self, ep: str, err: ApplianceError, epoch: int) -> None:
+        """A reading that is the worker's error (raised to the next plan that needs it)."""
+        self._readings[ep] = _Reading((), err, self._clock.monotonic(), epoch)
+
     async def _read(self, ep: str, ours: Callable[[int], int]) -> None:
         epoch = self._epoch.get(ep, 0)
         self._reading_now.add(ep)
@@ -168,7 +172,7 @@ class WorkerMemory:
         try:
             found = await asyncio.wait_for(asyncio.shield(fut), READ_TIMEOUT_S)
         except WorkerUnreachable as e:
-            self._readings[ep] = _Reading((), e, self._clock.monotonic(), epoch)
+            self._failed(ep, e, epoch)
             self._reading_now.discard(ep)
             return
         except asyncio.TimeoutError:
@@ -178,10 +182,10 @@ class WorkerMemory:
             why = f"it did not answer within {READ_TIMEOUT_S:g}s"
             self._stuck[ep] = why
             fut.add_done_callback(lambda _: self._unstuck(ep))
-            self._readings[ep] = _Reading((), WorkerUnreachable(ep, why), self._clock.monotonic(), epoch)
+            self._failed(ep, WorkerUnreachable(ep, why), epoch)
             return
         except Exception as e:  # no RPC backend, a malformed answer: the model cannot use it
-            self._readings[ep] = _Reading((), WorkerUnreachable(ep, str(e)), self._clock.monotonic(), epoch)
+            self._failed(ep, WorkerUnreachable(ep, str(e)), epoch)
             self._reading_now.discard(ep)
             return
         self._reading_now.discard(ep)
