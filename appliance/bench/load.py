@@ -160,6 +160,17 @@ class RequestResult:
                 "finish_reason": self.finish_reason, "schema": self.schema, "long": self.long}
 
 
+def ratio(a: float, b: float) -> float | None:
+    """a ÷ b; None where b is no figure (a server that produced no tokens)."""
+    return a / b if b > 0 else None
+
+
+def ratio_text(a: float, b: float) -> str:
+    """`ratio` as the tables print it."""
+    r = ratio(a, b)
+    return "-" if r is None else f"{r:.2f}"
+
+
 def percentile(values: Sequence[float], q: float) -> float | None:
     """Linear interpolation between closest ranks (statistics.quantiles' 'inclusive')."""
     if not values:
@@ -450,8 +461,7 @@ class BenchResult:
             entry: dict[str, Any] = {"concurrency": level[base].concurrency, "order": order}
             for name, res in level.items():
                 entry[name] = res.to_dict() if per_request else res.summary()
-            entry["ratios"] = {n: (level[base].tokens_per_s / r.tokens_per_s if r.tokens_per_s > 0 else None)
-                               for n, r in level.items() if n != base}
+            entry["ratios"] = {n: ratio(level[base].tokens_per_s, r.tokens_per_s) for n, r in level.items() if n != base}
             levels.append(entry)
         return {
             "settings": self.workload.settings(),

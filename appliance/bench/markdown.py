@@ -12,13 +12,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from .load import ratio_text
+
 
 def _ms(v: float | None) -> str:
     return "-" if v is None else f"{v * 1000:.0f}"
-
-
-def _ratio(a: float, b: float) -> str:
-    return f"{a / b:.2f}" if b > 0 else "-"
 
 
 def _table(head: list[str], rows: list[list[str]]) -> list[str]:
@@ -35,7 +33,7 @@ def levels_table(doc: dict[str, Any]) -> list[str]:
         for i, n in enumerate(names):
             s = lv[n]
             rows.append([str(lv["concurrency"]), f"**{n}**" if i == 0 else n, f"{s['tokens_per_s']:.1f}",
-                         "" if i == 0 else _ratio(first, s["tokens_per_s"]), _ms(s["ttft_p50_s"]),
+                         "" if i == 0 else ratio_text(first, s["tokens_per_s"]), _ms(s["ttft_p50_s"]),
                          _ms(s["ttft_p95_s"]), f"{s['itl_p50_s'] * 1000:.1f}" if s["itl_p50_s"] is not None else "-",
                          str(s["errors"])])
     return _table(["clients", "server", "tok/s", f"{names[0]} ÷ peer", "TTFT p50 ms", "TTFT p95 ms",
@@ -53,7 +51,7 @@ def per_model_table(doc: dict[str, Any]) -> list[str]:
             both, one = s["two_gpus"], s["one_gpu"]
             rows.append([
                 str(lv["concurrency_per_model"]), f"**{n}**" if i == 0 else n, f"{both['tokens_per_s']:.1f}",
-                "" if i == 0 else _ratio(first, both["tokens_per_s"]),
+                "" if i == 0 else ratio_text(first, both["tokens_per_s"]),
                 " / ".join(f"{m['tokens_per_s']:.1f}" for m in s["per_model"]), f"{one['tokens_per_s']:.1f}",
                 "-" if s["scaling"] is None else f"{s['scaling']:.2f}",
                 f"{_ms(both['ttft_p50_s'])} / {_ms(both['ttft_p95_s'])}",

@@ -17,7 +17,8 @@ from typing import Any, Callable, Sequence
 
 import aiohttp
 
-from .load import LevelResult, Target, Workload, client_session, resolve_model, run_level, warm_up
+from .load import (LevelResult, Target, Workload, client_session, ratio, ratio_text, resolve_model, run_level,
+                   warm_up)
 
 
 @dataclass(frozen=True)
@@ -38,7 +39,7 @@ class GroupLevel:
 
     @property
     def scaling(self) -> float | None:
-        return self.both.tokens_per_s / self.one.tokens_per_s if self.one.tokens_per_s > 0 else None
+        return ratio(self.both.tokens_per_s, self.one.tokens_per_s)
 
     def rows(self, name: str) -> dict[str, LevelResult]:
         """Named results for report.rows, the two-GPU aggregate first (so that its `vs first`
@@ -86,8 +87,7 @@ class PerModelResult:
             for name, gl in level.items():
                 entry[name] = gl.to_dict(per_request)
             mine = level[base].both.tokens_per_s
-            entry["ratios"] = {n: (mine / gl.both.tokens_per_s if gl.both.tokens_per_s > 0 else None)
-                               for n, gl in level.items() if n != base}
+            entry["ratios"] = {n: ratio(mine, gl.both.tokens_per_s) for n, gl in level.items() if n != base}
             levels.append(entry)
         return {
             "settings": self.workload.settings(),
@@ -166,11 +166,7 @@ def summary_line(level: dict[str, GroupLevel]) -> str:
     names = list(level)
     base = level[names[0]]
     c = base.one.concurrency
-
-    def ratio(a: float, b: float) -> str:
-        return f"{a / b:.2f}" if b > 0 else "-"
-
-    vs = "; ".join(f"{names[0]} ÷ {n} (2 GPUs) {ratio(base.both.tokens_per_s, level[n].both.tokens_per_s)}"
+    vs = "; ".join(f"{names[0]} ÷ {n} (2 GPUs) {ratio_text(base.both.tokens_per_s, level[n].both.tokens_per_s)}"
                    for n in names[1:])
-    scaling = ", ".join(f"{n} {gl.scaling:.2f}" if gl.scaling is not None else f"{n} -" for n, gl in level.items())
+    scaling = ", ".join(f"{n} {ratio_text(gl.both.tokens_per_s, gl.one.tokens_per_s)}" for n, gl in level.items())
     return f"per-model at {c} clients per model: {vs + '; ' if vs else ''}2 GPUs ÷ 1 GPU: {scaling}"

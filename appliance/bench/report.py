@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Iterable
 
-from .load import LevelResult
+from .load import LevelResult, ratio_text
 
 COLUMNS = [("conc", 4), ("server", 16), ("tok/s", 8), ("vs first", 8), ("req/s", 6),
            ("TTFT p50 ms", 11), ("TTFT p95 ms", 11), ("ITL p50 ms", 10), ("ITL p95 ms", 10), ("errors", 6)]
@@ -33,7 +33,7 @@ def rows(level: dict[str, LevelResult]) -> list[str]:
     out = []
     for name in names:
         r = level[name]
-        ratio = "-" if name == names[0] or r.tokens_per_s <= 0 else f"{first.tokens_per_s / r.tokens_per_s:.2f}"
+        ratio = "-" if name == names[0] else ratio_text(first.tokens_per_s, r.tokens_per_s)
         cells = [str(r.concurrency), name, f"{r.tokens_per_s:.1f}", ratio, f"{r.requests_per_s:.2f}",
                  _ms(r.ttft_p50_s), _ms(r.ttft_p95_s), _ms(r.itl_p50_s, 1), _ms(r.itl_p95_s, 1), str(r.errors)]
         line = " | ".join(c.rjust(w) if i != 1 else c.ljust(w) for i, (c, (_, w)) in enumerate(zip(cells, columns)))
